@@ -1,0 +1,96 @@
+//! `outpost dev`: one worker, served on loopback.
+
+use std::future::Future;
+use std::io::Write as _;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use outpost_ingress::{Body, Handler, HandlerError, RequestContext, ServerConfig};
+use outpost_runtime::host::{self, WorkerHandle};
+use outpost_runtime::{DispatchError, WorkerOptions, WorkerSource};
+
+use crate::config;
+
+#[derive(clap::Args)]
+pub struct DevArgs {
+    /// The worker: a `.js` file, or a directory with an `outpost.toml` or a `worker.js`.
+    path: PathBuf,
+    /// Port on 127.0.0.1 (0 picks a free one).
+    #[arg(long, default_value_t = 8787)]
+    port: u16,
+    /// A variable for the worker's `env`, overriding `[vars]` (repeatable).
+    #[arg(long = "var", value_name = "KEY=VALUE", value_parser = config::parse_var)]
+    vars: Vec<(String, String)>,
+    /// Where local state (KV data and such) is kept; default `.outpost/` in
+    /// the worker's directory.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+pub fn run(args: DevArgs) -> anyhow::Result<()> {
+    let mut worker = config::resolve(&args.path)?;
+    for (key, value) in args.vars {
+        worker.vars.insert(key, serde_json::Value::String(value));
+    }
+    let data_dir = args.data_dir.unwrap_or_else(|| worker.root.join(".outpost"));
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+
+    outpost_runtime::init_v8();
+    let source = WorkerSource::new(&worker.root, &worker.main)?;
+    let handle = host::spawn(source, WorkerOptions { name: worker.name.clone(), vars: worker.vars })
+        .with_context(|| format!("cannot load worker {}", worker.name))?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, args.port));
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen on {address}"))?;
+        let address = listener.local_addr()?;
+        println!("outpost dev: serving worker {:?} on http://{address}", worker.name);
+        std::io::stdout().flush()?;
+        let handler = Arc::new(WorkerHandler { worker: handle });
+        tokio::select! {
+            result = outpost_ingress::serve(listener, ServerConfig::default(), handler) => result?,
+            _ = shutdown_signal() => tracing::info!("shutting down"),
+        }
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).expect("a SIGTERM handler installs");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}
+
+/// Hands every request to the one worker.
+struct WorkerHandler {
+    worker: WorkerHandle,
+}
+
+impl Handler for WorkerHandler {
+    fn handle(
+        &self,
+        request: http::Request<Body>,
+        context: RequestContext,
+    ) -> Pin<Box<dyn Future<Output = Result<http::Response<Body>, HandlerError>> + Send>> {
+        let worker = self.worker.clone();
+        Box::pin(async move {
+            worker.fetch(request, context.url, context.request_id).await.map_err(|err| match err {
+                DispatchError::WorkerThrew => HandlerError::WorkerFailed,
+                _ => HandlerError::Unavailable,
+            })
+        })
+    }
+}

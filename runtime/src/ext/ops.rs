@@ -1,0 +1,303 @@
+//! Ops behind the worker's request loop, console and bundled wasm.
+//!
+//! The request loop is pull-based: the bootstrap script awaits
+//! `op_outpost_next_request` in a loop and hands each request to the
+//! worker's handler without awaiting it, so concurrent requests interleave on
+//! the isolate while they wait on I/O.
+
+use std::borrow::Cow;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use deno_core::error::ResourceError;
+use deno_core::{op2, v8, AsyncResult, BufView, ByteString, JsBuffer, OpState, Resource, ResourceId};
+use deno_error::JsErrorBox;
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+use super::http::{Body, BoxError, ChannelBody, DispatchError, WorkerRequest};
+
+/// The worker's name, for log lines.
+#[derive(Clone)]
+pub struct WorkerName(pub Arc<str>);
+
+/// Requests waiting for the isolate.
+pub struct RequestQueue(pub Mutex<mpsc::UnboundedReceiver<WorkerRequest>>);
+
+/// The bytes of the bundle's `.wasm` modules, by URL, filled in by the module
+/// loader and compiled on import by [`op_outpost_wasm_module`].
+#[derive(Clone, Default)]
+pub struct WasmSources(pub Rc<RefCell<HashMap<String, Bytes>>>);
+
+thread_local! {
+    /// Whether wasm may be compiled from bytes right now. Workers may not do
+    /// it (as on Cloudflare); only the runtime does, for bundled modules.
+    static WASM_CODEGEN_ALLOWED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// V8 asks this before compiling wasm from bytes.
+pub unsafe extern "C" fn allow_wasm_code_generation(
+    _context: v8::Local<v8::Context>,
+    _source: v8::Local<v8::String>,
+) -> bool {
+    WASM_CODEGEN_ALLOWED.with(Cell::get)
+}
+
+/// A request the worker has not answered yet.
+struct InFlight {
+    request_id: String,
+    respond: RefCell<Option<oneshot::Sender<Result<http::Response<Body>, DispatchError>>>>,
+}
+
+impl Resource for InFlight {
+    fn name(&self) -> Cow<'_, str> {
+        "outpostInFlightRequest".into()
+    }
+}
+
+impl InFlight {
+    fn send(&self, result: Result<http::Response<Body>, DispatchError>) {
+        if let Some(respond) = self.respond.borrow_mut().take() {
+            // The client may have gone away; nothing to do then.
+            let _ = respond.send(result);
+        }
+    }
+}
+
+/// A request body, read by the worker through `readableStreamForRid`.
+struct RequestBody {
+    body: Mutex<Body>,
+    /// Part of a frame that was larger than the reader asked for.
+    leftover: RefCell<Option<Bytes>>,
+}
+
+impl Resource for RequestBody {
+    fn name(&self) -> Cow<'_, str> {
+        "outpostRequestBody".into()
+    }
+
+    fn read(self: Rc<Self>, limit: usize) -> AsyncResult<BufView> {
+        Box::pin(async move {
+            let take = |mut bytes: Bytes, this: &Self| {
+                if bytes.len() > limit {
+                    let rest = bytes.split_off(limit);
+                    *this.leftover.borrow_mut() = Some(rest);
+                }
+                BufView::from(bytes)
+            };
+            if let Some(bytes) = self.leftover.borrow_mut().take() {
+                return Ok(take(bytes, &self));
+            }
+            let mut body = self.body.lock().await;
+            loop {
+                match body.frame().await {
+                    None => return Ok(BufView::empty()),
+                    Some(Err(err)) => {
+                        return Err(JsErrorBox::generic(format!("request body: {err}")))
+                    }
+                    Some(Ok(frame)) => match frame.into_data() {
+                        Ok(bytes) if bytes.is_empty() => continue,
+                        Ok(bytes) => return Ok(take(bytes, &self)),
+                        // Trailers carry no body bytes.
+                        Err(_) => continue,
+                    },
+                }
+            }
+        })
+    }
+}
+
+/// The sending half of a streamed response body.
+struct ResponseWriter {
+    tx: mpsc::Sender<Result<Bytes, BoxError>>,
+}
+
+impl Resource for ResponseWriter {
+    fn name(&self) -> Cow<'_, str> {
+        "outpostResponseWriter".into()
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NextRequest {
+    rid: ResourceId,
+    method: String,
+    url: String,
+    headers: Vec<(ByteString, ByteString)>,
+    body_rid: Option<ResourceId>,
+    request_id: String,
+}
+
+/// Waits for the next request; `null` once the node stops sending.
+#[op2]
+#[serde]
+pub async fn op_outpost_next_request(state: Rc<RefCell<OpState>>) -> Option<NextRequest> {
+    let queue = state.borrow().try_borrow::<Rc<RequestQueue>>()?.clone();
+    let next = queue.0.lock().await.recv().await?;
+    let WorkerRequest { request, url, request_id, respond } = next;
+    let (parts, body) = request.into_parts();
+    let headers = parts
+        .headers
+        .iter()
+        .map(|(name, value)| (ByteString::from(name.as_str()), ByteString::from(value.as_bytes())))
+        .collect();
+    let mut state = state.borrow_mut();
+    let body_rid = (!body.is_end_stream()).then(|| {
+        state.resource_table.add(RequestBody { body: Mutex::new(body), leftover: RefCell::new(None) })
+    });
+    let rid = state.resource_table.add(InFlight {
+        request_id: request_id.clone(),
+        respond: RefCell::new(Some(respond)),
+    });
+    Some(NextRequest { rid, method: parts.method.to_string(), url, headers, body_rid, request_id })
+}
+
+fn response_head(status: u32, headers: Vec<(ByteString, ByteString)>) -> Result<http::response::Builder, JsErrorBox> {
+    let status = u16::try_from(status)
+        .ok()
+        .and_then(|status| http::StatusCode::from_u16(status).ok())
+        .ok_or_else(|| JsErrorBox::range_error(format!("invalid response status {status}")))?;
+    let mut builder = http::Response::builder().status(status);
+    let map = builder.headers_mut().expect("builder has no error yet");
+    for (name, value) in headers {
+        let name = http::HeaderName::from_bytes(&name)
+            .map_err(|err| JsErrorBox::type_error(format!("invalid header name: {err}")))?;
+        let value = http::HeaderValue::from_bytes(&value)
+            .map_err(|err| JsErrorBox::type_error(format!("invalid header value: {err}")))?;
+        map.append(name, value);
+    }
+    Ok(builder)
+}
+
+fn take_in_flight(state: &mut OpState, rid: ResourceId) -> Result<Rc<InFlight>, ResourceError> {
+    state.resource_table.take::<InFlight>(rid)
+}
+
+/// Answers a request with a body known in full.
+#[op2]
+pub fn op_outpost_respond(
+    state: &mut OpState,
+    #[smi] rid: ResourceId,
+    #[smi] status: u32,
+    #[serde] headers: Vec<(ByteString, ByteString)>,
+    #[buffer] body: JsBuffer,
+) -> Result<(), JsErrorBox> {
+    let in_flight = take_in_flight(state, rid).map_err(JsErrorBox::from_err)?;
+    let head = response_head(status, headers);
+    let response = head.and_then(|head| {
+        head.body(super::http::full_body(Bytes::copy_from_slice(&body)))
+            .map_err(|err| JsErrorBox::type_error(err.to_string()))
+    });
+    match response {
+        Ok(response) => {
+            in_flight.send(Ok(response));
+            Ok(())
+        }
+        Err(err) => {
+            in_flight.send(Err(DispatchError::WorkerThrew));
+            Err(err)
+        }
+    }
+}
+
+/// Answers a request with a streamed body; returns the writer's rid.
+#[op2]
+#[smi]
+pub fn op_outpost_respond_stream(
+    state: &mut OpState,
+    #[smi] rid: ResourceId,
+    #[smi] status: u32,
+    #[serde] headers: Vec<(ByteString, ByteString)>,
+) -> Result<ResourceId, JsErrorBox> {
+    let in_flight = take_in_flight(state, rid).map_err(JsErrorBox::from_err)?;
+    let head = match response_head(status, headers) {
+        Ok(head) => head,
+        Err(err) => {
+            in_flight.send(Err(DispatchError::WorkerThrew));
+            return Err(err);
+        }
+    };
+    let (tx, body) = ChannelBody::new();
+    let response = head.body(body.boxed_unsync()).map_err(|err| JsErrorBox::type_error(err.to_string()))?;
+    in_flight.send(Ok(response));
+    Ok(state.resource_table.add(ResponseWriter { tx }))
+}
+
+/// The worker failed to produce a response: log why, answer 500.
+#[op2(fast)]
+pub fn op_outpost_respond_error(state: &mut OpState, #[smi] rid: ResourceId, #[string] error: &str) {
+    let worker = state.borrow::<WorkerName>().0.clone();
+    if let Ok(in_flight) = take_in_flight(state, rid) {
+        tracing::error!(worker = %worker, request_id = %in_flight.request_id, "uncaught exception: {error}");
+        in_flight.send(Err(DispatchError::WorkerThrew));
+    }
+}
+
+/// Writes one chunk of a streamed response; resolves to `false` once the
+/// client is gone (the worker should stop producing).
+#[op2]
+pub async fn op_outpost_body_write(
+    state: Rc<RefCell<OpState>>,
+    #[smi] rid: ResourceId,
+    #[buffer] chunk: JsBuffer,
+) -> Result<bool, JsErrorBox> {
+    let writer = state.borrow().resource_table.get::<ResponseWriter>(rid).map_err(JsErrorBox::from_err)?;
+    Ok(writer.tx.send(Ok(Bytes::copy_from_slice(&chunk))).await.is_ok())
+}
+
+/// Ends a streamed response; with an error, the client sees the response cut
+/// short rather than a body that looks complete.
+#[op2]
+pub fn op_outpost_body_close(
+    state: &mut OpState,
+    #[smi] rid: ResourceId,
+    #[string] error: Option<String>,
+) -> Result<(), JsErrorBox> {
+    let writer = state.resource_table.take::<ResponseWriter>(rid).map_err(JsErrorBox::from_err)?;
+    if let Some(error) = error {
+        let worker = state.borrow::<WorkerName>().0.clone();
+        tracing::error!(worker = %worker, "response body stream failed: {error}");
+        let _ = writer.tx.try_send(Err(error.into()));
+    }
+    Ok(())
+}
+
+/// `console.*` from the worker, at deno's console levels (0 debug, 1 log and
+/// info, 2 warn, 3 error, 4 trace).
+#[op2(fast)]
+pub fn op_outpost_log(state: &mut OpState, #[smi] level: u32, #[string] message: &str, #[string] request_id: &str) {
+    let worker = &state.borrow::<WorkerName>().0;
+    let message = message.strip_suffix('\n').unwrap_or(message);
+    match level {
+        0 => tracing::debug!(target: "worker", worker = %worker, request_id, "{message}"),
+        1 => tracing::info!(target: "worker", worker = %worker, request_id, "{message}"),
+        2 => tracing::warn!(target: "worker", worker = %worker, request_id, "{message}"),
+        _ => tracing::error!(target: "worker", worker = %worker, request_id, "{message}"),
+    }
+}
+
+/// Compiles a `.wasm` module of the bundle into a `WebAssembly.Module`.
+#[op2]
+pub fn op_outpost_wasm_module<'s>(
+    scope: &mut v8::PinScope<'s, '_>,
+    #[string] url: &str,
+) -> Result<v8::Local<'s, v8::Value>, JsErrorBox> {
+    let state = deno_core::JsRuntime::op_state_from(scope);
+    let bytes = state
+        .borrow()
+        .try_borrow::<WasmSources>()
+        .and_then(|sources| sources.0.borrow().get(url).cloned())
+        .ok_or_else(|| JsErrorBox::type_error(format!("no wasm module {url} in this worker's bundle")))?;
+    WASM_CODEGEN_ALLOWED.with(|allowed| allowed.set(true));
+    let module = v8::WasmModuleObject::compile(scope, &bytes);
+    WASM_CODEGEN_ALLOWED.with(|allowed| allowed.set(false));
+    module
+        .map(Into::into)
+        .ok_or_else(|| JsErrorBox::new("CompileError", format!("{url} is not a valid WebAssembly module")))
+}
