@@ -58,6 +58,11 @@ pub fn resolve(path: &Path) -> anyhow::Result<ResolvedWorker> {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => WorkerConfig::default(),
         Err(err) => return Err(err).with_context(|| format!("cannot read {}", config_path.display())),
     };
+    if let Some(date) = &config.compatibility_date {
+        if !is_iso_date(date) {
+            bail!("{}: compatibility_date must look like \"2024-09-23\", got {date:?}", config_path.display());
+        }
+    }
     let main = path.join(config.main.as_deref().unwrap_or(Path::new(DEFAULT_MAIN)));
     if !main.is_file() {
         if config.main.is_some() {
@@ -77,6 +82,12 @@ pub fn resolve(path: &Path) -> anyhow::Result<ResolvedWorker> {
         .map(|(key, value)| Ok((key, toml_to_json(value)?)))
         .collect::<anyhow::Result<_>>()?;
     Ok(ResolvedWorker { name, root: path.to_path_buf(), main, vars })
+}
+
+fn is_iso_date(date: &str) -> bool {
+    let bytes = date.as_bytes();
+    bytes.len() == 10
+        && bytes.iter().enumerate().all(|(i, b)| if i == 4 || i == 7 { *b == b'-' } else { b.is_ascii_digit() })
 }
 
 fn toml_to_json(value: toml::Value) -> anyhow::Result<serde_json::Value> {
@@ -113,6 +124,13 @@ mod tests {
         assert_eq!(config.name.as_deref(), Some("api"));
         assert_eq!(config.vars["GREETING"].as_str(), Some("hi"));
         assert_eq!(toml_to_json(config.vars["LIMITS"].clone()).unwrap(), serde_json::json!({ "max": 3 }));
+    }
+
+    #[test]
+    fn compatibility_dates_are_checked() {
+        assert!(is_iso_date("2024-09-23"));
+        assert!(!is_iso_date("2024-9-23"));
+        assert!(!is_iso_date("yesterday!"));
     }
 
     #[test]

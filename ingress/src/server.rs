@@ -60,16 +60,20 @@ pub async fn serve(listener: TcpListener, config: ServerConfig, handler: Arc<dyn
         let handler = handler.clone();
         let ids = ids.clone();
         let config = config.clone();
+        let connection_config = config.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let handler = handler.clone();
                 let ids = ids.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(request, client, local, &*handler, &ids).await) }
+                let max_header_bytes = config.max_header_bytes;
+                async move {
+                    Ok::<_, std::convert::Infallible>(handle(request, client, local, max_header_bytes, &*handler, &ids).await)
+                }
             });
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(config.header_read_timeout)
-                .max_buf_size(config.max_header_bytes.max(8192))
+                .header_read_timeout(connection_config.header_read_timeout)
+                .max_buf_size(connection_config.max_header_bytes.max(8192))
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades();
             if let Err(err) = connection.await {
@@ -88,10 +92,16 @@ async fn handle(
     request: http::Request<Incoming>,
     client: SocketAddr,
     local: SocketAddr,
+    max_header_bytes: usize,
     handler: &dyn Handler,
     ids: &RequestIds,
 ) -> http::Response<Body> {
     let started = Instant::now();
+    // hyper bounds its read buffer, but a head can still fit in it and be
+    // larger than we accept.
+    if head_size(&request) > max_header_bytes {
+        return plain_response(http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request headers too large\n".into());
+    }
     let request_id = request
         .headers()
         .get(REQUEST_ID)
@@ -133,11 +143,21 @@ async fn handle(
 }
 
 fn error_response(err: &HandlerError, request_id: &str) -> http::Response<Body> {
-    let body = format!("{err} (request id {request_id})\n");
+    plain_response(err.status(), format!("{err} (request id {request_id})\n"))
+}
+
+fn plain_response(status: http::StatusCode, body: String) -> http::Response<Body> {
     let mut response = http::Response::new(http_body_util::Full::from(body).map_err(|never| match never {}).boxed_unsync());
-    *response.status_mut() = err.status();
+    *response.status_mut() = status;
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain;charset=UTF-8"));
     response
+}
+
+/// The size of a request's head as it was on the wire, near enough.
+fn head_size<B>(request: &http::Request<B>) -> usize {
+    let line = request.method().as_str().len() + request.uri().to_string().len() + 12;
+    let headers: usize = request.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum();
+    line + headers
 }
 
 /// Request ids unique within this process and unlikely to collide across
@@ -170,6 +190,12 @@ mod tests {
         let b = ids.next();
         assert_ne!(a, b);
         assert_eq!(a.len(), 20);
+    }
+
+    #[test]
+    fn head_size_counts_headers() {
+        let request = http::Request::get("/abc").header("x-a", "12345").body(()).unwrap();
+        assert_eq!(head_size(&request), 3 + 4 + 12 + (3 + 5 + 4));
     }
 
     #[test]

@@ -18,6 +18,9 @@ import {
 } from "ext:core/ops";
 
 const {
+  ArrayPrototypeFilter,
+  ArrayPrototypePush,
+  ArrayPrototypeJoin,
   Error,
   ErrorPrototype,
   FunctionPrototypeCall,
@@ -35,6 +38,8 @@ const {
   SetPrototypeAdd,
   SetPrototypeDelete,
   String,
+  StringPrototypeIncludes,
+  StringPrototypeSplit,
   SymbolFor,
   TypeError,
   TypedArrayPrototypeGetSymbolToStringTag,
@@ -49,7 +54,9 @@ internals.__telemetry = {
     throw new Error("telemetry is not available");
   },
   ContextManager: { active: () => undefined },
+  DID_NOT_ENTER: undefined,
   enterSpan() {},
+  exitSpan() {},
   restoreSnapshot() {},
 };
 internals.__telemetryUtil = {
@@ -82,6 +89,32 @@ const response = load("ext:deno_fetch/23_response.js");
 const fetch = load("ext:deno_fetch/26_fetch.js");
 const crypto = load("ext:deno_crypto/00_crypto.js");
 
+// Timer functions insist on being called with no receiver (or the global).
+const { setTimeout, clearTimeout } = timers;
+
+// Ops throw errors by class name; deno_core builds the JS error from a
+// registry and throws `undefined` for a name it does not know.
+for (const name of [
+  "AbortError", "DataError", "IndexSizeError", "InvalidCharacterError", "InvalidStateError", "NetworkError",
+  "NotFoundError", "NotSupportedError", "OperationError", "QuotaExceededError", "SyntaxError", "TimeoutError",
+  "TypeMismatchError",
+]) {
+  core.registerErrorBuilder(`DOMException${name}`, (message) => new DOMException(message, name));
+}
+for (const name of [
+  "AddrInUse", "AddrNotAvailable", "AlreadyExists", "BrokenPipe", "Busy", "ConnectionAborted", "ConnectionRefused",
+  "ConnectionReset", "FilesystemLoop", "Http", "InvalidData", "IsADirectory", "NetworkUnreachable", "NotADirectory",
+  "NotConnected", "NotFound", "NotSupported", "PermissionDenied", "TimedOut", "UnexpectedEof", "WouldBlock",
+  "WriteZero",
+]) {
+  core.registerErrorBuilder(name, (message) => {
+    const error = new Error(message);
+    error.name = name;
+    return error;
+  });
+}
+core.registerErrorBuilder("CompileError", (message) => new WebAssembly.CompileError(message));
+
 // --- console and error reporting -------------------------------------------
 
 // The request a piece of code runs on behalf of follows it across awaits, so
@@ -92,12 +125,19 @@ function log(level, message) {
   op_outpost_log(level, message, currentRequestId.get() ?? "");
 }
 
-const console = new consoleMod.Console(log);
+// Log lines are data, not a terminal: no colour codes in them.
+consoleMod.setNoColorFns(() => true, () => true);
+const console = new consoleMod.Console((message, level) => log(level, message));
 
 /** An error as a worker author wants to read it: the stack if there is one. */
 function describeError(error) {
   if (ObjectPrototypeIsPrototypeOf(ErrorPrototype, error) && error.stack) {
-    return String(error.stack);
+    // The runtime's own frames (ext:...) say nothing to the worker's author.
+    const lines = StringPrototypeSplit(String(error.stack), "\n");
+    return ArrayPrototypeJoin(
+      ArrayPrototypeFilter(lines, (line) => !StringPrototypeIncludes(line, "(ext:") && !StringPrototypeIncludes(line, "at ext:")),
+      "\n",
+    );
   }
   try {
     return `Uncaught ${consoleMod.inspect(error)}`;
@@ -106,28 +146,31 @@ function describeError(error) {
   }
 }
 
-// `reportError()`, and exceptions thrown from timers and microtasks: an
-// `error` event on the global scope, logged unless a listener cancels it.
-// Never fatal: one bad callback must not stop the isolate serving others.
+// Exceptions nobody caught: thrown by event listeners (deno's EventTarget
+// reports them as `error` events on the global scope), timers, microtasks,
+// or passed to `reportError()`. The runtime's own `error` listener, added
+// before any worker code runs, logs them and cancels the event: deno would
+// otherwise treat them as fatal, and one bad callback must not stop the
+// isolate serving everyone else. While a service-worker `fetch` event is
+// dispatched, the errors are also collected so that request fails with them.
+let collectedErrors = null;
+
+function onUncaughtError(errorEvent) {
+  errorEvent.preventDefault();
+  const error = errorEvent.error;
+  if (collectedErrors !== null) {
+    ArrayPrototypePush(collectedErrors, error);
+    return;
+  }
+  log(3, `uncaught exception: ${describeError(error)}`);
+}
+
 function reportException(error) {
   let message = "";
   try {
     message = error?.message ?? String(error);
   } catch { /* keep the empty message */ }
-  const errorEvent = new event.ErrorEvent("error", {
-    cancelable: true,
-    message,
-    error,
-  });
-  let notCancelled = true;
-  try {
-    notCancelled = globalThis.dispatchEvent(errorEvent);
-  } catch (listenerError) {
-    log(3, `error in an 'error' event listener: ${describeError(listenerError)}`);
-  }
-  if (notCancelled) {
-    log(3, `uncaught exception: ${describeError(error)}`);
-  }
+  globalThis.dispatchEvent(new event.ErrorEvent("error", { cancelable: true, message, error }));
 }
 
 function reportError(error) {
@@ -232,12 +275,15 @@ const globalScope = {
   setInterval: core.propWritable(timers.setInterval),
   setTimeout: core.propWritable(timers.setTimeout),
   structuredClone: core.propWritable(structuredCloneMod.structuredClone),
+  // Brands the global scope as a WebIDL object, so EventTarget methods accept it.
+  [webidl.brand]: core.propNonEnumerable(webidl.brand),
 };
 
 ObjectDefineProperties(globalThis, globalScope);
 ObjectSetPrototypeOf(globalThis, ServiceWorkerGlobalScope.prototype);
 event.setEventTargetData(globalThis);
 event.saveGlobalThisReference(globalThis);
+globalThis.addEventListener("error", onUncaughtError);
 
 // Bundled `.wasm` imports become `WebAssembly.Module`s through this hook; the
 // module loader generates the call. It only hands out the worker's own
@@ -261,7 +307,7 @@ function trackWaitUntil(promise, requestId) {
   const settled = new Promise((resolve) => {
     const finish = () => {
       done = true;
-      timers.clearTimeout(timer);
+      clearTimeout(timer);
       SetPrototypeDelete(pendingWaitUntil, settled);
       resolve();
     };
@@ -274,7 +320,7 @@ function trackWaitUntil(promise, requestId) {
       }
       finish();
     });
-    timer = timers.setTimeout(() => {
+    timer = setTimeout(() => {
       if (done) return;
       log(2, `waitUntil() work still running ${WAIT_UNTIL_TIMEOUT_MS} ms after the response; no longer waiting for it`);
       finish();
@@ -435,8 +481,19 @@ function resolveHandler(namespace, env) {
           responded = true;
           resolve(value);
         };
-        globalThis.dispatchEvent(new FetchEvent("fetch", { request: req }, respondWith, ctx));
-        if (!responded) {
+        collectedErrors = [];
+        let errors;
+        try {
+          globalThis.dispatchEvent(new FetchEvent("fetch", { request: req }, respondWith, ctx));
+        } finally {
+          errors = collectedErrors;
+          collectedErrors = null;
+        }
+        if (responded) {
+          for (let i = 0; i < errors.length; i++) log(3, `uncaught exception: ${describeError(errors[i])}`);
+        } else if (errors.length > 0) {
+          reject(errors[0]);
+        } else {
           reject(new Error("no 'fetch' event listener called respondWith()"));
         }
       });

@@ -82,7 +82,7 @@ impl BundleLoader {
         Self { root, root_url, wasm }
     }
 
-    fn load_file(&self, url: &ModuleSpecifier) -> Result<ModuleSource, JsErrorBox> {
+    fn load_file(&self, url: &ModuleSpecifier, referrer: Option<&ModuleLoadReferrer>) -> Result<ModuleSource, JsErrorBox> {
         let path = url
             .to_file_path()
             .map_err(|()| JsErrorBox::generic(format!("cannot load {url}: not a file of the bundle")))?;
@@ -95,7 +95,11 @@ impl BundleLoader {
         })?;
         let bytes = std::fs::read(&path).map_err(|err| {
             let what = if err.kind() == std::io::ErrorKind::NotFound { "module not found".to_string() } else { err.to_string() };
-            JsErrorBox::new("NotFound", format!("cannot load {}: {what}", self.display(&path)))
+            let imported_at = referrer.map_or(String::new(), |referrer| {
+                let file = referrer.specifier.to_file_path().map_or(referrer.specifier.to_string(), |p| self.display(&p));
+                format!(" (imported at {file}:{}:{})", referrer.line_number, referrer.column_number)
+            });
+            JsErrorBox::new("NotFound", format!("cannot load {}{imported_at}: {what}", self.display(&path)))
         })?;
         let source = data_module_source(kind, url.as_str(), &bytes).map_err(JsErrorBox::type_error)?;
         if kind == ModuleKind::Wasm {
@@ -136,10 +140,10 @@ impl ModuleLoader for BundleLoader {
     fn load(
         &self,
         specifier: &ModuleSpecifier,
-        _referrer: Option<&ModuleLoadReferrer>,
+        referrer: Option<&ModuleLoadReferrer>,
         _options: ModuleLoadOptions,
     ) -> ModuleLoadResponse {
-        ModuleLoadResponse::Sync(self.load_file(specifier))
+        ModuleLoadResponse::Sync(self.load_file(specifier, referrer))
     }
 }
 

@@ -1,0 +1,8 @@
+//! Integration tests of the `outpost` binary: real processes, real sockets,
+//! real HTTP clients. One test binary, a module per area.
+
+mod errors;
+mod fixtures;
+mod protocol;
+mod streaming;
+mod support;
