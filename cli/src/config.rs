@@ -72,15 +72,12 @@ pub fn resolve(path: &Path) -> anyhow::Result<ResolvedWorker> {
     }
     let name = match config.name {
         Some(name) => name,
-        None => std::fs::canonicalize(path)?
-            .file_name()
-            .map_or("worker".into(), |name| name.to_string_lossy().into_owned()),
+        None => {
+            std::fs::canonicalize(path)?.file_name().map_or("worker".into(), |name| name.to_string_lossy().into_owned())
+        }
     };
-    let vars = config
-        .vars
-        .into_iter()
-        .map(|(key, value)| Ok((key, toml_to_json(value)?)))
-        .collect::<anyhow::Result<_>>()?;
+    let vars =
+        config.vars.into_iter().map(|(key, value)| Ok((key, toml_to_json(value)?))).collect::<anyhow::Result<_>>()?;
     Ok(ResolvedWorker { name, root: path.to_path_buf(), main, vars })
 }
 

@@ -36,7 +36,8 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         worker.vars.insert(key, serde_json::Value::String(value));
     }
     let data_dir = args.data_dir.unwrap_or_else(|| worker.root.join(".outpost"));
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
 
     outpost_runtime::init_v8();
     let source = WorkerSource::new(&worker.root, &worker.main)?;
@@ -50,9 +51,8 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let address = SocketAddr::from((Ipv4Addr::LOCALHOST, args.port));
-        let listener = tokio::net::TcpListener::bind(address)
-            .await
-            .with_context(|| format!("cannot listen on {address}"))?;
+        let listener =
+            tokio::net::TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
         let address = listener.local_addr()?;
         println!("outpost dev: serving worker {:?} on http://{address}", worker.name);
         std::io::stdout().flush()?;

@@ -13,5 +13,5 @@
 mod handler;
 mod server;
 
-pub use handler::{BoxError, Body, Handler, HandlerError, RequestContext};
+pub use handler::{Body, BoxError, Handler, HandlerError, RequestContext};
 pub use server::{serve, ServeError, ServerConfig};

@@ -67,7 +67,9 @@ pub async fn serve(listener: TcpListener, config: ServerConfig, handler: Arc<dyn
                 let ids = ids.clone();
                 let max_header_bytes = config.max_header_bytes;
                 async move {
-                    Ok::<_, std::convert::Infallible>(handle(request, client, local, max_header_bytes, &*handler, &ids).await)
+                    Ok::<_, std::convert::Infallible>(
+                        handle(request, client, local, max_header_bytes, &*handler, &ids).await,
+                    )
                 }
             });
             let connection = http1::Builder::new()
@@ -85,7 +87,8 @@ pub async fn serve(listener: TcpListener, config: ServerConfig, handler: Arc<dyn
 
 fn is_transient(err: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;
-    matches!(err.kind(), ConnectionAborted | ConnectionReset | Interrupted | WouldBlock) || err.raw_os_error() == Some(24)
+    matches!(err.kind(), ConnectionAborted | ConnectionReset | Interrupted | WouldBlock)
+        || err.raw_os_error() == Some(24)
 }
 
 async fn handle(
@@ -147,7 +150,8 @@ fn error_response(err: &HandlerError, request_id: &str) -> http::Response<Body> 
 }
 
 fn plain_response(status: http::StatusCode, body: String) -> http::Response<Body> {
-    let mut response = http::Response::new(http_body_util::Full::from(body).map_err(|never| match never {}).boxed_unsync());
+    let mut response =
+        http::Response::new(http_body_util::Full::from(body).map_err(|never| match never {}).boxed_unsync());
     *response.status_mut() = status;
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain;charset=UTF-8"));
     response

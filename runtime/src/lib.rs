@@ -20,4 +20,6 @@ mod worker;
 
 pub use ext::http::{empty_body, full_body, Body, BoxError, DispatchError, WorkerRequest};
 pub use loader::ModuleKind;
-pub use worker::{init_v8, request_queue, LoadError, RequestReceiver, ServeError, WorkerIsolate, WorkerOptions, WorkerSource};
+pub use worker::{
+    init_v8, request_queue, LoadError, RequestReceiver, ServeError, WorkerIsolate, WorkerOptions, WorkerSource,
+};

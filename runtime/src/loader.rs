@@ -61,10 +61,9 @@ pub fn data_module_source(kind: ModuleKind, url: &str, bytes: &[u8]) -> Result<S
             let text = std::str::from_utf8(bytes).map_err(|err| format!("{url} is not valid UTF-8: {err}"))?;
             Ok(format!("export default {};", string_literal(text)))
         }
-        ModuleKind::Wasm => Ok(format!(
-            "export default globalThis[Symbol.for(\"outpost.wasmModule\")]({});",
-            string_literal(url)
-        )),
+        ModuleKind::Wasm => {
+            Ok(format!("export default globalThis[Symbol.for(\"outpost.wasmModule\")]({});", string_literal(url)))
+        }
     }
 }
 
@@ -82,7 +81,11 @@ impl BundleLoader {
         Self { root, root_url, wasm }
     }
 
-    fn load_file(&self, url: &ModuleSpecifier, referrer: Option<&ModuleLoadReferrer>) -> Result<ModuleSource, JsErrorBox> {
+    fn load_file(
+        &self,
+        url: &ModuleSpecifier,
+        referrer: Option<&ModuleLoadReferrer>,
+    ) -> Result<ModuleSource, JsErrorBox> {
         let path = url
             .to_file_path()
             .map_err(|()| JsErrorBox::generic(format!("cannot load {url}: not a file of the bundle")))?;
@@ -94,9 +97,14 @@ impl BundleLoader {
             ))
         })?;
         let bytes = std::fs::read(&path).map_err(|err| {
-            let what = if err.kind() == std::io::ErrorKind::NotFound { "module not found".to_string() } else { err.to_string() };
+            let what = if err.kind() == std::io::ErrorKind::NotFound {
+                "module not found".to_string()
+            } else {
+                err.to_string()
+            };
             let imported_at = referrer.map_or(String::new(), |referrer| {
-                let file = referrer.specifier.to_file_path().map_or(referrer.specifier.to_string(), |p| self.display(&p));
+                let file =
+                    referrer.specifier.to_file_path().map_or(referrer.specifier.to_string(), |p| self.display(&p));
                 format!(" (imported at {file}:{}:{})", referrer.line_number, referrer.column_number)
             });
             JsErrorBox::new("NotFound", format!("cannot load {}{imported_at}: {what}", self.display(&path)))
@@ -170,7 +178,8 @@ mod tests {
 
     #[test]
     fn text_is_escaped_into_a_string_literal() {
-        let source = data_module_source(ModuleKind::Text, "file:///w/a.txt", "a\"b\n\u{2028}</script>".as_bytes()).unwrap();
+        let source =
+            data_module_source(ModuleKind::Text, "file:///w/a.txt", "a\"b\n\u{2028}</script>".as_bytes()).unwrap();
         assert_eq!(source, "export default \"a\\\"b\\n\u{2028}</script>\";");
         assert!(data_module_source(ModuleKind::Text, "file:///w/a.txt", &[0xff, 0xfe]).is_err());
     }

@@ -27,10 +27,8 @@ pub struct WorkerSource {
 impl WorkerSource {
     /// Canonicalizes both paths and checks that `main` is inside `root`.
     pub fn new(root: &Path, main: &Path) -> Result<Self, LoadError> {
-        let canonical = |path: &Path| {
-            path.canonicalize()
-                .map_err(|source| LoadError::Io { path: path.to_path_buf(), source })
-        };
+        let canonical =
+            |path: &Path| path.canonicalize().map_err(|source| LoadError::Io { path: path.to_path_buf(), source });
         let root = canonical(root)?;
         let main = canonical(main)?;
         if !main.starts_with(&root) {
@@ -103,7 +101,11 @@ pub fn request_queue() -> (mpsc::UnboundedSender<WorkerRequest>, RequestReceiver
 impl WorkerIsolate {
     /// Creates an isolate from the bootstrap snapshot and evaluates the
     /// worker's modules in it. Must run inside a tokio runtime.
-    pub async fn load(source: &WorkerSource, options: &WorkerOptions, queue: RequestReceiver) -> Result<Self, LoadError> {
+    pub async fn load(
+        source: &WorkerSource,
+        options: &WorkerOptions,
+        queue: RequestReceiver,
+    ) -> Result<Self, LoadError> {
         let wasm = WasmSources::default();
         let loader = BundleLoader::new(source.root.clone(), wasm.clone());
         let mut runtime = JsRuntime::try_new(RuntimeOptions {
@@ -142,19 +144,14 @@ impl WorkerIsolate {
         };
 
         let main = ModuleSpecifier::from_file_path(&source.main).expect("the main path is absolute");
-        let module_id = runtime
-            .load_main_es_module(&main)
-            .await
-            .map_err(|err| LoadError::Module(err.to_string()))?;
+        let module_id = runtime.load_main_es_module(&main).await.map_err(|err| LoadError::Module(err.to_string()))?;
         let evaluation = runtime.mod_evaluate(module_id);
         runtime
             .with_event_loop_promise(Box::pin(evaluation), PollEventLoopOptions::default())
             .await
             .map_err(|err| LoadError::Module(err.to_string()))?;
 
-        let namespace = runtime
-            .get_module_namespace(module_id)
-            .map_err(|err| LoadError::Module(err.to_string()))?;
+        let namespace = runtime.get_module_namespace(module_id).map_err(|err| LoadError::Module(err.to_string()))?;
         let env_json = serde_json::Value::Object(options.vars.clone()).to_string();
         let args = {
             deno_core::scope!(scope, &mut runtime);

@@ -50,7 +50,10 @@ fn syntax_error_in_an_imported_module() {
 
 #[test]
 fn missing_import_names_the_importer() {
-    let dir = worker(&[("worker.js", "import x from \"./missing.js\";\nexport default { fetch() { return new Response(x); } };\n")]);
+    let dir = worker(&[(
+        "worker.js",
+        "import x from \"./missing.js\";\nexport default { fetch() { return new Response(x); } };\n",
+    )]);
     let stderr = failed_start(dir.path());
     assert!(stderr.contains("missing.js (imported at worker.js:1:15): module not found"), "{stderr}");
 }
@@ -58,7 +61,10 @@ fn missing_import_names_the_importer() {
 #[test]
 fn remote_and_builtin_imports_are_refused() {
     for specifier in ["https://example.com/x.js", "node:fs", "lodash", "../outside.js"] {
-        let dir = worker(&[("worker.js", &format!("import x from \"{specifier}\";\nexport default {{ fetch() {{ return new Response(x); }} }};\n"))]);
+        let dir = worker(&[(
+            "worker.js",
+            &format!("import x from \"{specifier}\";\nexport default {{ fetch() {{ return new Response(x); }} }};\n"),
+        )]);
         let stderr = failed_start(dir.path());
         assert!(stderr.contains(&format!("cannot import \"{specifier}\"")), "{specifier}: {stderr}");
     }
@@ -84,7 +90,10 @@ fn worker_without_a_handler_fails_the_load() {
 
 #[test]
 fn config_errors_name_the_key() {
-    let dir = worker(&[("outpost.toml", "name = \"x\"\nmian = \"worker.js\"\n"), ("worker.js", "export default { fetch() {} };\n")]);
+    let dir = worker(&[
+        ("outpost.toml", "name = \"x\"\nmian = \"worker.js\"\n"),
+        ("worker.js", "export default { fetch() {} };\n"),
+    ]);
     let stderr = failed_start(dir.path());
     assert!(stderr.contains("unknown field `mian`"), "{stderr}");
     assert!(stderr.contains("outpost.toml"), "{stderr}");
@@ -92,7 +101,10 @@ fn config_errors_name_the_key() {
 
 #[test]
 fn invalid_json_module_fails_the_load() {
-    let dir = worker(&[("worker.js", "import c from \"./c.json\";\nexport default { fetch() { return Response.json(c); } };\n"), ("c.json", "{ nope }")]);
+    let dir = worker(&[
+        ("worker.js", "import c from \"./c.json\";\nexport default { fetch() { return Response.json(c); } };\n"),
+        ("c.json", "{ nope }"),
+    ]);
     let stderr = failed_start(dir.path());
     assert!(stderr.contains("c.json is not valid JSON"), "{stderr}");
 }
@@ -127,7 +139,8 @@ async fn console_output_goes_to_the_log_with_worker_and_request() {
     assert_eq!(reply.text(), "ok");
     let logs = dev.wait_for_log("an error");
     let entries: Vec<serde_json::Value> = logs.lines().filter_map(|line| serde_json::from_str(line).ok()).collect();
-    let find = |needle: &str| entries.iter().find(|e| e["message"].as_str().is_some_and(|m| m.contains(needle))).cloned();
+    let find =
+        |needle: &str| entries.iter().find(|e| e["message"].as_str().is_some_and(|m| m.contains(needle))).cloned();
     let log = find("log { a: 1 }").expect("console.log is logged");
     assert_eq!(log["level"], "INFO");
     assert_eq!(log["request_id"], "console-1");

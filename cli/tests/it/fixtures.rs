@@ -51,7 +51,8 @@ async fn run_fixture(name: &str) {
     let dir = support::fixture(name);
     let cases_path = dir.join("cases.json");
     let text = std::fs::read_to_string(&cases_path).unwrap_or_else(|err| panic!("{}: {err}", cases_path.display()));
-    let mut cases: Vec<Case> = serde_json::from_str(&text).unwrap_or_else(|err| panic!("{}: {err}", cases_path.display()));
+    let mut cases: Vec<Case> =
+        serde_json::from_str(&text).unwrap_or_else(|err| panic!("{}: {err}", cases_path.display()));
     let bless = std::env::var_os("BLESS").is_some();
     let dev = Dev::start(&dir, &[]);
     let mut failures = Vec::new();
@@ -59,12 +60,8 @@ async fn run_fixture(name: &str) {
         let headers: Vec<(&str, &str)> = case.request.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let body = case.request.body.as_deref().unwrap_or("").as_bytes();
         let reply = support::send(dev.addr, &case.request.method, &case.request.path, &headers, body).await;
-        let actual_headers: BTreeMap<String, Option<String>> = case
-            .response
-            .headers
-            .keys()
-            .map(|name| (name.clone(), reply.header(name).map(str::to_owned)))
-            .collect();
+        let actual_headers: BTreeMap<String, Option<String>> =
+            case.response.headers.keys().map(|name| (name.clone(), reply.header(name).map(str::to_owned))).collect();
         let text = reply.text();
         if bless {
             case.response.status = reply.status;

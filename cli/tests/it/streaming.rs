@@ -94,7 +94,8 @@ async fn a_client_going_away_cancels_the_worker_stream() {
     }
     let deadline = tokio::time::Instant::now() + LIMIT;
     loop {
-        let stats: serde_json::Value = serde_json::from_slice(&support::get(dev.addr, "/endless-stats").await.body).unwrap();
+        let stats: serde_json::Value =
+            serde_json::from_slice(&support::get(dev.addr, "/endless-stats").await.body).unwrap();
         if stats["cancelled"] == 1 {
             assert_eq!(stats["started"], 1);
             break;

@@ -107,7 +107,9 @@ impl Reply {
 }
 
 /// Opens an HTTP/1.1 connection.
-pub async fn connect(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>> {
+pub async fn connect(
+    addr: SocketAddr,
+) -> hyper::client::conn::http1::SendRequest<http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>> {
     let stream = tokio::net::TcpStream::connect(addr).await.expect("outpost accepts connections");
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
     tokio::spawn(connection);

@@ -23,9 +23,7 @@ pub fn empty_body() -> Body {
 
 /// A body of one chunk that is known up front (so `content-length` is exact).
 pub fn full_body(bytes: impl Into<Bytes>) -> Body {
-    http_body_util::Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
+    http_body_util::Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
 }
 
 /// How many chunks a streaming response may run ahead of the client.
@@ -48,13 +46,8 @@ impl HttpBody for ChannelBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.rx
-            .poll_recv(cx)
-            .map(|chunk| chunk.map(|result| result.map(Frame::data)))
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.rx.poll_recv(cx).map(|chunk| chunk.map(|result| result.map(Frame::data)))
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -71,8 +64,11 @@ pub struct WorkerRequest {
     /// Correlates the worker's log lines with the request.
     pub request_id: String,
     /// Where the response (or the reason there is none) goes.
-    pub respond: oneshot::Sender<Result<http::Response<Body>, DispatchError>>,
+    pub respond: Responder,
 }
+
+/// The one-shot channel a request's outcome goes back on.
+pub type Responder = oneshot::Sender<Result<http::Response<Body>, DispatchError>>;
 
 /// Why a request got no response from the worker.
 #[derive(Debug, thiserror::Error, Clone)]

@@ -48,10 +48,7 @@ deno_core::extension!(
 
 /// The extensions of every Outpost isolate, in their fixed order.
 pub fn extensions(options: ExtensionOptions) -> Vec<Extension> {
-    let fetch_options = deno_fetch::Options {
-        user_agent: options.user_agent,
-        ..Default::default()
-    };
+    let fetch_options = deno_fetch::Options { user_agent: options.user_agent, ..Default::default() };
     vec![
         deno_webidl::deno_webidl::init(),
         deno_web::deno_web::init(

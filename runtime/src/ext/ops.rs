@@ -18,9 +18,9 @@ use deno_error::JsErrorBox;
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::sync::{mpsc, Mutex};
 
-use super::http::{Body, BoxError, ChannelBody, DispatchError, WorkerRequest};
+use super::http::{Body, BoxError, ChannelBody, DispatchError, Responder, WorkerRequest};
 
 /// The worker's name, for log lines.
 #[derive(Clone)]
@@ -51,7 +51,7 @@ pub unsafe extern "C" fn allow_wasm_code_generation(
 /// A request the worker has not answered yet.
 struct InFlight {
     request_id: String,
-    respond: RefCell<Option<oneshot::Sender<Result<http::Response<Body>, DispatchError>>>>,
+    respond: RefCell<Option<Responder>>,
 }
 
 impl Resource for InFlight {
@@ -97,9 +97,7 @@ impl Resource for RequestBody {
             loop {
                 match body.frame().await {
                     None => return Ok(BufView::empty()),
-                    Some(Err(err)) => {
-                        return Err(JsErrorBox::generic(format!("request body: {err}")))
-                    }
+                    Some(Err(err)) => return Err(JsErrorBox::generic(format!("request body: {err}"))),
                     Some(Ok(frame)) => match frame.into_data() {
                         Ok(bytes) if bytes.is_empty() => continue,
                         Ok(bytes) => return Ok(take(bytes, &self)),
@@ -148,13 +146,10 @@ pub async fn op_outpost_next_request(state: Rc<RefCell<OpState>>) -> Option<Next
         .map(|(name, value)| (ByteString::from(name.as_str()), ByteString::from(value.as_bytes())))
         .collect();
     let mut state = state.borrow_mut();
-    let body_rid = (!body.is_end_stream()).then(|| {
-        state.resource_table.add(RequestBody { body: Mutex::new(body), leftover: RefCell::new(None) })
-    });
-    let rid = state.resource_table.add(InFlight {
-        request_id: request_id.clone(),
-        respond: RefCell::new(Some(respond)),
-    });
+    let body_rid = (!body.is_end_stream())
+        .then(|| state.resource_table.add(RequestBody { body: Mutex::new(body), leftover: RefCell::new(None) }));
+    let rid =
+        state.resource_table.add(InFlight { request_id: request_id.clone(), respond: RefCell::new(Some(respond)) });
     Some(NextRequest { rid, method: parts.method.to_string(), url, headers, body_rid, request_id })
 }
 
