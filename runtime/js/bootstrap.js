@@ -27,7 +27,6 @@ const {
   JSONParse,
   ObjectDefineProperties,
   ObjectDefineProperty,
-  ObjectFreeze,
   ObjectPrototypeIsPrototypeOf,
   ObjectSetPrototypeOf,
   Promise,
@@ -417,6 +416,7 @@ async function pumpBody(stream, writerRid) {
   }
 }
 
+/** Sends the response; for a streamed body, resolves once it is sent. */
 function sendResponse(rid, value) {
   if (!ObjectPrototypeIsPrototypeOf(response.ResponsePrototype, value)) {
     throw new TypeError("Incorrect type for Promise: the Promise did not resolve to 'Response'.");
@@ -445,7 +445,7 @@ function sendResponse(rid, value) {
     throw new TypeError("the response body was already read");
   }
   const writerRid = op_outpost_respond_stream(rid, inner.status, headerList);
-  pumpBody(source, writerRid);
+  return pumpBody(source, writerRid);
 }
 
 async function handleRequest(next, handler) {
@@ -454,11 +454,14 @@ async function handleRequest(next, handler) {
   try {
     const req = buildRequest(next);
     const result = await handler(req, ctx);
-    sendResponse(next.rid, result);
+    await sendResponse(next.rid, result);
   } catch (error) {
     const note = ctx[kPassThrough] ? " (passThroughOnException() was set, but there is no origin to pass to)" : "";
     op_outpost_respond_error(next.rid, describeError(error) + note);
   } finally {
+    // The response is complete: a request body the worker left unread is
+    // released now rather than held by the isolate forever.
+    if (next.bodyRid !== null) core.tryClose(next.bodyRid);
     core.setAsyncContext(prev);
   }
 }
@@ -512,7 +515,8 @@ function resolveHandler(namespace, env) {
  */
 function prepare(namespace, envJson) {
   performanceMod.setTimeOrigin();
-  const env = ObjectFreeze(JSONParse(envJson));
+  // Not frozen: workerd hands workers a mutable env object too.
+  const env = JSONParse(envJson);
   const handler = resolveHandler(namespace, env);
   return () => serve(handler);
 }

@@ -17,7 +17,7 @@ pub struct WorkerHandle {
     requests: mpsc::UnboundedSender<WorkerRequest>,
 }
 
-/// Starts why a worker could not be started.
+/// Why a worker could not be started.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SpawnError {
@@ -54,8 +54,6 @@ impl WorkerHandle {
 /// fails, the thread logs why and starts a fresh one from the same source.
 pub fn spawn(source: WorkerSource, options: WorkerOptions) -> Result<WorkerHandle, SpawnError> {
     let (tx, queue_rx) = std::sync::mpsc::sync_channel(1);
-    let (requests, _) = mpsc::unbounded_channel::<WorkerRequest>();
-    drop(requests);
     let name: Arc<str> = Arc::from(options.name.as_str());
     let (loaded_tx, loaded_rx) = std::sync::mpsc::sync_channel::<Result<(), LoadError>>(1);
     let thread_name = format!("worker:{}", options.name);

@@ -1,6 +1,7 @@
 //! Integration tests of the `outpost` binary: real processes, real sockets,
 //! real HTTP clients. One test binary, a module per area.
 
+mod context;
 mod errors;
 mod fixtures;
 mod protocol;

@@ -1,0 +1,68 @@
+//! `env` and `ctx`: variables from config and flags, `waitUntil`,
+//! `passThroughOnException`.
+
+use std::time::Duration;
+
+use crate::support::{self, Dev};
+
+fn worker(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    dir
+}
+
+#[tokio::test]
+async fn var_flags_override_config_vars() {
+    let dir = worker(&[
+        ("outpost.toml", "name = \"vars\"\n[vars]\nA = \"from config\"\nB = \"kept\"\n"),
+        ("worker.js", "export default { fetch(request, env) { return Response.json(env); } };\n"),
+    ]);
+    let dev = Dev::start(dir.path(), &["--var", "A=from flag", "--var", "C=x=y"]);
+    let reply = support::get(dev.addr, "/").await;
+    let env: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(env, serde_json::json!({ "A": "from flag", "B": "kept", "C": "x=y" }));
+}
+
+#[tokio::test]
+async fn wait_until_work_runs_after_the_response() {
+    let dir = worker(&[(
+        "worker.js",
+        r#"
+let finished = [];
+export default {
+  async fetch(request, env, ctx) {
+    const path = new URL(request.url).pathname;
+    if (path === "/background") {
+      ctx.waitUntil(new Promise((resolve) => setTimeout(() => { finished.push("late work"); resolve(); }, 50)));
+      return new Response("answered first");
+    }
+    return Response.json(finished);
+  },
+};
+"#,
+    )]);
+    let dev = Dev::start(dir.path(), &[]);
+    assert_eq!(support::get(dev.addr, "/background").await.text(), "answered first");
+    assert_eq!(support::get(dev.addr, "/").await.text(), "[]", "the response did not wait for waitUntil work");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while support::get(dev.addr, "/").await.text() != r#"["late work"]"# {
+        assert!(tokio::time::Instant::now() < deadline, "waitUntil work never finished");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn pass_through_on_exception_is_accepted() {
+    let dir = worker(&[(
+        "worker.js",
+        "export default { fetch(request, env, ctx) { ctx.passThroughOnException(); if (request.url.endsWith('/fail')) throw new Error('after passThrough'); return new Response(typeof ctx.waitUntil); } };\n",
+    )]);
+    let dev = Dev::start(dir.path(), &[]);
+    assert_eq!(support::get(dev.addr, "/").await.text(), "function");
+    let reply = support::get(dev.addr, "/fail").await;
+    assert_eq!(reply.status, 500);
+    let logs = dev.wait_for_log("after passThrough");
+    assert!(logs.contains("no origin to pass to"), "{logs}");
+}
