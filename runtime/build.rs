@@ -23,8 +23,47 @@ fn main() {
     )
     .expect("the bootstrap snapshot builds");
     std::fs::write(out_dir.join("BOOTSTRAP_SNAPSHOT.bin"), &output.output).expect("OUT_DIR is writable");
+    embed_extension_sources(&out_dir);
     for path in output.files_loaded_during_snapshot {
         println!("cargo:rerun-if-changed={}", path.display());
     }
     println!("cargo:rerun-if-changed=src/ext");
+}
+
+/// Per-worker snapshots are made at run time, from scratch, where the cargo
+/// registry that `include_js_files!` points into may not exist: keep a copy
+/// of every extension source in the binary for them.
+fn embed_extension_sources(out_dir: &std::path::Path) {
+    use deno_core::ExtensionFileSourceCode;
+    let dir = out_dir.join("ext_sources");
+    std::fs::create_dir_all(&dir).expect("OUT_DIR is writable");
+    let mut table = String::from("pub(crate) static EXTENSION_SOURCES: &[(&str, &str)] = &[\n");
+    let mut index = 0;
+    for extension in ext::extensions(ext::ExtensionOptions::default()) {
+        let lists = [
+            &extension.js_files,
+            &extension.esm_files,
+            &extension.lazy_loaded_js_files,
+            &extension.lazy_loaded_esm_files,
+        ];
+        for file in lists.into_iter().flat_map(|list| list.iter()) {
+            #[allow(deprecated, reason = "matching every variant")]
+            let text = match &file.code {
+                ExtensionFileSourceCode::LoadedFromFsDuringSnapshot(path) => {
+                    std::fs::read_to_string(path).expect("extension source readable")
+                }
+                ExtensionFileSourceCode::LoadedFromMemoryDuringSnapshot(code)
+                | ExtensionFileSourceCode::IncludedInBinary(code) => code.as_str().to_string(),
+                ExtensionFileSourceCode::Computed(code) => code.to_string(),
+            };
+            std::fs::write(dir.join(format!("{index}.js")), text).expect("OUT_DIR is writable");
+            table.push_str(&format!(
+                "    ({:?}, include_str!(concat!(env!(\"OUT_DIR\"), \"/ext_sources/{index}.js\"))),\n",
+                file.specifier
+            ));
+            index += 1;
+        }
+    }
+    table.push_str("];\n");
+    std::fs::write(out_dir.join("ext_sources.rs"), table).expect("OUT_DIR is writable");
 }

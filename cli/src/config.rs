@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
+use outpost_isolate_pool::{Isolation, Limits};
 use serde::Deserialize;
 
 /// The file name looked for in a worker's directory.
@@ -26,6 +27,49 @@ pub struct WorkerConfig {
     /// the worker sees as the equivalent JSON value.
     #[serde(default)]
     pub vars: BTreeMap<String, toml::Value>,
+    /// `"shared"` (default): an isolate serves many requests. `"per-request"`:
+    /// every request runs in a fresh isolate.
+    pub isolation: Option<IsolationConfig>,
+    /// Per-worker limits; unset keys take the node's defaults.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum IsolationConfig {
+    Shared,
+    PerRequest,
+}
+
+/// The `[limits]` table.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// CPU time per request, in milliseconds (default 50).
+    pub cpu_ms: Option<u64>,
+    /// Wall-clock time until the response starts, in milliseconds (default: none).
+    pub wall_ms: Option<u64>,
+    /// V8 heap per isolate, in MiB (default 128).
+    pub memory_mb: Option<u64>,
+    /// Requests one isolate serves concurrently (default 64).
+    pub max_concurrent: Option<usize>,
+}
+
+impl LimitsConfig {
+    pub fn resolve(&self) -> anyhow::Result<Limits> {
+        let defaults = Limits::default();
+        let limits = Limits {
+            cpu_ms: self.cpu_ms.unwrap_or(defaults.cpu_ms),
+            wall_ms: self.wall_ms.or(defaults.wall_ms),
+            memory_mb: self.memory_mb.unwrap_or(defaults.memory_mb),
+            max_concurrent: self.max_concurrent.unwrap_or(defaults.max_concurrent),
+        };
+        if limits.cpu_ms == 0 || limits.memory_mb < 8 || limits.max_concurrent == 0 || limits.wall_ms == Some(0) {
+            bail!("[limits]: cpu_ms, wall_ms and max_concurrent must be positive and memory_mb at least 8");
+        }
+        Ok(limits)
+    }
 }
 
 impl WorkerConfig {
@@ -41,6 +85,8 @@ pub struct ResolvedWorker {
     pub root: PathBuf,
     pub main: PathBuf,
     pub vars: serde_json::Map<String, serde_json::Value>,
+    pub isolation: Isolation,
+    pub limits: Limits,
 }
 
 /// Finds the worker at `path`: a `.js` file, or a directory with an
@@ -50,7 +96,14 @@ pub fn resolve(path: &Path) -> anyhow::Result<ResolvedWorker> {
     if metadata.is_file() {
         let root = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
         let name = path.file_stem().map_or("worker".into(), |stem| stem.to_string_lossy().into_owned());
-        return Ok(ResolvedWorker { name, root, main: path.to_path_buf(), vars: Default::default() });
+        return Ok(ResolvedWorker {
+            name,
+            root,
+            main: path.to_path_buf(),
+            vars: Default::default(),
+            isolation: Isolation::Shared,
+            limits: Limits::default(),
+        });
     }
     let config_path = path.join(CONFIG_FILE);
     let config = match std::fs::read_to_string(&config_path) {
@@ -78,7 +131,12 @@ pub fn resolve(path: &Path) -> anyhow::Result<ResolvedWorker> {
     };
     let vars =
         config.vars.into_iter().map(|(key, value)| Ok((key, toml_to_json(value)?))).collect::<anyhow::Result<_>>()?;
-    Ok(ResolvedWorker { name, root: path.to_path_buf(), main, vars })
+    let isolation = match config.isolation {
+        Some(IsolationConfig::PerRequest) => Isolation::PerRequest,
+        Some(IsolationConfig::Shared) | None => Isolation::Shared,
+    };
+    let limits = config.limits.resolve().with_context(|| format!("invalid {}", config_path.display()))?;
+    Ok(ResolvedWorker { name, root: path.to_path_buf(), main, vars, isolation, limits })
 }
 
 fn is_iso_date(date: &str) -> bool {
@@ -121,6 +179,23 @@ mod tests {
         assert_eq!(config.name.as_deref(), Some("api"));
         assert_eq!(config.vars["GREETING"].as_str(), Some("hi"));
         assert_eq!(toml_to_json(config.vars["LIMITS"].clone()).unwrap(), serde_json::json!({ "max": 3 }));
+    }
+
+    #[test]
+    fn isolation_and_limits_parse() {
+        let config = WorkerConfig::parse(
+            "isolation = \"per-request\"\n[limits]\ncpu_ms = 10\nmemory_mb = 64\n",
+            Path::new("outpost.toml"),
+        )
+        .unwrap();
+        assert_eq!(config.isolation, Some(IsolationConfig::PerRequest));
+        let limits = config.limits.resolve().unwrap();
+        assert_eq!((limits.cpu_ms, limits.memory_mb, limits.max_concurrent), (10, 64, 64));
+        assert!(WorkerConfig::parse("isolation = \"sometimes\"\n", Path::new("outpost.toml")).is_err());
+        let err = WorkerConfig::parse("[limits]\ncpu = 1\n", Path::new("outpost.toml")).unwrap_err();
+        assert!(format!("{err:#}").contains("unknown field `cpu`"));
+        let zero = WorkerConfig::parse("[limits]\ncpu_ms = 0\n", Path::new("outpost.toml")).unwrap();
+        assert!(zero.limits.resolve().is_err());
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! `outpost dev`: one worker, served on loopback.
+//! `outpost dev`: one worker, served on loopback, through the same isolate
+//! pool (and limits) a node uses.
 
 use std::future::Future;
 use std::io::Write as _;
@@ -9,8 +10,8 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use outpost_ingress::{Body, Handler, HandlerError, RequestContext, ServerConfig};
-use outpost_runtime::host::{self, WorkerHandle};
-use outpost_runtime::{DispatchError, WorkerOptions, WorkerSource};
+use outpost_isolate_pool::{FetchError, Pool, PoolConfig, Snapshotter, WorkerSpec};
+use outpost_runtime::{DispatchError, WorkerSource};
 
 use crate::config;
 
@@ -24,10 +25,14 @@ pub struct DevArgs {
     /// A variable for the worker's `env`, overriding `[vars]` (repeatable).
     #[arg(long = "var", value_name = "KEY=VALUE", value_parser = config::parse_var)]
     vars: Vec<(String, String)>,
-    /// Where local state (KV data and such) is kept; default `.outpost/` in
-    /// the worker's directory.
+    /// Where local state (snapshots, KV data) is kept; default `.outpost/`
+    /// in the worker's directory.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Evaluate the worker's modules in every new isolate instead of
+    /// starting isolates from a per-worker snapshot (slower; for comparison).
+    #[arg(long)]
+    no_worker_snapshot: bool,
 }
 
 pub fn run(args: DevArgs) -> anyhow::Result<()> {
@@ -41,8 +46,19 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
 
     outpost_runtime::init_v8();
     let source = WorkerSource::new(&worker.root, &worker.main)?;
-    let handle = host::spawn(source, WorkerOptions { name: worker.name.clone(), vars: worker.vars })
-        .with_context(|| format!("cannot load worker {}", worker.name))?;
+    let snapshotter =
+        Snapshotter::current_exe(crate::SNAPSHOT_SUBCOMMAND).context("cannot find the outpost executable")?;
+    let mut pool_config = PoolConfig::new(data_dir.join("snapshots"), snapshotter);
+    pool_config.worker_snapshots = !args.no_worker_snapshot;
+    let pool = Pool::start(pool_config);
+    pool.deploy(WorkerSpec {
+        name: worker.name.clone(),
+        source,
+        vars: worker.vars,
+        isolation: worker.isolation,
+        limits: worker.limits,
+    })
+    .with_context(|| format!("cannot load worker {}", worker.name))?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -56,11 +72,12 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         let address = listener.local_addr()?;
         println!("outpost dev: serving worker {:?} on http://{address}", worker.name);
         std::io::stdout().flush()?;
-        let handler = Arc::new(WorkerHandler { worker: handle });
+        let handler = Arc::new(PoolHandler { pool: pool.clone(), worker: worker.name });
         tokio::select! {
             result = outpost_ingress::serve(listener, ServerConfig::default(), handler) => result?,
             _ = shutdown_signal() => tracing::info!("shutting down"),
         }
+        pool.stop();
         Ok(())
     })
 }
@@ -74,23 +91,37 @@ async fn shutdown_signal() {
     }
 }
 
-/// Hands every request to the one worker.
-struct WorkerHandler {
-    worker: WorkerHandle,
+/// Hands every request to one worker of the pool.
+struct PoolHandler {
+    pool: Pool,
+    worker: String,
 }
 
-impl Handler for WorkerHandler {
+impl Handler for PoolHandler {
     fn handle(
         &self,
         request: http::Request<Body>,
         context: RequestContext,
     ) -> Pin<Box<dyn Future<Output = Result<http::Response<Body>, HandlerError>> + Send>> {
+        let pool = self.pool.clone();
         let worker = self.worker.clone();
-        Box::pin(async move {
-            worker.fetch(request, context.url, context.request_id).await.map_err(|err| match err {
-                DispatchError::WorkerThrew => HandlerError::WorkerFailed,
-                _ => HandlerError::Unavailable,
-            })
-        })
+        Box::pin(
+            async move { pool.fetch(&worker, request, context.url, context.request_id).await.map_err(handler_error) },
+        )
+    }
+}
+
+/// The status a client sees follows from why the worker gave no response.
+pub fn handler_error(err: FetchError) -> HandlerError {
+    match err {
+        FetchError::NoSuchWorker(_) => HandlerError::NotFound(err.to_string()),
+        FetchError::Dispatch(DispatchError::WorkerThrew) => HandlerError::WorkerFailed,
+        FetchError::Dispatch(
+            limit @ (DispatchError::CpuLimitExceeded { .. }
+            | DispatchError::WallLimitExceeded { .. }
+            | DispatchError::MemoryLimitExceeded { .. }),
+        ) => HandlerError::LimitExceeded(limit.to_string()),
+        FetchError::Dispatch(_) => HandlerError::Unavailable,
+        _ => HandlerError::Unavailable,
     }
 }

@@ -4,6 +4,7 @@ mod config;
 mod dev;
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -19,18 +20,61 @@ struct Cli {
 enum Command {
     /// Serve a worker on 127.0.0.1 for local development.
     Dev(dev::DevArgs),
+    /// Internal: evaluate a worker and write its V8 snapshot (run by the
+    /// isolate pool in a process of its own).
+    #[command(name = "snapshot-worker", hide = true)]
+    SnapshotWorker { root: PathBuf, main: PathBuf, out: PathBuf },
 }
 
+/// The hidden subcommand the pool runs to make a worker snapshot.
+pub const SNAPSHOT_SUBCOMMAND: &str = "snapshot-worker";
+
 fn main() -> ExitCode {
-    install_tracing();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Dev(args) => dev::run(args),
+        Command::Dev(args) => {
+            install_tracing();
+            dev::run(args)
+        }
+        // No subscriber: the parent reads this process's stderr as the error.
+        Command::SnapshotWorker { root, main, out } => return snapshot_worker(&root, &main, &out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn snapshot_worker(root: &std::path::Path, main: &std::path::Path, out: &std::path::Path) -> ExitCode {
+    use outpost_runtime::snapshot::{create_worker_snapshot, SnapshotError};
+    let source = match outpost_runtime::WorkerSource::new(root, main) {
+        Ok(source) => source,
+        Err(err) => {
+            eprintln!("{err}");
+            return ExitCode::from(outpost_isolate_pool::EXIT_LOAD_ERROR as u8);
+        }
+    };
+    match create_worker_snapshot(&source) {
+        Ok(bytes) => match std::fs::write(out, bytes) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("cannot write {}: {err}", out.display());
+                ExitCode::FAILURE
+            }
+        },
+        Err(SnapshotError::Module(message)) => {
+            eprintln!("{message}");
+            ExitCode::from(outpost_isolate_pool::EXIT_LOAD_ERROR as u8)
+        }
+        Err(SnapshotError::Unsupported(message)) => {
+            eprintln!("{message}");
+            ExitCode::from(outpost_isolate_pool::EXIT_UNSUPPORTED as u8)
+        }
+        Err(err) => {
+            eprintln!("{err}");
             ExitCode::FAILURE
         }
     }

@@ -34,13 +34,20 @@ pub enum HandlerError {
     /// Nothing is able to answer right now. 503.
     #[error("the worker is unavailable")]
     Unavailable,
+    /// The worker went over one of its limits (the message names it). 503.
+    #[error("{0}")]
+    LimitExceeded(String),
+    /// No worker serves this request. 404.
+    #[error("{0}")]
+    NotFound(String),
 }
 
 impl HandlerError {
     pub fn status(&self) -> http::StatusCode {
         match self {
             Self::WorkerFailed => http::StatusCode::INTERNAL_SERVER_ERROR,
-            Self::Unavailable => http::StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable | Self::LimitExceeded(_) => http::StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotFound(_) => http::StatusCode::NOT_FOUND,
         }
     }
 }

@@ -1,25 +1,46 @@
 //! Outpost's JavaScript runtime: Cloudflare-style workers on V8, through
 //! `deno_core` and deno's web API extensions.
 //!
-//! What it does: starts an isolate from the bootstrap snapshot (built by
-//! `build.rs`), loads a worker's bundle of modules into it, and serves the
-//! requests that arrive on the worker's queue, streaming bodies both ways.
-//! The worker sees the WinterTC globals, `env` with its variables and a
-//! `ctx` with `waitUntil()`; nothing of Deno, the filesystem or processes.
+//! What it does: starts an isolate from a snapshot (the bootstrap snapshot
+//! built by `build.rs`, or a per-worker snapshot made by [`snapshot`]),
+//! loads a worker's bundle of modules into it, and serves the requests that
+//! arrive on the isolate's queue, streaming bodies both ways. The worker
+//! sees the WinterTC globals, `env` with its variables and a `ctx` with
+//! `waitUntil()`; nothing of Deno, the filesystem or processes.
 //!
 //! What it does not do: speak HTTP (the `ingress` crate does, and hands
 //! requests over as [`WorkerRequest`]s), decide which thread or isolate
-//! serves a request, or enforce CPU and memory limits (the isolate pool's
-//! job). [`host`] runs one isolate on one thread, which is all `outpost dev`
-//! needs until the pool exists.
+//! serves a request, or watch CPU time (the isolate pool does both). It
+//! does enforce the heap limit it is given, by terminating the isolate.
 
 mod ext;
-pub mod host;
 mod loader;
+pub mod snapshot;
 mod worker;
 
+use std::sync::OnceLock;
+
+pub use deno_core::v8;
 pub use ext::http::{empty_body, full_body, Body, BoxError, DispatchError, WorkerRequest};
+pub use ext::ops::RequestQueue;
 pub use loader::ModuleKind;
 pub use worker::{
-    init_v8, request_queue, LoadError, RequestReceiver, ServeError, WorkerIsolate, WorkerOptions, WorkerSource,
+    init_v8, request_queue, LoadError, RequestReceiver, ServeError, WorkerCode, WorkerIsolate, WorkerOptions,
+    WorkerSource,
 };
+
+/// Identifies this build of the runtime (its bootstrap snapshot): a worker
+/// snapshot made by one build cannot be used by another.
+pub fn runtime_fingerprint() -> &'static [u8] {
+    static FINGERPRINT: OnceLock<Vec<u8>> = OnceLock::new();
+    FINGERPRINT.get_or_init(|| {
+        // FNV-1a over the snapshot: cheap, and collisions only cost a miss.
+        let mut hash: u64 = 0xcbf29ce484222325;
+        for byte in worker::BOOTSTRAP_SNAPSHOT {
+            hash = (hash ^ u64::from(*byte)).wrapping_mul(0x100000001b3);
+        }
+        let mut out = hash.to_le_bytes().to_vec();
+        out.extend_from_slice(env!("CARGO_PKG_VERSION").as_bytes());
+        out
+    })
+}

@@ -1,19 +1,29 @@
-//! One isolate running one worker: created from the bootstrap snapshot, the
-//! worker's modules loaded and evaluated, then serving requests from a queue.
+//! One isolate running one worker: created from a snapshot, the worker's
+//! modules loaded (or restored), then serving requests from a queue.
+//!
+//! Isolates are *parked* between uses: V8 isolates are entered on creation
+//! and must otherwise be dropped in reverse order of creation on a thread.
+//! A thread here keeps many isolates and drops them in any order, so every
+//! isolate is exited right after creation and entered only while one of its
+//! futures is being polled ([`Entered`]), and again for its drop.
 
+use std::cell::Cell;
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use deno_core::{v8, JsRuntime, ModuleSpecifier, PollEventLoopOptions, RuntimeOptions};
 use tokio::sync::{mpsc, Mutex};
 
-use crate::ext::http::WorkerRequest;
-use crate::ext::ops::{allow_wasm_code_generation, RequestQueue, WasmSources, WorkerName};
+use crate::ext::http::{DispatchError, WorkerRequest};
+use crate::ext::ops::{allow_wasm_code_generation, AbortReason, RequestQueue, WasmSources, WorkerName};
 use crate::ext::{extensions, ExtensionOptions};
 use crate::loader::BundleLoader;
 
-static BOOTSTRAP_SNAPSHOT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/BOOTSTRAP_SNAPSHOT.bin"));
+pub(crate) static BOOTSTRAP_SNAPSHOT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/BOOTSTRAP_SNAPSHOT.bin"));
 
 /// Where a worker's code is: a directory and its main module inside it.
 #[derive(Debug, Clone)]
@@ -36,6 +46,20 @@ impl WorkerSource {
         }
         Ok(Self { root, main })
     }
+
+    pub(crate) fn main_url(&self) -> ModuleSpecifier {
+        ModuleSpecifier::from_file_path(&self.main).expect("the main path is absolute")
+    }
+}
+
+/// How an isolate gets the worker's code.
+#[derive(Clone, Copy)]
+pub enum WorkerCode {
+    /// Start from the bootstrap snapshot and evaluate the modules.
+    Evaluate,
+    /// Start from a per-worker snapshot (see [`crate::snapshot`]), in which
+    /// the modules are already evaluated.
+    Snapshot(&'static [u8]),
 }
 
 /// What a worker is started with besides its code.
@@ -45,6 +69,8 @@ pub struct WorkerOptions {
     pub name: String,
     /// Plain variables, the worker's `env`.
     pub vars: serde_json::Map<String, serde_json::Value>,
+    /// Largest V8 heap of one isolate, in bytes; `None` is V8's default.
+    pub heap_limit_bytes: Option<usize>,
 }
 
 /// Why a worker could not be loaded.
@@ -70,6 +96,9 @@ pub enum LoadError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServeError {
+    /// Execution was terminated from outside (a limit) or the heap ran out.
+    #[error("the isolate was terminated")]
+    Terminated,
     #[error("the worker's event loop failed: {0}")]
     EventLoop(String),
 }
@@ -80,108 +109,275 @@ pub fn init_v8() {
     JsRuntime::init_platform(None);
 }
 
-/// A worker's isolate, loaded and ready to serve. `!Send`: it lives on the
-/// thread that made it.
-pub struct WorkerIsolate {
-    runtime: JsRuntime,
-    serve: v8::Global<v8::Function>,
-}
-
-/// The receiving end of a worker's request queue, shared by successive
-/// isolates of the same worker.
+/// The receiving end of an isolate's request queue.
 pub type RequestReceiver = Rc<RequestQueue>;
 
 /// Makes a request queue: the sender goes to whoever routes requests, the
-/// receiver to the isolate(s).
+/// receiver to one isolate.
 pub fn request_queue() -> (mpsc::UnboundedSender<WorkerRequest>, RequestReceiver) {
     let (tx, rx) = mpsc::unbounded_channel();
     (tx, Rc::new(RequestQueue(Mutex::new(rx))))
 }
 
+/// A worker's isolate. `!Send`: it lives on the thread that made it.
+pub struct WorkerIsolate {
+    // Handles into the isolate go before the runtime: fields drop in order.
+    prepare: Option<v8::Global<v8::Function>>,
+    serve: Option<v8::Global<v8::Function>>,
+    runtime: JsRuntime,
+    isolate: v8::UnsafeRawIsolatePtr,
+    code: WorkerCode,
+    main: ModuleSpecifier,
+    vars: serde_json::Map<String, serde_json::Value>,
+    abort_reason: AbortReason,
+    heap_limit_hit: Rc<Cell<bool>>,
+}
+
+/// The internal script that takes the bootstrap's entry point and hides the
+/// runtime's globals from the worker. It returns `[prepare, restore]`:
+/// `restore` puts them back, which a snapshot needs (deno_core reads
+/// `Deno.core` when it restores one).
+const TAKE_ENTRY_POINT: &str = r#"(() => {
+  const prepare = globalThis.__outpostPrepare;
+  const deno = globalThis.Deno;
+  delete globalThis.__outpostPrepare;
+  delete globalThis.Deno;
+  delete globalThis.__bootstrap;
+  const restore = () => {
+    Object.defineProperty(globalThis, "__outpostPrepare", { value: prepare, configurable: true });
+    Object.defineProperty(globalThis, "Deno", { value: deno, configurable: true, writable: true });
+  };
+  return [prepare, restore];
+})()"#;
+
+pub(crate) fn runtime_options(root: &Path, wasm: WasmSources, snapshot: &'static [u8]) -> RuntimeOptions {
+    RuntimeOptions {
+        startup_snapshot: Some(snapshot),
+        extensions: extensions(ExtensionOptions { crypto_seed: None, user_agent: "Outpost-Workers".into() }),
+        module_loader: Some(Rc::new(BundleLoader::new(root.to_path_buf(), wasm))),
+        ..Default::default()
+    }
+}
+
+/// Puts what the worker's ops need into a new runtime's state.
+pub(crate) fn install_op_state(runtime: &mut JsRuntime, name: &str, wasm: WasmSources, queue: Option<RequestReceiver>) {
+    let op_state = runtime.op_state();
+    let mut op_state = op_state.borrow_mut();
+    op_state.put(WorkerName(Arc::from(name)));
+    if let Some(queue) = queue {
+        op_state.put(queue);
+    }
+    op_state.put(wasm);
+    op_state.put(AbortReason::default());
+    op_state.put(deno_permissions::PermissionsContainer::allow_all(Arc::new(
+        deno_permissions::RuntimePermissionDescriptorParser::new(sys_traits::impls::RealSys),
+    )));
+}
+
+/// Applies Cloudflare's rules (no code from strings, no wasm from raw bytes)
+/// and takes the bootstrap's entry point. Returns `(prepare, restore)`.
+pub(crate) fn lock_down(runtime: &mut JsRuntime) -> (v8::Global<v8::Function>, v8::Global<v8::Function>) {
+    runtime.v8_isolate().set_allow_wasm_code_generation_callback(allow_wasm_code_generation);
+    deno_core::scope!(scope, runtime);
+    scope.get_current_context().set_allow_generation_from_strings(false);
+    let code = v8::String::new(scope, TAKE_ENTRY_POINT).expect("short string");
+    let script = v8::Script::compile(scope, code, None).expect("internal script compiles");
+    let value = script.run(scope).expect("internal script runs");
+    let pair = v8::Local::<v8::Array>::try_from(value).expect("an array");
+    let function = |index| {
+        let value = pair.get_index(scope, index).expect("two elements");
+        v8::Global::new(scope, v8::Local::<v8::Function>::try_from(value).expect("a function"))
+    };
+    (function(0), function(1))
+}
+
 impl WorkerIsolate {
-    /// Creates an isolate from the bootstrap snapshot and evaluates the
-    /// worker's modules in it. Must run inside a tokio runtime.
-    pub async fn load(
+    /// Creates the isolate (synchronously) and leaves it parked. Call
+    /// [`load`](Self::load) next. Must run inside a tokio runtime.
+    pub fn new(
         source: &WorkerSource,
+        code: WorkerCode,
         options: &WorkerOptions,
         queue: RequestReceiver,
     ) -> Result<Self, LoadError> {
         let wasm = WasmSources::default();
-        let loader = BundleLoader::new(source.root.clone(), wasm.clone());
-        let mut runtime = JsRuntime::try_new(RuntimeOptions {
-            startup_snapshot: Some(BOOTSTRAP_SNAPSHOT),
-            extensions: extensions(ExtensionOptions { crypto_seed: None, user_agent: "Outpost-Workers".into() }),
-            module_loader: Some(Rc::new(loader)),
-            ..Default::default()
-        })
-        .map_err(|err| LoadError::Runtime(err.to_string()))?;
-
-        {
-            let op_state = runtime.op_state();
-            let mut op_state = op_state.borrow_mut();
-            op_state.put(WorkerName(Arc::from(options.name.as_str())));
-            op_state.put(queue);
-            op_state.put(wasm);
-            op_state.put(deno_permissions::PermissionsContainer::allow_all(Arc::new(
-                deno_permissions::RuntimePermissionDescriptorParser::new(sys_traits::impls::RealSys),
-            )));
-        }
-
-        // Cloudflare's rules: no code from strings, no wasm from raw bytes.
-        runtime.v8_isolate().set_allow_wasm_code_generation_callback(allow_wasm_code_generation);
-        let prepare = {
-            deno_core::scope!(scope, &mut runtime);
-            scope.get_current_context().set_allow_generation_from_strings(false);
-            // Take the bootstrap's entry point and hide the runtime's
-            // internals before any worker code can look.
-            let code = "(() => { const prepare = globalThis.__outpostPrepare; delete globalThis.__outpostPrepare; \
-                        delete globalThis.Deno; delete globalThis.__bootstrap; return prepare; })()";
-            let code = v8::String::new(scope, code).expect("short string");
-            let script = v8::Script::compile(scope, code, None).expect("internal script compiles");
-            let value = script.run(scope).expect("internal script runs");
-            let prepare = v8::Local::<v8::Function>::try_from(value).expect("the bootstrap left its entry point");
-            v8::Global::new(scope, prepare)
+        let snapshot = match code {
+            WorkerCode::Evaluate => BOOTSTRAP_SNAPSHOT,
+            WorkerCode::Snapshot(snapshot) => snapshot,
         };
+        let mut runtime_options = runtime_options(&source.root, wasm.clone(), snapshot);
+        if let Some(limit) = options.heap_limit_bytes {
+            runtime_options.create_params = Some(v8::CreateParams::default().heap_limits(0, limit));
+        }
+        let mut runtime = JsRuntime::try_new(runtime_options).map_err(|err| LoadError::Runtime(err.to_string()))?;
+        install_op_state(&mut runtime, &options.name, wasm, Some(queue));
+        let abort_reason = runtime.op_state().borrow().borrow::<AbortReason>().clone();
 
-        let main = ModuleSpecifier::from_file_path(&source.main).expect("the main path is absolute");
-        let module_id = runtime.load_main_es_module(&main).await.map_err(|err| LoadError::Module(err.to_string()))?;
-        let evaluation = runtime.mod_evaluate(module_id);
-        runtime
-            .with_event_loop_promise(Box::pin(evaluation), PollEventLoopOptions::default())
-            .await
-            .map_err(|err| LoadError::Module(err.to_string()))?;
+        // Near the heap limit: stop the isolate, and give V8 room to unwind
+        // instead of aborting the process.
+        let heap_limit_hit = Rc::new(Cell::new(false));
+        let handle = runtime.v8_isolate().thread_safe_handle();
+        let hit = heap_limit_hit.clone();
+        runtime.add_near_heap_limit_callback(move |current, _initial| {
+            hit.set(true);
+            handle.terminate_execution();
+            current + current / 2
+        });
 
+        let (prepare, restore) = lock_down(&mut runtime);
+        drop(restore);
+        // The C++ isolate's address: stable, unlike the Rust handle, which
+        // moves with the runtime.
+        // SAFETY: the pointer is only used while the runtime is alive.
+        let isolate = unsafe { runtime.v8_isolate().as_raw_isolate_ptr() };
+        // Park: creation entered the isolate; from now on only polls do.
+        // SAFETY: the isolate was entered by its creation on this thread.
+        unsafe { exit(isolate) };
+        Ok(Self {
+            prepare: Some(prepare),
+            serve: None,
+            runtime,
+            isolate,
+            code,
+            main: source.main_url(),
+            vars: options.vars.clone(),
+            abort_reason,
+            heap_limit_hit,
+        })
+    }
+
+    /// Loads (or, from a worker snapshot, finds) the worker's modules and its
+    /// fetch handler. A worker without a handler fails here, not on its first
+    /// request.
+    pub async fn load(&mut self) -> Result<(), LoadError> {
+        let isolate = self.isolate;
+        Entered { isolate, inner: Box::pin(self.load_inner()) }.await
+    }
+
+    async fn load_inner(&mut self) -> Result<(), LoadError> {
+        let runtime = &mut self.runtime;
+        // From a worker snapshot, this finds the already evaluated module;
+        // evaluating it again is a no-op.
+        let module_id =
+            runtime.load_main_es_module(&self.main).await.map_err(|err| LoadError::Module(err.to_string()))?;
+        if matches!(self.code, WorkerCode::Evaluate) {
+            let evaluation = runtime.mod_evaluate(module_id);
+            runtime
+                .with_event_loop_promise(Box::pin(evaluation), PollEventLoopOptions::default())
+                .await
+                .map_err(|err| LoadError::Module(err.to_string()))?;
+        }
         let namespace = runtime.get_module_namespace(module_id).map_err(|err| LoadError::Module(err.to_string()))?;
-        let env_json = serde_json::Value::Object(options.vars.clone()).to_string();
+        let env_json = serde_json::Value::Object(std::mem::take(&mut self.vars)).to_string();
         let args = {
-            deno_core::scope!(scope, &mut runtime);
+            deno_core::scope!(scope, runtime);
             let namespace: v8::Local<v8::Value> = v8::Local::new(scope, namespace).into();
             let env_json: v8::Local<v8::Value> = v8::String::new(scope, &env_json).expect("env fits a string").into();
             [v8::Global::new(scope, namespace), v8::Global::new(scope, env_json)]
         };
-        // `prepare` finds the fetch handler synchronously, so a worker without
-        // one fails here, at load, rather than on its first request.
+        let prepare = self.prepare.take().expect("load runs once");
         let serve = runtime
             .call_with_args(&prepare, &args)
             .await
             .map_err(|err| LoadError::NoHandler(err.exception_message.clone()))?;
         let serve = {
-            deno_core::scope!(scope, &mut runtime);
+            deno_core::scope!(scope, runtime);
             let serve = v8::Local::new(scope, serve);
-            let serve = v8::Local::<v8::Function>::try_from(serve).expect("prepare returns the serve function");
-            v8::Global::new(scope, serve)
+            v8::Global::new(scope, v8::Local::<v8::Function>::try_from(serve).expect("prepare returns a function"))
         };
-        Ok(Self { runtime, serve })
+        self.serve = Some(serve);
+        Ok(())
     }
 
     /// Serves requests from the queue until it closes and outstanding
-    /// `waitUntil()` work has settled.
-    pub async fn serve(mut self) -> Result<(), ServeError> {
-        let call = self.runtime.call_with_args(&self.serve, &[]);
-        self.runtime
-            .with_event_loop_promise(Box::pin(call), PollEventLoopOptions::default())
-            .await
-            .map(|_| ())
-            .map_err(|err| ServeError::EventLoop(err.to_string()))
+    /// `waitUntil()` work has settled, or until the isolate is terminated.
+    pub async fn serve(&mut self) -> Result<(), ServeError> {
+        let isolate = self.isolate;
+        Entered { isolate, inner: Box::pin(self.serve_inner()) }.await
+    }
+
+    async fn serve_inner(&mut self) -> Result<(), ServeError> {
+        let serve = self.serve.take().expect("serve runs once, after load");
+        let call = self.runtime.call_with_args(&serve, &[]);
+        drop(serve);
+        let result = self.runtime.with_event_loop_promise(Box::pin(call), PollEventLoopOptions::default()).await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(_) if self.runtime.v8_isolate().is_execution_terminating() || self.heap_limit_hit.get() => {
+                Err(ServeError::Terminated)
+            }
+            Err(err) => Err(ServeError::EventLoop(err.to_string())),
+        }
+    }
+
+    /// A handle that stops this isolate's JavaScript from any thread.
+    pub fn thread_safe_handle(&mut self) -> v8::IsolateHandle {
+        self.runtime.v8_isolate().thread_safe_handle()
+    }
+
+    /// Whether the isolate hit its heap limit (and was terminated for it).
+    pub fn heap_limit_hit(&self) -> bool {
+        self.heap_limit_hit.get()
+    }
+
+    /// What requests still in flight are answered with when the isolate is
+    /// dropped (instead of the generic [`DispatchError::WorkerGone`]).
+    pub fn set_abort_reason(&self, reason: DispatchError) {
+        *self.abort_reason.0.borrow_mut() = Some(reason);
+    }
+
+    /// Bytes of V8 heap in use.
+    pub fn used_heap_bytes(&mut self) -> usize {
+        // SAFETY: balanced enter/exit on the isolate's own thread.
+        unsafe { enter(self.isolate) };
+        let used = self.runtime.v8_isolate().get_heap_statistics().used_heap_size();
+        unsafe { exit(self.isolate) };
+        used
+    }
+}
+
+impl Drop for WorkerIsolate {
+    fn drop(&mut self) {
+        // The runtime's isolate must be the entered one when it is disposed;
+        // its own drop exits it again.
+        // SAFETY: the isolate is alive (the runtime drops after this) and
+        // parked, and this is its thread.
+        unsafe { enter(self.isolate) };
+        if self.runtime.v8_isolate().is_execution_terminating() {
+            self.runtime.v8_isolate().cancel_terminate_execution();
+        }
+    }
+}
+
+/// Polls `inner` with `isolate` entered, so that several parked isolates can
+/// take turns on one thread.
+pub(crate) struct Entered<F> {
+    pub(crate) isolate: v8::UnsafeRawIsolatePtr,
+    pub(crate) inner: Pin<Box<F>>,
+}
+
+/// # Safety
+/// `isolate` must be alive and belong to this thread.
+unsafe fn enter(isolate: v8::UnsafeRawIsolatePtr) {
+    unsafe { v8::Isolate::from_raw_isolate_ptr(isolate).enter() }
+}
+
+/// # Safety
+/// `isolate` must be alive, belong to this thread and be entered.
+unsafe fn exit(isolate: v8::UnsafeRawIsolatePtr) {
+    unsafe { v8::Isolate::from_raw_isolate_ptr(isolate).exit() }
+}
+
+impl<F: Future> Future for Entered<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let isolate = self.isolate;
+        // SAFETY: the isolate outlives the future (which borrows its owner),
+        // and enter/exit are balanced on this thread.
+        unsafe { enter(isolate) };
+        let result = self.inner.as_mut().poll(cx);
+        unsafe { exit(isolate) };
+        result
     }
 }

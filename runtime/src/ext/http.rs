@@ -81,4 +81,16 @@ pub enum DispatchError {
     /// The isolate is gone (stopped, or crashed) before it answered.
     #[error("the worker is not running")]
     WorkerGone,
+    /// The isolate ran out of CPU time and was stopped.
+    #[error("the worker exceeded its CPU time limit of {limit_ms} ms")]
+    CpuLimitExceeded { limit_ms: u64 },
+    /// The isolate ran out of wall-clock time and was stopped.
+    #[error("the worker exceeded its time limit of {limit_ms} ms")]
+    WallLimitExceeded { limit_ms: u64 },
+    /// The isolate's heap reached its limit and the isolate was stopped.
+    #[error("the worker exceeded its memory limit of {limit_mb} MiB")]
+    MemoryLimitExceeded { limit_mb: u64 },
+    /// Too many requests are already waiting for this worker.
+    #[error("the worker is overloaded")]
+    Overloaded,
 }

@@ -29,6 +29,12 @@ pub struct WorkerName(pub Arc<str>);
 /// Requests waiting for the isolate.
 pub struct RequestQueue(pub Mutex<mpsc::UnboundedReceiver<WorkerRequest>>);
 
+impl RequestQueue {
+    pub fn new(receiver: mpsc::UnboundedReceiver<WorkerRequest>) -> Self {
+        Self(Mutex::new(receiver))
+    }
+}
+
 /// The bytes of the bundle's `.wasm` modules, by URL, filled in by the module
 /// loader and compiled on import by [`op_outpost_wasm_module`].
 #[derive(Clone, Default)]
@@ -48,10 +54,25 @@ pub unsafe extern "C" fn allow_wasm_code_generation(
     WASM_CODEGEN_ALLOWED.with(Cell::get)
 }
 
+/// What in-flight requests are told if the isolate goes away under them.
+#[derive(Clone, Default)]
+pub struct AbortReason(pub Rc<RefCell<Option<DispatchError>>>);
+
 /// A request the worker has not answered yet.
 struct InFlight {
     request_id: String,
     respond: RefCell<Option<Responder>>,
+    abort: AbortReason,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        // Dropped unanswered: the isolate is being torn down.
+        if let Some(respond) = self.respond.get_mut().take() {
+            let reason = self.abort.0.borrow().clone().unwrap_or(DispatchError::WorkerGone);
+            let _ = respond.send(Err(reason));
+        }
+    }
 }
 
 impl Resource for InFlight {
@@ -113,6 +134,19 @@ impl Resource for RequestBody {
 /// The sending half of a streamed response body.
 struct ResponseWriter {
     tx: mpsc::Sender<Result<Bytes, BoxError>>,
+    closed: Cell<bool>,
+    abort: AbortReason,
+}
+
+impl Drop for ResponseWriter {
+    fn drop(&mut self) {
+        // Dropped before the worker closed it: the isolate is being torn
+        // down, and the client must not take the cut body for a whole one.
+        if !self.closed.get() {
+            let reason = self.abort.0.borrow().clone().unwrap_or(DispatchError::WorkerGone);
+            let _ = self.tx.try_send(Err(reason.to_string().into()));
+        }
+    }
 }
 
 impl Resource for ResponseWriter {
@@ -148,8 +182,12 @@ pub async fn op_outpost_next_request(state: Rc<RefCell<OpState>>) -> Option<Next
     let mut state = state.borrow_mut();
     let body_rid = (!body.is_end_stream())
         .then(|| state.resource_table.add(RequestBody { body: Mutex::new(body), leftover: RefCell::new(None) }));
-    let rid =
-        state.resource_table.add(InFlight { request_id: request_id.clone(), respond: RefCell::new(Some(respond)) });
+    let abort = state.borrow::<AbortReason>().clone();
+    let rid = state.resource_table.add(InFlight {
+        request_id: request_id.clone(),
+        respond: RefCell::new(Some(respond)),
+        abort,
+    });
     Some(NextRequest { rid, method: parts.method.to_string(), url, headers, body_rid, request_id })
 }
 
@@ -221,7 +259,8 @@ pub fn op_outpost_respond_stream(
     let (tx, body) = ChannelBody::new();
     let response = head.body(body.boxed_unsync()).map_err(|err| JsErrorBox::type_error(err.to_string()))?;
     in_flight.send(Ok(response));
-    Ok(state.resource_table.add(ResponseWriter { tx }))
+    let abort = state.borrow::<AbortReason>().clone();
+    Ok(state.resource_table.add(ResponseWriter { tx, closed: Cell::new(false), abort }))
 }
 
 /// The worker failed to produce a response: log why, answer 500.
@@ -255,6 +294,7 @@ pub fn op_outpost_body_close(
     #[string] error: Option<String>,
 ) -> Result<(), JsErrorBox> {
     let writer = state.resource_table.take::<ResponseWriter>(rid).map_err(JsErrorBox::from_err)?;
+    writer.closed.set(true);
     if let Some(error) = error {
         let worker = state.borrow::<WorkerName>().0.clone();
         tracing::error!(worker = %worker, "response body stream failed: {error}");

@@ -1,0 +1,169 @@
+//! Pool decisions as plain functions: state and time in, decisions out. No
+//! V8, no threads, no clocks, so they are tested in microseconds.
+
+use std::time::{Duration, Instant};
+
+/// Identifies one live isolate in the pool.
+pub type IsolateId = u64;
+
+/// What placement needs to know about a live isolate of the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IsolateLoad {
+    pub id: IsolateId,
+    pub thread: usize,
+    pub in_flight: usize,
+}
+
+/// Where a request goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// An isolate of the worker that already runs.
+    Existing(IsolateId),
+    /// A new isolate of the worker, on this thread.
+    New { thread: usize },
+}
+
+/// Placement settings.
+#[derive(Debug, Clone, Copy)]
+pub struct PlacementRules {
+    /// Requests one isolate may have in flight at once.
+    pub max_concurrent_per_isolate: usize,
+    /// A thread with this many requests in flight is busy: a worker whose
+    /// isolates are all on busy threads gets a new isolate on a quieter one.
+    pub busy_thread_in_flight: usize,
+}
+
+/// Picks the isolate (or thread, for a new isolate) for a request to one
+/// worker. `isolates` are the worker's live isolates; `thread_load[t]` is the
+/// number of requests in flight on thread `t`, across all workers.
+pub fn place(isolates: &[IsolateLoad], thread_load: &[usize], rules: PlacementRules) -> Placement {
+    let quietest_thread = (0..thread_load.len()).min_by_key(|&t| (thread_load[t], t)).unwrap_or(0);
+    let open = isolates.iter().filter(|i| i.in_flight < rules.max_concurrent_per_isolate);
+    // Affinity first: an isolate of this worker on a thread that is not busy.
+    let on_quiet_thread = open
+        .clone()
+        .filter(|i| thread_load[i.thread] < rules.busy_thread_in_flight)
+        .min_by_key(|i| (thread_load[i.thread], i.in_flight, i.id));
+    if let Some(isolate) = on_quiet_thread {
+        return Placement::Existing(isolate.id);
+    }
+    // Spread: a quiet thread without an isolate of this worker gets one.
+    let has_isolate = |t: usize| isolates.iter().any(|i| i.thread == t);
+    if thread_load[quietest_thread] < rules.busy_thread_in_flight && !has_isolate(quietest_thread) {
+        return Placement::New { thread: quietest_thread };
+    }
+    // Everything is busy: share the least loaded isolate, or start one.
+    match open.min_by_key(|i| (i.in_flight, thread_load[i.thread], i.id)) {
+        Some(isolate) => Placement::Existing(isolate.id),
+        None => Placement::New { thread: quietest_thread },
+    }
+}
+
+/// What eviction needs to know about a live isolate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IsolateUse {
+    pub id: IsolateId,
+    pub last_used: Instant,
+    pub memory_bytes: usize,
+    pub in_flight: usize,
+}
+
+/// Eviction settings.
+#[derive(Debug, Clone, Copy)]
+pub struct EvictionRules {
+    /// An isolate idle this long is evicted.
+    pub idle_timeout: Duration,
+    /// Memory all isolates of the node may use together; over it, the least
+    /// recently used idle isolates are evicted until under it.
+    pub memory_budget_bytes: usize,
+}
+
+/// The isolates to evict now. Busy isolates are never evicted.
+pub fn evict(now: Instant, isolates: &[IsolateUse], rules: EvictionRules) -> Vec<IsolateId> {
+    let mut idle: Vec<&IsolateUse> = isolates.iter().filter(|i| i.in_flight == 0).collect();
+    idle.sort_by_key(|i| (i.last_used, i.id));
+    let mut total: usize = isolates.iter().map(|i| i.memory_bytes).sum();
+    let mut evicted = Vec::new();
+    for isolate in idle {
+        let expired = now.saturating_duration_since(isolate.last_used) >= rules.idle_timeout;
+        if expired || total > rules.memory_budget_bytes {
+            total -= isolate.memory_bytes;
+            evicted.push(isolate.id);
+        }
+    }
+    evicted
+}
+
+/// Whether an isolate has used more CPU than its requests are allowed:
+/// `limit` per request in flight (at least one), over the CPU it has used
+/// since it was last idle (`charged`) plus the slice running now.
+pub fn over_cpu_limit(charged: Duration, running: Duration, in_flight: usize, limit: Duration) -> bool {
+    charged + running > limit * in_flight.max(1) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RULES: PlacementRules = PlacementRules { max_concurrent_per_isolate: 4, busy_thread_in_flight: 2 };
+
+    fn load(id: IsolateId, thread: usize, in_flight: usize) -> IsolateLoad {
+        IsolateLoad { id, thread, in_flight }
+    }
+
+    #[test]
+    fn a_cold_worker_starts_on_the_quietest_thread() {
+        assert_eq!(place(&[], &[3, 0, 1], RULES), Placement::New { thread: 1 });
+    }
+
+    #[test]
+    fn a_live_isolate_on_a_quiet_thread_is_preferred() {
+        assert_eq!(place(&[load(7, 2, 1)], &[0, 0, 1], RULES), Placement::Existing(7));
+    }
+
+    #[test]
+    fn load_spreads_when_the_isolates_thread_is_busy() {
+        assert_eq!(place(&[load(7, 0, 2)], &[2, 0], RULES), Placement::New { thread: 1 });
+    }
+
+    #[test]
+    fn when_every_thread_is_busy_the_least_loaded_isolate_is_shared() {
+        assert_eq!(place(&[load(7, 0, 3), load(8, 1, 2)], &[5, 5], RULES), Placement::Existing(8));
+    }
+
+    #[test]
+    fn a_full_isolate_is_never_chosen() {
+        assert_eq!(place(&[load(7, 0, 4)], &[4], RULES), Placement::New { thread: 0 });
+    }
+
+    fn usage(id: IsolateId, idle_for: u64, memory_mb: usize, in_flight: usize, now: Instant) -> IsolateUse {
+        IsolateUse { id, last_used: now - Duration::from_secs(idle_for), memory_bytes: memory_mb << 20, in_flight }
+    }
+
+    #[test]
+    fn idle_isolates_expire() {
+        let now = Instant::now() + Duration::from_secs(1000);
+        let rules = EvictionRules { idle_timeout: Duration::from_secs(60), memory_budget_bytes: 1 << 30 };
+        let isolates = [usage(1, 61, 10, 0, now), usage(2, 59, 10, 0, now), usage(3, 500, 10, 1, now)];
+        assert_eq!(evict(now, &isolates, rules), vec![1]);
+    }
+
+    #[test]
+    fn over_budget_the_least_recently_used_go_first() {
+        let now = Instant::now() + Duration::from_secs(1000);
+        let rules = EvictionRules { idle_timeout: Duration::from_secs(600), memory_budget_bytes: 25 << 20 };
+        let isolates =
+            [usage(1, 5, 10, 0, now), usage(2, 30, 10, 0, now), usage(3, 50, 10, 2, now), usage(4, 10, 10, 0, now)];
+        // 40 MiB in use, 25 allowed: drop the two oldest idle ones (3 is busy).
+        assert_eq!(evict(now, &isolates, rules), vec![2, 4]);
+    }
+
+    #[test]
+    fn cpu_limit_scales_with_requests_in_flight() {
+        let ms = Duration::from_millis;
+        assert!(!over_cpu_limit(ms(30), ms(10), 1, ms(50)));
+        assert!(over_cpu_limit(ms(30), ms(21), 1, ms(50)));
+        assert!(!over_cpu_limit(ms(60), ms(30), 2, ms(50)));
+        assert!(over_cpu_limit(ms(0), ms(51), 0, ms(50)));
+    }
+}

@@ -1,0 +1,472 @@
+//! The pool: deployed workers, live isolates, and the threads they run on.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use outpost_runtime::{Body, BoxError, DispatchError, WorkerCode, WorkerOptions, WorkerRequest, WorkerSource};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::policy::{self, EvictionRules, IsolateId, IsolateLoad, IsolateUse, Placement, PlacementRules};
+use crate::snapshots::{SnapshotOutcome, SnapshotStore, SnapshotStoreError, Snapshotter};
+use crate::thread::{self, Command, StartIsolate, ThreadHandle};
+
+/// How a worker's requests share isolates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Isolation {
+    /// One isolate serves many requests; module state survives between them.
+    #[default]
+    Shared,
+    /// Every request gets a fresh isolate from the worker's snapshot.
+    PerRequest,
+}
+
+/// A worker's limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// CPU time per request, in milliseconds.
+    pub cpu_ms: u64,
+    /// Wall-clock time until the response head, in milliseconds.
+    pub wall_ms: Option<u64>,
+    /// V8 heap per isolate, in MiB.
+    pub memory_mb: u64,
+    /// Requests one isolate serves at once.
+    pub max_concurrent: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { cpu_ms: 50, wall_ms: None, memory_mb: 128, max_concurrent: 64 }
+    }
+}
+
+/// A worker to deploy.
+#[derive(Debug, Clone)]
+pub struct WorkerSpec {
+    pub name: String,
+    pub source: WorkerSource,
+    pub vars: serde_json::Map<String, serde_json::Value>,
+    pub isolation: Isolation,
+    pub limits: Limits,
+}
+
+/// Node-wide settings.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// OS threads running isolates.
+    pub threads: usize,
+    /// Where per-worker snapshots are kept.
+    pub snapshot_dir: PathBuf,
+    /// How snapshots are made (a child process).
+    pub snapshotter: Snapshotter,
+    /// Whether workers start from per-worker snapshots (off: every isolate
+    /// evaluates the worker's modules; for comparison).
+    pub worker_snapshots: bool,
+    pub placement: PlacementRules,
+    pub eviction: EvictionRules,
+    /// Ready isolates kept per per-request worker.
+    pub warm_spares: usize,
+}
+
+impl PoolConfig {
+    pub fn new(snapshot_dir: PathBuf, snapshotter: Snapshotter) -> Self {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self {
+            threads,
+            snapshot_dir,
+            snapshotter,
+            worker_snapshots: true,
+            placement: PlacementRules { max_concurrent_per_isolate: 64, busy_thread_in_flight: 8 },
+            eviction: EvictionRules { idle_timeout: Duration::from_secs(300), memory_budget_bytes: 2 << 30 },
+            warm_spares: 2,
+        }
+    }
+}
+
+/// Why a worker could not be deployed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeployError {
+    /// The worker is broken: syntax error, bad import, no handler, ...
+    #[error("{0}")]
+    Load(String),
+    #[error(transparent)]
+    Store(#[from] SnapshotStoreError),
+    #[error("the pool has stopped")]
+    PoolStopped,
+}
+
+/// Why a request got no response.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FetchError {
+    #[error("no worker named {0:?} is deployed")]
+    NoSuchWorker(String),
+    #[error(transparent)]
+    Dispatch(#[from] DispatchError),
+}
+
+pub(crate) struct DeployedWorker {
+    pub(crate) spec: WorkerSpec,
+    pub(crate) code: WorkerCode,
+    /// Bumped on every deploy of the same name, so isolates of an older
+    /// version are never picked again.
+    generation: u64,
+}
+
+struct LiveIsolate {
+    worker: String,
+    generation: u64,
+    thread: usize,
+    /// `None` once nothing more may be sent: evicted, replaced, or (in
+    /// per-request mode) taken by its one request.
+    sender: Option<mpsc::UnboundedSender<WorkerRequest>>,
+    in_flight: Arc<AtomicUsize>,
+    last_used: Instant,
+    memory_bytes: usize,
+}
+
+#[derive(Default)]
+struct State {
+    workers: HashMap<String, Arc<DeployedWorker>>,
+    isolates: HashMap<IsolateId, LiveIsolate>,
+    generation: u64,
+}
+
+pub(crate) struct Inner {
+    config: PoolConfig,
+    threads: Vec<ThreadHandle>,
+    state: Mutex<State>,
+    store: SnapshotStore,
+    next_id: AtomicU64,
+    stopping: AtomicBool,
+}
+
+/// Runs workers' isolates on a fixed set of threads. Cheap to clone.
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+/// Counts that describe the pool now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    pub live_isolates: usize,
+    pub in_flight: usize,
+    pub workers: usize,
+}
+
+impl Pool {
+    /// Starts the threads. V8 must be initialised (`outpost_runtime::init_v8`).
+    pub fn start(config: PoolConfig) -> Pool {
+        let store = SnapshotStore::new(config.snapshot_dir.clone(), config.snapshotter.clone());
+        let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
+            let threads = (0..config.threads.max(1)).map(|index| thread::spawn(index, weak.clone())).collect();
+            Inner {
+                config,
+                threads,
+                state: Mutex::new(State::default()),
+                store,
+                next_id: AtomicU64::new(1),
+                stopping: AtomicBool::new(false),
+            }
+        });
+        crate::watchdog::spawn(Arc::downgrade(&inner), inner.threads.iter().map(|t| t.slot.clone()).collect());
+        Pool { inner }
+    }
+
+    /// Loads (or replaces) a worker: makes its snapshot if needed and starts
+    /// its first isolate, so that a broken worker fails here. Blocks while
+    /// the snapshot is made; call it off the async threads.
+    pub fn deploy(&self, spec: WorkerSpec) -> Result<(), DeployError> {
+        let code = if self.inner.config.worker_snapshots {
+            match self.inner.store.get_or_create(&spec.source) {
+                Ok(SnapshotOutcome::Ready { snapshot, digest }) => {
+                    tracing::debug!(worker = %spec.name, digest, "using the worker snapshot");
+                    WorkerCode::Snapshot(snapshot)
+                }
+                Ok(SnapshotOutcome::Unsupported { reason }) => {
+                    tracing::warn!(worker = %spec.name, "no worker snapshot, isolates will evaluate the modules: {reason}");
+                    WorkerCode::Evaluate
+                }
+                Ok(SnapshotOutcome::LoadFailed { message }) => {
+                    tracing::debug!(worker = %spec.name, "the worker failed to load for its snapshot: {message}");
+                    WorkerCode::Evaluate
+                }
+                Err(err) => return Err(err.into()),
+            }
+        } else {
+            WorkerCode::Evaluate
+        };
+        let (loaded_tx, loaded_rx) = oneshot::channel();
+        let worker = {
+            let mut state = self.inner.state.lock().unwrap();
+            state.generation += 1;
+            let worker = Arc::new(DeployedWorker { spec, code, generation: state.generation });
+            // The new version's first isolate loads before it takes traffic.
+            let thread = self.quietest_thread(&state);
+            self.inner.start_isolate(&mut state, &worker, thread, Some(loaded_tx));
+            worker
+        };
+        match loaded_rx.blocking_recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(message)) => return Err(DeployError::Load(message)),
+            Err(_) => return Err(DeployError::PoolStopped),
+        }
+        let mut state = self.inner.state.lock().unwrap();
+        let name = worker.spec.name.clone();
+        // Older isolates of this worker finish what they have and stop.
+        for isolate in state.isolates.values_mut().filter(|i| i.worker == name && i.generation != worker.generation) {
+            isolate.sender = None;
+        }
+        state.workers.insert(name, worker);
+        Ok(())
+    }
+
+    fn quietest_thread(&self, state: &State) -> usize {
+        let load = thread_load(state, self.inner.threads.len());
+        (0..load.len()).min_by_key(|&t| (load[t], t)).unwrap_or(0)
+    }
+
+    /// Sends a request to a worker and waits for the response head.
+    pub async fn fetch(
+        &self,
+        worker: &str,
+        request: http::Request<Body>,
+        url: String,
+        request_id: String,
+    ) -> Result<http::Response<Body>, FetchError> {
+        let (sender, guard, limits) = self.place(worker)?;
+        let (respond, response) = oneshot::channel();
+        sender.send(WorkerRequest { request, url, request_id, respond }).map_err(|_| DispatchError::WorkerGone)?;
+        drop(sender);
+        let response = match limits.wall_ms {
+            Some(limit_ms) => match tokio::time::timeout(Duration::from_millis(limit_ms), response).await {
+                Ok(response) => response,
+                Err(_) => return Err(DispatchError::WallLimitExceeded { limit_ms }.into()),
+            },
+            None => response.await,
+        };
+        let response = response.map_err(|_| DispatchError::WorkerGone)??;
+        Ok(response.map(|body| Body::new(GuardedBody { body, _guard: guard })))
+    }
+
+    fn place(&self, worker: &str) -> Result<(mpsc::UnboundedSender<WorkerRequest>, InFlightGuard, Limits), FetchError> {
+        let inner = &self.inner;
+        let mut state = inner.state.lock().unwrap();
+        let deployed =
+            state.workers.get(worker).cloned().ok_or_else(|| FetchError::NoSuchWorker(worker.to_string()))?;
+        let load = thread_load(&state, inner.threads.len());
+        let candidates: Vec<IsolateLoad> = state
+            .isolates
+            .iter()
+            .filter(|(_, i)| i.worker == worker && i.generation == deployed.generation && i.sender.is_some())
+            .map(|(&id, i)| IsolateLoad { id, thread: i.thread, in_flight: i.in_flight.load(Ordering::Relaxed) })
+            .collect();
+        let id = match deployed.spec.isolation {
+            Isolation::Shared => {
+                let rules = PlacementRules {
+                    max_concurrent_per_isolate: deployed.spec.limits.max_concurrent,
+                    ..inner.config.placement
+                };
+                match policy::place(&candidates, &load, rules) {
+                    Placement::Existing(id) => id,
+                    Placement::New { thread } => inner.start_isolate(&mut state, &deployed, thread, None),
+                }
+            }
+            Isolation::PerRequest => {
+                // A ready spare on the quietest thread, else a new isolate;
+                // either way, top the spares up again off this request's path.
+                let spare = candidates.iter().min_by_key(|c| (load[c.thread], c.id)).map(|c| (c.id, c.thread));
+                let (id, thread) = match spare {
+                    Some(spare) => spare,
+                    None => {
+                        let thread = (0..load.len()).min_by_key(|&t| (load[t], t)).unwrap_or(0);
+                        (inner.start_isolate(&mut state, &deployed, thread, None), thread)
+                    }
+                };
+                let spares_left = candidates.len().saturating_sub(usize::from(spare.is_some()));
+                for _ in spares_left..inner.config.warm_spares {
+                    inner.start_isolate(&mut state, &deployed, thread, None);
+                }
+                id
+            }
+        };
+        let isolate = state.isolates.get_mut(&id).expect("placement picks a live isolate");
+        let sender = match deployed.spec.isolation {
+            Isolation::Shared => isolate.sender.clone(),
+            // The isolate serves this one request and then stops.
+            Isolation::PerRequest => isolate.sender.take(),
+        }
+        .expect("placement picks an isolate that takes requests");
+        isolate.in_flight.fetch_add(1, Ordering::Relaxed);
+        isolate.last_used = Instant::now();
+        let guard = InFlightGuard { counter: isolate.in_flight.clone(), pool: Arc::downgrade(inner), id };
+        Ok((sender, guard, deployed.spec.limits))
+    }
+
+    /// Counts for monitoring and tests.
+    pub fn stats(&self) -> PoolStats {
+        let state = self.inner.state.lock().unwrap();
+        PoolStats {
+            live_isolates: state.isolates.len(),
+            in_flight: state.isolates.values().map(|i| i.in_flight.load(Ordering::Relaxed)).sum(),
+            workers: state.workers.len(),
+        }
+    }
+
+    /// Evicts what the eviction rules say should go now. The pool's own
+    /// maintenance calls this every second.
+    pub fn evict_now(&self) -> usize {
+        self.inner.evict(Instant::now())
+    }
+
+    /// Stops every isolate after its in-flight work.
+    pub fn stop(&self) {
+        self.inner.stopping.store(true, Ordering::Relaxed);
+        let mut state = self.inner.state.lock().unwrap();
+        for isolate in state.isolates.values_mut() {
+            isolate.sender = None;
+        }
+        for thread in &self.inner.threads {
+            let _ = thread.commands.send(Command::Stop);
+        }
+    }
+}
+
+fn thread_load(state: &State, threads: usize) -> Vec<usize> {
+    let mut load = vec![0; threads];
+    for isolate in state.isolates.values() {
+        load[isolate.thread] += isolate.in_flight.load(Ordering::Relaxed);
+    }
+    load
+}
+
+impl Inner {
+    /// Orders a new isolate of `worker` on `thread`; returns its id.
+    fn start_isolate(
+        &self,
+        state: &mut State,
+        worker: &Arc<DeployedWorker>,
+        thread: usize,
+        loaded: Option<oneshot::Sender<Result<(), String>>>,
+    ) -> IsolateId {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (sender, receiver) = mpsc::unbounded_channel();
+        state.isolates.insert(
+            id,
+            LiveIsolate {
+                worker: worker.spec.name.clone(),
+                generation: worker.generation,
+                thread,
+                sender: Some(sender),
+                in_flight: Arc::new(AtomicUsize::new(0)),
+                last_used: Instant::now(),
+                memory_bytes: 0,
+            },
+        );
+        let in_flight = state.isolates[&id].in_flight.clone();
+        let start = StartIsolate { id, worker: worker.clone(), receiver, in_flight, loaded };
+        if self.threads[thread].commands.send(Command::Start(Box::new(start))).is_err() {
+            state.isolates.remove(&id);
+        }
+        id
+    }
+
+    pub(crate) fn isolate_loaded(&self, id: IsolateId, memory_bytes: usize) {
+        if let Some(isolate) = self.state.lock().unwrap().isolates.get_mut(&id) {
+            isolate.memory_bytes = memory_bytes;
+        }
+    }
+
+    /// The isolate stopped (done, evicted, terminated or failed to load).
+    pub(crate) fn isolate_gone(&self, id: IsolateId) {
+        self.state.lock().unwrap().isolates.remove(&id);
+    }
+
+    fn evict(&self, now: Instant) -> usize {
+        let mut state = self.state.lock().unwrap();
+        let usage: Vec<IsolateUse> = state
+            .isolates
+            .iter()
+            .filter(|(_, i)| i.sender.is_some())
+            .map(|(&id, i)| IsolateUse {
+                id,
+                last_used: i.last_used,
+                memory_bytes: i.memory_bytes,
+                in_flight: i.in_flight.load(Ordering::Relaxed),
+            })
+            .collect();
+        let evicted = policy::evict(now, &usage, self.config.eviction);
+        for id in &evicted {
+            if let Some(isolate) = state.isolates.get_mut(id) {
+                tracing::debug!(worker = %isolate.worker, isolate = id, "evicting an idle isolate");
+                isolate.sender = None;
+            }
+        }
+        evicted.len()
+    }
+
+    pub(crate) fn maintain(&self) -> bool {
+        if self.stopping.load(Ordering::Relaxed) {
+            return false;
+        }
+        self.evict(Instant::now());
+        true
+    }
+}
+
+/// Counts a request as in flight until its response body is done.
+struct InFlightGuard {
+    counter: Arc<AtomicUsize>,
+    pool: Weak<Inner>,
+    id: IsolateId,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(1, Ordering::Relaxed);
+        if let Some(pool) = self.pool.upgrade() {
+            if let Some(isolate) = pool.state.lock().unwrap().isolates.get_mut(&self.id) {
+                isolate.last_used = Instant::now();
+            }
+        }
+    }
+}
+
+/// A response body that holds its request's in-flight guard.
+struct GuardedBody {
+    body: Body,
+    _guard: InFlightGuard,
+}
+
+impl HttpBody for GuardedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+pub(crate) fn worker_options(worker: &DeployedWorker) -> WorkerOptions {
+    WorkerOptions {
+        name: worker.spec.name.clone(),
+        vars: worker.spec.vars.clone(),
+        heap_limit_bytes: Some((worker.spec.limits.memory_mb as usize) << 20),
+    }
+}

@@ -1,0 +1,108 @@
+//! The CPU watchdog: a thread that looks at every pool thread's running
+//! slice and terminates an isolate that is over its CPU limit. A JS loop
+//! that never yields is stopped this way; nothing else could interrupt it.
+
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use outpost_runtime::v8::IsolateHandle;
+
+use crate::policy::over_cpu_limit;
+use crate::pool::Inner;
+
+/// How often the watchdog looks.
+const TICK: Duration = Duration::from_millis(1);
+
+/// The slice of JavaScript running on a pool thread right now.
+pub(crate) struct Running {
+    pub(crate) handle: IsolateHandle,
+    /// The thread's CPU clock when the slice started.
+    pub(crate) slice_started: Duration,
+    /// CPU the isolate used before this slice (since it was last idle).
+    pub(crate) charged: Duration,
+    pub(crate) in_flight: usize,
+    pub(crate) limit: Duration,
+    pub(crate) tripped: Arc<AtomicBool>,
+}
+
+/// One pool thread's view for the watchdog.
+#[derive(Default)]
+pub(crate) struct Slot {
+    running: Mutex<Option<Running>>,
+    /// The thread's CPU clock id, readable from another thread.
+    clock: AtomicI32,
+    registered: AtomicBool,
+}
+
+impl Slot {
+    /// Called on the pool thread itself, once.
+    pub(crate) fn register_current_thread(&self) {
+        let mut clock: libc::clockid_t = 0;
+        // SAFETY: pthread_self is this thread; clock is a valid out pointer.
+        if unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) } == 0 {
+            self.clock.store(clock, Ordering::Relaxed);
+            self.registered.store(true, Ordering::Release);
+        }
+    }
+
+    pub(crate) fn begin(&self, running: Running) {
+        *self.running.lock().unwrap() = Some(running);
+    }
+
+    pub(crate) fn end(&self) {
+        *self.running.lock().unwrap() = None;
+    }
+
+    fn check(&self) {
+        if !self.registered.load(Ordering::Acquire) {
+            return;
+        }
+        let running = self.running.lock().unwrap();
+        let Some(running) = running.as_ref() else { return };
+        if running.tripped.load(Ordering::Relaxed) {
+            return;
+        }
+        let now = clock_time(self.clock.load(Ordering::Relaxed));
+        let elapsed = now.saturating_sub(running.slice_started);
+        if over_cpu_limit(running.charged, elapsed, running.in_flight, running.limit) {
+            running.tripped.store(true, Ordering::Relaxed);
+            running.handle.terminate_execution();
+        }
+    }
+}
+
+/// CPU time of the calling thread.
+pub(crate) fn thread_cpu_time() -> Duration {
+    clock_time(libc::CLOCK_THREAD_CPUTIME_ID)
+}
+
+fn clock_time(clock: libc::clockid_t) -> Duration {
+    let mut spec = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: spec is a valid out pointer; an invalid clock leaves it zero.
+    unsafe { libc::clock_gettime(clock, &mut spec) };
+    Duration::new(spec.tv_sec as u64, spec.tv_nsec as u32)
+}
+
+pub(crate) fn spawn(pool: Weak<Inner>, slots: Vec<Arc<Slot>>) {
+    std::thread::Builder::new()
+        .name("isolate-watchdog".into())
+        .spawn(move || {
+            let mut ticks: u64 = 0;
+            loop {
+                std::thread::sleep(TICK);
+                for slot in &slots {
+                    slot.check();
+                }
+                ticks += 1;
+                // Eviction is not urgent: once a second is enough.
+                if ticks % 1000 == 0 {
+                    match pool.upgrade() {
+                        Some(pool) if pool.maintain() => {}
+                        _ => return,
+                    }
+                }
+            }
+        })
+        .expect("the watchdog thread starts");
+}
