@@ -30,7 +30,7 @@ pub struct DevArgs {
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Evaluate the worker's modules in every new isolate instead of
-    /// starting isolates from a per-worker snapshot (slower; for comparison).
+    /// starting isolates from the worker's snapshot (for comparison).
     #[arg(long)]
     no_worker_snapshot: bool,
 }

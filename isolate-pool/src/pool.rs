@@ -65,8 +65,17 @@ pub struct PoolConfig {
     pub snapshot_dir: PathBuf,
     /// How snapshots are made (a child process).
     pub snapshotter: Snapshotter,
-    /// Whether workers start from per-worker snapshots (off: every isolate
-    /// evaluates the worker's modules; for comparison).
+    /// Whether isolates start from a per-worker snapshot rather than the
+    /// bootstrap snapshot plus evaluating the worker's modules.
+    ///
+    /// Only for a pool that runs **one** worker (as `outpost dev` does): V8
+    /// shares one read-only heap per process, taken from the first snapshot
+    /// an isolate starts from, and a snapshot made from scratch promotes
+    /// objects of its own into read-only space, so isolates from two
+    /// different snapshots in one process corrupt each other. Layering the
+    /// worker snapshot on the bootstrap one would keep the read-only heap,
+    /// but deno_core 0.413 drops the lower layer's external source strings
+    /// when it layers (see ARCHITECTURE.md). A second deploy is refused.
     pub worker_snapshots: bool,
     pub placement: PlacementRules,
     pub eviction: EvictionRules,
@@ -81,7 +90,7 @@ impl PoolConfig {
             threads,
             snapshot_dir,
             snapshotter,
-            worker_snapshots: true,
+            worker_snapshots: false,
             placement: PlacementRules { max_concurrent_per_isolate: 64, busy_thread_in_flight: 8 },
             eviction: EvictionRules { idle_timeout: Duration::from_secs(300), memory_budget_bytes: 2 << 30 },
             warm_spares: 2,
@@ -100,6 +109,9 @@ pub enum DeployError {
     Store(#[from] SnapshotStoreError),
     #[error("the pool has stopped")]
     PoolStopped,
+    /// A pool with per-worker snapshots runs one worker, deployed once.
+    #[error("this pool runs one worker from its snapshot ({0:?}); start another pool (process) for another worker")]
+    OneWorkerPerSnapshotPool(String),
 }
 
 /// Why a request got no response.
@@ -185,6 +197,12 @@ impl Pool {
     /// its first isolate, so that a broken worker fails here. Blocks while
     /// the snapshot is made; call it off the async threads.
     pub fn deploy(&self, spec: WorkerSpec) -> Result<(), DeployError> {
+        if self.inner.config.worker_snapshots {
+            let state = self.inner.state.lock().unwrap();
+            if let Some(existing) = state.workers.keys().next() {
+                return Err(DeployError::OneWorkerPerSnapshotPool(existing.clone()));
+            }
+        }
         let code = if self.inner.config.worker_snapshots {
             match self.inner.store.get_or_create(&spec.source) {
                 Ok(SnapshotOutcome::Ready { snapshot, digest }) => {
@@ -324,7 +342,14 @@ impl Pool {
     /// Evicts what the eviction rules say should go now. The pool's own
     /// maintenance calls this every second.
     pub fn evict_now(&self) -> usize {
-        self.inner.evict(Instant::now())
+        self.inner.evict(Instant::now(), self.inner.config.eviction)
+    }
+
+    /// Evicts every isolate idle for at least `idle_for`, whatever the
+    /// configured timeout.
+    pub fn evict_idle(&self, idle_for: Duration) -> usize {
+        let rules = EvictionRules { idle_timeout: idle_for, ..self.inner.config.eviction };
+        self.inner.evict(Instant::now(), rules)
     }
 
     /// Stops every isolate after its in-flight work.
@@ -390,7 +415,7 @@ impl Inner {
         self.state.lock().unwrap().isolates.remove(&id);
     }
 
-    fn evict(&self, now: Instant) -> usize {
+    fn evict(&self, now: Instant, rules: EvictionRules) -> usize {
         let mut state = self.state.lock().unwrap();
         let usage: Vec<IsolateUse> = state
             .isolates
@@ -403,7 +428,7 @@ impl Inner {
                 in_flight: i.in_flight.load(Ordering::Relaxed),
             })
             .collect();
-        let evicted = policy::evict(now, &usage, self.config.eviction);
+        let evicted = policy::evict(now, &usage, rules);
         for id in &evicted {
             if let Some(isolate) = state.isolates.get_mut(id) {
                 tracing::debug!(worker = %isolate.worker, isolate = id, "evicting an idle isolate");
@@ -417,7 +442,7 @@ impl Inner {
         if self.stopping.load(Ordering::Relaxed) {
             return false;
         }
-        self.evict(Instant::now());
+        self.evict(Instant::now(), self.config.eviction);
         true
     }
 }

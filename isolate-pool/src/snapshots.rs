@@ -122,7 +122,11 @@ pub fn bundle_digest(source: &WorkerSource) -> std::io::Result<String> {
     files.sort();
     let mut hasher = Sha256::new();
     hasher.update(outpost_runtime::runtime_fingerprint());
-    hasher.update(source.main.strip_prefix(&source.root).unwrap_or(&source.main).to_string_lossy().as_bytes());
+    // Module URLs in a snapshot are absolute: the same files elsewhere are a
+    // different snapshot.
+    hasher.update(source.root.to_string_lossy().as_bytes());
+    hasher.update([0]);
+    hasher.update(source.main.to_string_lossy().as_bytes());
     for file in files {
         let bytes = std::fs::read(&file)?;
         let relative = file.strip_prefix(&source.root).unwrap_or(&file);

@@ -102,20 +102,23 @@ async fn run_isolate(start: StartIsolate, slot: Arc<Slot>, pool: Weak<Inner>) {
     let served = meter.run(isolate.serve()).await;
     // No new requests for this isolate from here on.
     gone(&pool, id);
-    match served {
-        Ok(()) => {}
-        Err(ServeError::Terminated) => {
-            let reason = if meter.tripped() {
-                DispatchError::CpuLimitExceeded { limit_ms: limits.cpu_ms }
-            } else if isolate.heap_limit_hit() {
-                DispatchError::MemoryLimitExceeded { limit_mb: limits.memory_mb }
-            } else {
-                DispatchError::WorkerGone
-            };
+    // A terminated isolate can end in any error (V8 unwinds wherever it
+    // was), so the meter and the heap flag say why, not the error's kind.
+    let limit = if meter.tripped() {
+        Some(DispatchError::CpuLimitExceeded { limit_ms: limits.cpu_ms })
+    } else if isolate.heap_limit_hit() {
+        Some(DispatchError::MemoryLimitExceeded { limit_mb: limits.memory_mb })
+    } else {
+        None
+    };
+    match (served, limit) {
+        (_, Some(reason)) => {
             tracing::warn!(worker = %name, isolate = id, "isolate stopped: {reason}");
             isolate.set_abort_reason(reason);
         }
-        Err(err) => tracing::error!(worker = %name, isolate = id, "isolate failed: {err}"),
+        (Ok(()), None) => {}
+        (Err(ServeError::Terminated), None) => tracing::warn!(worker = %name, isolate = id, "isolate terminated"),
+        (Err(err), None) => tracing::error!(worker = %name, isolate = id, "isolate failed: {err}"),
     }
     drop(isolate);
 }

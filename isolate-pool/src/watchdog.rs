@@ -67,9 +67,22 @@ impl Slot {
         let elapsed = now.saturating_sub(running.slice_started);
         if over_cpu_limit(running.charged, elapsed, running.in_flight, running.limit) {
             running.tripped.store(true, Ordering::Relaxed);
-            running.handle.terminate_execution();
+            // Terminate from inside the isolate's own execution, at its next
+            // interrupt check, rather than from this thread: the isolate may
+            // be between two slices by the time the request lands, with
+            // another isolate running on its thread.
+            running.handle.request_interrupt(terminate_from_inside, std::ptr::null_mut());
         }
     }
+}
+
+unsafe extern "C" fn terminate_from_inside(
+    isolate: outpost_runtime::v8::UnsafeRawIsolatePtr,
+    _data: *mut std::ffi::c_void,
+) {
+    // SAFETY: V8 calls this on the isolate's thread while it runs.
+    let isolate = unsafe { outpost_runtime::v8::Isolate::from_raw_isolate_ptr(isolate) };
+    isolate.terminate_execution();
 }
 
 /// CPU time of the calling thread.
@@ -96,7 +109,7 @@ pub(crate) fn spawn(pool: Weak<Inner>, slots: Vec<Arc<Slot>>) {
                 }
                 ticks += 1;
                 // Eviction is not urgent: once a second is enough.
-                if ticks % 1000 == 0 {
+                if ticks.is_multiple_of(1000) {
                     match pool.upgrade() {
                         Some(pool) if pool.maintain() => {}
                         _ => return,

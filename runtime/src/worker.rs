@@ -343,9 +343,10 @@ impl Drop for WorkerIsolate {
         // SAFETY: the isolate is alive (the runtime drops after this) and
         // parked, and this is its thread.
         unsafe { enter(self.isolate) };
-        if self.runtime.v8_isolate().is_execution_terminating() {
-            self.runtime.v8_isolate().cancel_terminate_execution();
-        }
+        // A termination may still be requested but not yet taken (the
+        // watchdog can fire between two slices): the teardown must not run
+        // into it.
+        self.runtime.v8_isolate().cancel_terminate_execution();
     }
 }
 

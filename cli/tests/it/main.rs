@@ -4,6 +4,7 @@
 mod context;
 mod errors;
 mod fixtures;
+mod pool;
 mod protocol;
 mod streaming;
 mod support;
