@@ -140,6 +140,8 @@ struct LiveIsolate {
     /// per-request mode) taken by its one request.
     sender: Option<mpsc::UnboundedSender<WorkerRequest>>,
     in_flight: Arc<AtomicUsize>,
+    /// Requests answered, for the CPU meter (a completion refills the budget).
+    completed: Arc<AtomicU64>,
     last_used: Instant,
     memory_bytes: usize,
 }
@@ -325,7 +327,12 @@ impl Pool {
         .expect("placement picks an isolate that takes requests");
         isolate.in_flight.fetch_add(1, Ordering::Relaxed);
         isolate.last_used = Instant::now();
-        let guard = InFlightGuard { counter: isolate.in_flight.clone(), pool: Arc::downgrade(inner), id };
+        let guard = InFlightGuard {
+            counter: isolate.in_flight.clone(),
+            completed: isolate.completed.clone(),
+            pool: Arc::downgrade(inner),
+            id,
+        };
         Ok((sender, guard, deployed.spec.limits))
     }
 
@@ -392,12 +399,14 @@ impl Inner {
                 thread,
                 sender: Some(sender),
                 in_flight: Arc::new(AtomicUsize::new(0)),
+                completed: Arc::new(AtomicU64::new(0)),
                 last_used: Instant::now(),
                 memory_bytes: 0,
             },
         );
         let in_flight = state.isolates[&id].in_flight.clone();
-        let start = StartIsolate { id, worker: worker.clone(), receiver, in_flight, loaded };
+        let completed = state.isolates[&id].completed.clone();
+        let start = StartIsolate { id, worker: worker.clone(), receiver, in_flight, completed, loaded };
         if self.threads[thread].commands.send(Command::Start(Box::new(start))).is_err() {
             state.isolates.remove(&id);
         }
@@ -450,12 +459,14 @@ impl Inner {
 /// Counts a request as in flight until its response body is done.
 struct InFlightGuard {
     counter: Arc<AtomicUsize>,
+    completed: Arc<AtomicU64>,
     pool: Weak<Inner>,
     id: IsolateId,
 }
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
+        self.completed.fetch_add(1, Ordering::Relaxed);
         self.counter.fetch_sub(1, Ordering::Relaxed);
         if let Some(pool) = self.pool.upgrade() {
             if let Some(isolate) = pool.state.lock().unwrap().isolates.get_mut(&self.id) {

@@ -4,7 +4,7 @@ use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -21,6 +21,7 @@ pub(crate) struct StartIsolate {
     pub(crate) worker: Arc<DeployedWorker>,
     pub(crate) receiver: mpsc::UnboundedReceiver<WorkerRequest>,
     pub(crate) in_flight: Arc<AtomicUsize>,
+    pub(crate) completed: Arc<AtomicU64>,
     pub(crate) loaded: Option<oneshot::Sender<Result<(), String>>>,
 }
 
@@ -63,7 +64,7 @@ pub(crate) fn spawn(index: usize, pool: Weak<Inner>) -> ThreadHandle {
 
 /// Runs one isolate from creation to drop.
 async fn run_isolate(start: StartIsolate, slot: Arc<Slot>, pool: Weak<Inner>) {
-    let StartIsolate { id, worker, receiver, in_flight, mut loaded } = start;
+    let StartIsolate { id, worker, receiver, in_flight, completed, mut loaded } = start;
     let name = worker.spec.name.clone();
     let limits = worker.spec.limits;
     let report_load = |loaded: &mut Option<oneshot::Sender<Result<(), String>>>, result: Result<(), String>| {
@@ -82,7 +83,8 @@ async fn run_isolate(start: StartIsolate, slot: Arc<Slot>, pool: Weak<Inner>) {
             return;
         }
     };
-    let meter = Meter::new(slot, isolate.thread_safe_handle(), in_flight, Duration::from_millis(limits.cpu_ms));
+    let meter =
+        Meter::new(slot, isolate.thread_safe_handle(), in_flight, completed, Duration::from_millis(limits.cpu_ms));
     let load = meter.run(isolate.load()).await;
     if let Err(err) = load {
         let message = if meter.tripped() {
@@ -131,10 +133,18 @@ fn gone(pool: &Weak<Inner>, id: IsolateId) {
 
 /// Charges an isolate's CPU time slice by slice and lets the watchdog see
 /// the slice that is running.
+///
+/// Requests interleave on an isolate, so CPU cannot be pinned on one of
+/// them. The budget is `limit` per request in flight, for the CPU used since
+/// the isolate last finished a request (or was idle): a runaway request
+/// finishes nothing and is stopped, while an isolate that keeps answering
+/// keeps its budget.
 struct Meter {
     slot: Arc<Slot>,
     handle: outpost_runtime::v8::IsolateHandle,
     in_flight: Arc<AtomicUsize>,
+    completed: Arc<AtomicU64>,
+    completed_seen: Cell<u64>,
     limit: Duration,
     charged: Cell<Duration>,
     tripped: Arc<AtomicBool>,
@@ -145,12 +155,15 @@ impl Meter {
         slot: Arc<Slot>,
         handle: outpost_runtime::v8::IsolateHandle,
         in_flight: Arc<AtomicUsize>,
+        completed: Arc<AtomicU64>,
         limit: Duration,
     ) -> Self {
         Self {
             slot,
             handle,
             in_flight,
+            completed,
+            completed_seen: Cell::new(0),
             limit,
             charged: Cell::new(Duration::ZERO),
             tripped: Arc::new(AtomicBool::new(false)),
@@ -177,8 +190,10 @@ impl<F: Future> Future for Metered<'_, F> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let meter = self.meter;
         let in_flight = meter.in_flight.load(Ordering::Relaxed);
-        if in_flight == 0 {
-            // Idle since the last slice: a new budget.
+        let completed = meter.completed.load(Ordering::Relaxed);
+        if in_flight == 0 || completed != meter.completed_seen.get() {
+            // Idle, or a request finished since the last slice: a new budget.
+            meter.completed_seen.set(completed);
             meter.charged.set(Duration::ZERO);
         }
         let started = thread_cpu_time();
