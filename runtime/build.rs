@@ -23,6 +23,12 @@ fn main() {
     )
     .expect("the bootstrap snapshot builds");
     std::fs::write(out_dir.join("BOOTSTRAP_SNAPSHOT.bin"), &output.output).expect("OUT_DIR is writable");
+    // FNV-1a of the snapshot, computed here so processes need not hash it.
+    let fingerprint = output
+        .output
+        .iter()
+        .fold(0xcbf29ce484222325u64, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x100000001b3));
+    std::fs::write(out_dir.join("BOOTSTRAP_FINGERPRINT"), format!("{fingerprint:016x}")).expect("OUT_DIR is writable");
     embed_extension_sources(&out_dir);
     for path in output.files_loaded_during_snapshot {
         println!("cargo:rerun-if-changed={}", path.display());

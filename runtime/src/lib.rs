@@ -18,8 +18,6 @@ mod loader;
 pub mod snapshot;
 mod worker;
 
-use std::sync::OnceLock;
-
 pub use deno_core::v8;
 pub use ext::http::{empty_body, full_body, Body, BoxError, DispatchError, WorkerRequest};
 pub use ext::ops::RequestQueue;
@@ -29,18 +27,9 @@ pub use worker::{
     WorkerSource,
 };
 
-/// Identifies this build of the runtime (its bootstrap snapshot): a worker
-/// snapshot made by one build cannot be used by another.
+/// Identifies this build of the runtime (a digest of its bootstrap snapshot,
+/// taken at build time): a worker snapshot made by one build cannot be used
+/// by another.
 pub fn runtime_fingerprint() -> &'static [u8] {
-    static FINGERPRINT: OnceLock<Vec<u8>> = OnceLock::new();
-    FINGERPRINT.get_or_init(|| {
-        // FNV-1a over the snapshot: cheap, and collisions only cost a miss.
-        let mut hash: u64 = 0xcbf29ce484222325;
-        for byte in worker::BOOTSTRAP_SNAPSHOT {
-            hash = (hash ^ u64::from(*byte)).wrapping_mul(0x100000001b3);
-        }
-        let mut out = hash.to_le_bytes().to_vec();
-        out.extend_from_slice(env!("CARGO_PKG_VERSION").as_bytes());
-        out
-    })
+    concat!(include_str!(concat!(env!("OUT_DIR"), "/BOOTSTRAP_FINGERPRINT")), "-", env!("CARGO_PKG_VERSION")).as_bytes()
 }
