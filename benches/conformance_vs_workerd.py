@@ -89,7 +89,6 @@ const w :Workerd.Worker = (
   {body},
   bindings = [ {", ".join(bindings)} ],
   compatibilityDate = "2024-09-23",
-  compatibilityFlags = ["nodejs_compat_v2"],
   globalOutbound = "internet",
 );
 """)
