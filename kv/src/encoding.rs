@@ -1,0 +1,98 @@
+//! How keys and records are laid out in redb (see `kv/DESIGN.md`).
+
+/// A stored record: the value and what Workers KV keeps beside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub value: bytes::Bytes,
+    /// Seconds since the epoch; `None` never expires.
+    pub expiration: Option<u64>,
+    /// Metadata as the caller serialized it (JSON for workers).
+    pub metadata: Option<Vec<u8>>,
+}
+
+const FORMAT: u8 = 1;
+
+/// `[namespace length: u16 BE][namespace][key]`: keys of one namespace are
+/// contiguous and in byte order.
+pub fn composite_key(namespace: &str, key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + namespace.len() + key.len());
+    out.extend_from_slice(&(namespace.len() as u16).to_be_bytes());
+    out.extend_from_slice(namespace.as_bytes());
+    out.extend_from_slice(key);
+    out
+}
+
+/// The bytes of the namespace part of composite keys.
+pub fn namespace_prefix(namespace: &str) -> Vec<u8> {
+    composite_key(namespace, b"")
+}
+
+/// `[format: u8][expiration: u64 LE, 0 = never][metadata length: u32 LE, u32::MAX = none][metadata][value]`.
+pub fn encode_record(record: &Record) -> Vec<u8> {
+    let metadata_len = record.metadata.as_ref().map_or(u32::MAX, |m| m.len() as u32);
+    let mut out = Vec::with_capacity(13 + record.metadata.as_ref().map_or(0, Vec::len) + record.value.len());
+    out.push(FORMAT);
+    out.extend_from_slice(&record.expiration.unwrap_or(0).to_le_bytes());
+    out.extend_from_slice(&metadata_len.to_le_bytes());
+    if let Some(metadata) = &record.metadata {
+        out.extend_from_slice(metadata);
+    }
+    out.extend_from_slice(&record.value);
+    out
+}
+
+/// The inverse of [`encode_record`]; `None` for bytes it did not write.
+pub fn decode_record(bytes: &[u8]) -> Option<Record> {
+    let (&format, rest) = bytes.split_first()?;
+    if format != FORMAT || rest.len() < 12 {
+        return None;
+    }
+    let expiration = u64::from_le_bytes(rest[..8].try_into().ok()?);
+    let metadata_len = u32::from_le_bytes(rest[8..12].try_into().ok()?);
+    let rest = &rest[12..];
+    let (metadata, value) = if metadata_len == u32::MAX {
+        (None, rest)
+    } else {
+        let len = metadata_len as usize;
+        if rest.len() < len {
+            return None;
+        }
+        (Some(rest[..len].to_vec()), &rest[len..])
+    };
+    Some(Record { value: bytes::Bytes::copy_from_slice(value), expiration: (expiration != 0).then_some(expiration), metadata })
+}
+
+/// `[expiration: u64 BE][composite key]`: the expiry index, in time order.
+pub fn expiry_key(expiration: u64, composite: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + composite.len());
+    out.extend_from_slice(&expiration.to_be_bytes());
+    out.extend_from_slice(composite);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip() {
+        for record in [
+            Record { value: bytes::Bytes::from_static(b"v"), expiration: None, metadata: None },
+            Record { value: bytes::Bytes::new(), expiration: Some(1_700_000_000), metadata: Some(b"{\"a\":1}".to_vec()) },
+            Record { value: bytes::Bytes::from_static(&[0, 255]), expiration: None, metadata: Some(Vec::new()) },
+        ] {
+            assert_eq!(decode_record(&encode_record(&record)), Some(record));
+        }
+        assert_eq!(decode_record(b""), None);
+        assert_eq!(decode_record(&[9, 0, 0]), None);
+    }
+
+    #[test]
+    fn namespaces_do_not_interleave() {
+        let a = composite_key("a", b"zzz");
+        let ab = composite_key("ab", b"");
+        assert!(a < ab, "every key of \"a\" sorts before namespace \"ab\"");
+        assert!(composite_key("ns", b"a") < composite_key("ns", b"b"));
+        assert!(composite_key("ns", b"a").starts_with(&namespace_prefix("ns")));
+    }
+}

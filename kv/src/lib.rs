@@ -1,0 +1,25 @@
+//! Outpost's storage for workers: KV namespaces on one embedded, crash-safe
+//! redb file, with a moka cache in front of reads.
+//!
+//! What it does: `get`/`put`/`delete`/`list` with Workers KV's semantics and
+//! limits (key ≤ 512 bytes, value ≤ 25 MiB, metadata ≤ 1024 bytes,
+//! expirations ≥ 60 s ahead, keys in byte order, lists of at most 1000),
+//! namespaces kept apart by key prefix, expired records never returned and
+//! swept in the background. A write is acknowledged only once committed
+//! durably; concurrent writes share one commit (group commit). The layout and
+//! guarantees are in `kv/DESIGN.md`.
+//!
+//! What it does not do: know about V8 or workers (the runtime's bindings
+//! call this API), or replicate across nodes. Durable Objects storage is not
+//! here yet.
+
+mod encoding;
+pub mod limits;
+mod store;
+
+pub use encoding::Record;
+pub use limits::LimitError;
+pub use store::{
+    now_secs, Clock, GetError, ListError, ListOptions, ListPage, ListedKey, OpenError, PutError, PutOptions, Store,
+    StoreConfig,
+};

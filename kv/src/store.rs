@@ -1,0 +1,424 @@
+//! The store: one redb file, a commit thread that batches writers (group
+//! commit), and a moka cache in front of reads.
+
+use std::path::Path;
+use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::oneshot;
+
+use crate::encoding::{composite_key, decode_record, encode_record, expiry_key, namespace_prefix, Record};
+use crate::limits::{self, LimitError};
+
+const ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entries");
+const EXPIRY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("expiry");
+
+/// Most writes one commit takes: bounds a batch's latency.
+const MAX_BATCH: usize = 1024;
+
+/// Seconds since the epoch; replaceable so expiration can be tested.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// Store settings.
+#[derive(Clone)]
+pub struct StoreConfig {
+    /// Bytes of decoded records the read cache may hold.
+    pub cache_bytes: u64,
+    /// What "now" is for expirations.
+    pub clock: Clock,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self { cache_bytes: 64 << 20, clock: Arc::new(now_secs) }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    #[error("cannot open the store {path}: {source}")]
+    Database { path: String, source: redb::DatabaseError },
+    #[error("cannot prepare the store: {0}")]
+    Storage(#[from] redb::Error),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GetError {
+    #[error(transparent)]
+    Limit(#[from] LimitError),
+    #[error("storage failed: {0}")]
+    Storage(#[from] redb::Error),
+    #[error("a stored record is corrupt")]
+    Corrupt,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PutError {
+    #[error(transparent)]
+    Limit(#[from] LimitError),
+    #[error("storage failed: {0}")]
+    Storage(String),
+    #[error("the store is closed")]
+    Closed,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ListError {
+    #[error(transparent)]
+    Limit(#[from] LimitError),
+    #[error("invalid cursor")]
+    BadCursor,
+    #[error("storage failed: {0}")]
+    Storage(#[from] redb::Error),
+}
+
+/// Options of a put, as Workers KV has them.
+#[derive(Debug, Clone, Default)]
+pub struct PutOptions {
+    /// Absolute expiration, seconds since the epoch.
+    pub expiration: Option<u64>,
+    /// Seconds from now.
+    pub expiration_ttl: Option<u64>,
+    /// Serialized metadata (JSON from workers).
+    pub metadata: Option<Vec<u8>>,
+}
+
+/// Options of a list.
+#[derive(Debug, Clone, Default)]
+pub struct ListOptions {
+    pub prefix: Vec<u8>,
+    /// Default 1000.
+    pub limit: Option<usize>,
+    pub cursor: Option<String>,
+}
+
+/// One key of a list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedKey {
+    pub name: Vec<u8>,
+    pub expiration: Option<u64>,
+    pub metadata: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListPage {
+    pub keys: Vec<ListedKey>,
+    pub list_complete: bool,
+    /// Present when `list_complete` is false.
+    pub cursor: Option<String>,
+}
+
+enum Write {
+    Put { key: Vec<u8>, record: Record },
+    Delete { key: Vec<u8> },
+}
+
+struct Pending {
+    write: Write,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// KV storage for every namespace of a node. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    clock: Clock,
+    db: Arc<Database>,
+    writes: Option<std_mpsc::Sender<Pending>>,
+    committer: Option<std::thread::JoinHandle<()>>,
+    cache: moka::sync::Cache<Vec<u8>, Option<Arc<Record>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the queue ends the commit thread once it has committed
+        // what was queued; waiting for it releases the file for reopening.
+        drop(self.writes.take());
+        if let Some(committer) = self.committer.take() {
+            let _ = committer.join();
+        }
+    }
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn live(record: &Record, now: u64) -> bool {
+    record.expiration.is_none_or(|expiration| expiration > now)
+}
+
+impl Store {
+    /// Opens (or creates) the store file. A file left by a crash is
+    /// repaired by redb on open.
+    pub fn open(path: &Path, config: StoreConfig) -> Result<Store, OpenError> {
+        let db = Database::create(path)
+            .map_err(|source| OpenError::Database { path: path.display().to_string(), source })?;
+        {
+            let txn = db.begin_write().map_err(redb::Error::from)?;
+            txn.open_table(ENTRIES).map_err(redb::Error::from)?;
+            txn.open_table(EXPIRY).map_err(redb::Error::from)?;
+            txn.commit().map_err(redb::Error::from)?;
+        }
+        let db = Arc::new(db);
+        let (writes, queue) = std_mpsc::channel();
+        let commit_db = db.clone();
+        let committer = std::thread::Builder::new()
+            .name("kv-commit".into())
+            .spawn(move || commit_loop(&commit_db, &queue))
+            .expect("the commit thread starts");
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(config.cache_bytes)
+            .weigher(|key: &Vec<u8>, record: &Option<Arc<Record>>| {
+                let size = key.len() + record.as_ref().map_or(0, |r| r.value.len() + r.metadata.as_ref().map_or(0, Vec::len));
+                u32::try_from(size + 64).unwrap_or(u32::MAX)
+            })
+            .build();
+        Ok(Store {
+            inner: Arc::new(Inner { clock: config.clock, db, writes: Some(writes), committer: Some(committer), cache }),
+        })
+    }
+
+    /// The live record of `key`, from the cache or the file.
+    pub fn get(&self, namespace: &str, key: &[u8]) -> Result<Option<Arc<Record>>, GetError> {
+        limits::check_key(key)?;
+        let composite = composite_key(namespace, key);
+        let now = (self.inner.clock)();
+        if let Some(cached) = self.inner.cache.get(&composite) {
+            return Ok(cached.filter(|record| live(record, now)));
+        }
+        let txn = self.inner.db.begin_read().map_err(redb::Error::from)?;
+        let table = txn.open_table(ENTRIES).map_err(redb::Error::from)?;
+        let record = match table.get(composite.as_slice()).map_err(redb::Error::from)? {
+            Some(bytes) => Some(Arc::new(decode_record(bytes.value()).ok_or(GetError::Corrupt)?)),
+            None => None,
+        };
+        self.inner.cache.insert(composite, record.clone());
+        Ok(record.filter(|record| live(record, now)))
+    }
+
+    /// Writes `value`; returns once the write is durable on disk.
+    pub async fn put(&self, namespace: &str, key: &[u8], value: Bytes, options: PutOptions) -> Result<(), PutError> {
+        limits::check_key(key)?;
+        limits::check_value(value.len())?;
+        if let Some(metadata) = &options.metadata {
+            limits::check_metadata(metadata)?;
+        }
+        let expiration = limits::resolve_expiration((self.inner.clock)(), options.expiration, options.expiration_ttl)?;
+        let record = Record { value, expiration, metadata: options.metadata };
+        let composite = composite_key(namespace, key);
+        self.write(Write::Put { key: composite.clone(), record: record.clone() }).await?;
+        self.inner.cache.insert(composite, Some(Arc::new(record)));
+        Ok(())
+    }
+
+    /// Removes `key`; returns once the removal is durable.
+    pub async fn delete(&self, namespace: &str, key: &[u8]) -> Result<(), PutError> {
+        limits::check_key(key)?;
+        let composite = composite_key(namespace, key);
+        self.write(Write::Delete { key: composite.clone() }).await?;
+        self.inner.cache.insert(composite, None);
+        Ok(())
+    }
+
+    async fn write(&self, write: Write) -> Result<(), PutError> {
+        let (done, committed) = oneshot::channel();
+        let writes = self.inner.writes.as_ref().ok_or(PutError::Closed)?;
+        writes.send(Pending { write, done }).map_err(|_| PutError::Closed)?;
+        committed.await.map_err(|_| PutError::Closed)?.map_err(PutError::Storage)
+    }
+
+    /// Keys of a namespace in byte order, live ones only.
+    pub fn list(&self, namespace: &str, options: ListOptions) -> Result<ListPage, ListError> {
+        let limit = options.limit.unwrap_or(limits::MAX_LIST_LIMIT);
+        limits::check_list_limit(limit)?;
+        let ns = namespace_prefix(namespace);
+        let start = match &options.cursor {
+            Some(cursor) => {
+                let after = decode_cursor(cursor).ok_or(ListError::BadCursor)?;
+                let mut key = composite_key(namespace, &after);
+                key.push(0); // the smallest key after `after`
+                key
+            }
+            None => composite_key(namespace, &options.prefix),
+        };
+        let end = prefix_end(&composite_key(namespace, &options.prefix));
+        let now = (self.inner.clock)();
+        let txn = self.inner.db.begin_read().map_err(redb::Error::from)?;
+        let table = txn.open_table(ENTRIES).map_err(redb::Error::from)?;
+        let range = match &end {
+            Some(end) => table.range(start.as_slice()..end.as_slice()),
+            None => table.range(start.as_slice()..),
+        }
+        .map_err(redb::Error::from)?;
+        let mut keys = Vec::new();
+        let mut more = false;
+        for entry in range {
+            let (key, value) = entry.map_err(redb::Error::from)?;
+            let Some(record) = decode_record(value.value()) else { continue };
+            if !live(&record, now) {
+                continue;
+            }
+            if keys.len() == limit {
+                more = true;
+                break;
+            }
+            keys.push(ListedKey { name: key.value()[ns.len()..].to_vec(), expiration: record.expiration, metadata: record.metadata });
+        }
+        let cursor = more.then(|| encode_cursor(&keys.last().expect("a full page").name));
+        Ok(ListPage { keys, list_complete: !more, cursor })
+    }
+
+    /// Deletes expired records (they are never returned before that either).
+    /// Returns how many went.
+    pub async fn sweep_expired(&self) -> Result<usize, PutError> {
+        let now = (self.inner.clock)();
+        let expired: Vec<Vec<u8>> = {
+            let run = || -> Result<Vec<Vec<u8>>, redb::Error> {
+                let txn = self.inner.db.begin_read()?;
+                let table = txn.open_table(EXPIRY)?;
+                let end = (now + 1).to_be_bytes();
+                let mut keys = Vec::new();
+                for entry in table.range(..end.as_slice())? {
+                    let (key, _) = entry?;
+                    keys.push(key.value()[8..].to_vec());
+                }
+                Ok(keys)
+            };
+            run().map_err(|err| PutError::Storage(err.to_string()))?
+        };
+        let count = expired.len();
+        for key in expired {
+            // Deleting re-checks nothing: a newer put of the key would have
+            // moved its expiry entry, so only truly expired ones are here.
+            if let Some(record) = self.inner.cache.get(&key).flatten() {
+                if live(&record, now) {
+                    continue;
+                }
+            }
+            self.write(Write::Delete { key: key.clone() }).await?;
+            self.inner.cache.insert(key, None);
+        }
+        Ok(count)
+    }
+
+    /// Starts a background task (on the current tokio runtime) that sweeps
+    /// expired records every `every`.
+    pub fn spawn_sweeper(&self, every: Duration) {
+        let store = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                match store.sweep_expired().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(swept = n, "expired KV entries deleted"),
+                    Err(err) => tracing::warn!("sweeping expired KV entries failed: {err}"),
+                }
+            }
+        });
+    }
+}
+
+/// The smallest byte string greater than every string starting with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+fn encode_cursor(key: &[u8]) -> String {
+    key.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_cursor(cursor: &str) -> Option<Vec<u8>> {
+    if cursor.len() % 2 != 0 {
+        return None;
+    }
+    (0..cursor.len()).step_by(2).map(|i| u8::from_str_radix(cursor.get(i..i + 2)?, 16).ok()).collect()
+}
+
+/// Takes every write waiting, commits them in one durable transaction, and
+/// acknowledges them all: concurrent writers share one fsync.
+fn commit_loop(db: &Database, queue: &std_mpsc::Receiver<Pending>) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let result = commit(db, &batch).map_err(|err| err.to_string());
+        if let Err(err) = &result {
+            tracing::error!(writes = batch.len(), "KV commit failed: {err}");
+        }
+        for pending in batch {
+            let _ = pending.done.send(result.clone());
+        }
+    }
+}
+
+fn commit(db: &Database, batch: &[Pending]) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    {
+        let mut entries = txn.open_table(ENTRIES)?;
+        let mut expiry = txn.open_table(EXPIRY)?;
+        for pending in batch {
+            let key = match &pending.write {
+                Write::Put { key, .. } | Write::Delete { key } => key,
+            };
+            // The old record's expiry entry goes with it.
+            let old_expiration = entries.get(key.as_slice())?.and_then(|old| decode_record(old.value())).and_then(|r| r.expiration);
+            if let Some(old) = old_expiration {
+                expiry.remove(expiry_key(old, key).as_slice())?;
+            }
+            match &pending.write {
+                Write::Put { key, record } => {
+                    entries.insert(key.as_slice(), encode_record(record).as_slice())?;
+                    if let Some(expiration) = record.expiration {
+                        expiry.insert(expiry_key(expiration, key).as_slice(), [].as_slice())?;
+                    }
+                }
+                Write::Delete { key } => {
+                    entries.remove(key.as_slice())?;
+                }
+            }
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_ends() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(&[b'a', 0xff]), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(&[0xff, 0xff]), None);
+    }
+
+    #[test]
+    fn cursors_round_trip() {
+        assert_eq!(decode_cursor(&encode_cursor(&[0, 1, 0xfe])), Some(vec![0, 1, 0xfe]));
+        assert_eq!(decode_cursor("zz"), None);
+        assert_eq!(decode_cursor("abc"), None);
+    }
+}

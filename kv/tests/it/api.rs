@@ -1,0 +1,148 @@
+//! The KV API: semantics, limits, namespaces, expiration, persistence.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use outpost_kv::{LimitError, ListOptions, PutError, PutOptions, Store, StoreConfig};
+
+fn open(dir: &tempfile::TempDir) -> Store {
+    Store::open(&dir.path().join("kv.redb"), StoreConfig::default()).unwrap()
+}
+
+fn put_opts() -> PutOptions {
+    PutOptions::default()
+}
+
+#[tokio::test]
+async fn put_get_delete_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    store.put("ns", b"a", "one".into(), PutOptions { metadata: Some(br#"{"m":1}"#.to_vec()), ..put_opts() }).await.unwrap();
+    let record = store.get("ns", b"a").unwrap().unwrap();
+    assert_eq!(&record.value[..], b"one");
+    assert_eq!(record.metadata.as_deref(), Some(&br#"{"m":1}"#[..]));
+    store.put("ns", b"a", "two".into(), put_opts()).await.unwrap();
+    assert_eq!(&store.get("ns", b"a").unwrap().unwrap().value[..], b"two");
+    store.put("ns", b"gone", "x".into(), put_opts()).await.unwrap();
+    store.delete("ns", b"gone").await.unwrap();
+    assert!(store.get("ns", b"gone").unwrap().is_none());
+    drop(store);
+    // A fresh process-like open (empty cache) sees the same data.
+    let store = open(&dir);
+    assert_eq!(&store.get("ns", b"a").unwrap().unwrap().value[..], b"two");
+    assert!(store.get("ns", b"gone").unwrap().is_none());
+}
+
+#[tokio::test]
+async fn namespaces_are_separate() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    store.put("a", b"k", "from a".into(), put_opts()).await.unwrap();
+    store.put("ab", b"k", "from ab".into(), put_opts()).await.unwrap();
+    assert_eq!(&store.get("a", b"k").unwrap().unwrap().value[..], b"from a");
+    assert!(store.get("b", b"k").unwrap().is_none());
+    let listed = store.list("a", ListOptions::default()).unwrap();
+    assert_eq!(listed.keys.len(), 1);
+}
+
+#[tokio::test]
+async fn limits_are_enforced_with_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let err = store.put("ns", b"", "v".into(), put_opts()).await.unwrap_err();
+    assert!(matches!(err, PutError::Limit(LimitError::EmptyKey)), "{err}");
+    let err = store.put("ns", &[b'k'; 513], "v".into(), put_opts()).await.unwrap_err();
+    assert_eq!(err.to_string(), "key names must be at most 512 bytes long, got 513");
+    let big = bytes::Bytes::from(vec![0u8; 25 * 1024 * 1024 + 1]);
+    assert!(matches!(store.put("ns", b"k", big, put_opts()).await, Err(PutError::Limit(LimitError::ValueTooLarge(_)))));
+    let meta = PutOptions { metadata: Some(vec![b'x'; 1025]), ..put_opts() };
+    assert!(matches!(store.put("ns", b"k", "v".into(), meta).await, Err(PutError::Limit(LimitError::MetadataTooLarge(1025)))));
+    let ttl = PutOptions { expiration_ttl: Some(30), ..put_opts() };
+    assert!(matches!(store.put("ns", b"k", "v".into(), ttl).await, Err(PutError::Limit(LimitError::TtlTooShort(30)))));
+    assert!(store.list("ns", ListOptions { limit: Some(1001), ..Default::default() }).is_err());
+    assert!(store.list("ns", ListOptions { cursor: Some("not hex".into()), ..Default::default() }).is_err());
+    // Nothing was written by the refused puts.
+    assert!(store.get("ns", b"k").unwrap().is_none());
+    // The largest allowed value goes through.
+    let max = bytes::Bytes::from(vec![7u8; 25 * 1024 * 1024]);
+    store.put("ns", b"max", max, put_opts()).await.unwrap();
+    assert_eq!(store.get("ns", b"max").unwrap().unwrap().value.len(), 25 * 1024 * 1024);
+}
+
+#[tokio::test]
+async fn list_pages_in_byte_order_with_prefix_and_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    for key in ["b/2", "a/1", "b/1", "b/10", "c", "b/\u{e9}"] {
+        store.put("ns", key.as_bytes(), "v".into(), put_opts()).await.unwrap();
+    }
+    let all: Vec<String> = store
+        .list("ns", ListOptions::default())
+        .unwrap()
+        .keys
+        .into_iter()
+        .map(|k| String::from_utf8(k.name).unwrap())
+        .collect();
+    assert_eq!(all, ["a/1", "b/1", "b/10", "b/2", "b/\u{e9}", "c"]);
+    let first = store.list("ns", ListOptions { prefix: b"b/".to_vec(), limit: Some(2), cursor: None }).unwrap();
+    assert_eq!(first.keys.len(), 2);
+    assert!(!first.list_complete);
+    let second = store.list("ns", ListOptions { prefix: b"b/".to_vec(), limit: Some(2), cursor: first.cursor }).unwrap();
+    let names: Vec<_> = second.keys.iter().map(|k| String::from_utf8(k.name.clone()).unwrap()).collect();
+    assert_eq!(names, ["b/2", "b/\u{e9}"]);
+    assert!(second.list_complete && second.cursor.is_none());
+}
+
+#[tokio::test]
+async fn expired_records_are_never_returned_and_are_swept() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = Arc::new(AtomicU64::new(1_000_000));
+    let clock = now.clone();
+    let config = StoreConfig { clock: Arc::new(move || clock.load(Ordering::Relaxed)), ..StoreConfig::default() };
+    let store = Store::open(&dir.path().join("kv.redb"), config).unwrap();
+    store.put("ns", b"short", "v".into(), PutOptions { expiration_ttl: Some(60), ..put_opts() }).await.unwrap();
+    store.put("ns", b"fixed", "v".into(), PutOptions { expiration: Some(1_000_120), ..put_opts() }).await.unwrap();
+    store.put("ns", b"forever", "v".into(), put_opts()).await.unwrap();
+    assert_eq!(store.get("ns", b"short").unwrap().unwrap().expiration, Some(1_000_060));
+    now.store(1_000_060, Ordering::Relaxed);
+    assert!(store.get("ns", b"short").unwrap().is_none(), "expired at its expiration second");
+    let names: Vec<_> = store.list("ns", ListOptions::default()).unwrap().keys.into_iter().map(|k| k.name).collect();
+    assert_eq!(names, [b"fixed".to_vec(), b"forever".to_vec()]);
+    assert_eq!(store.sweep_expired().await.unwrap(), 1);
+    now.store(1_000_200, Ordering::Relaxed);
+    assert_eq!(store.sweep_expired().await.unwrap(), 1);
+    // A key re-put without expiration loses its old expiry entry.
+    store.put("ns", b"again", "v".into(), PutOptions { expiration_ttl: Some(60), ..put_opts() }).await.unwrap();
+    store.put("ns", b"again", "v".into(), put_opts()).await.unwrap();
+    now.store(1_001_000, Ordering::Relaxed);
+    assert_eq!(store.sweep_expired().await.unwrap(), 0);
+    assert!(store.get("ns", b"again").unwrap().is_some());
+    assert!(store.get("ns", b"fixed").unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_are_all_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let tasks: Vec<_> = (0..64)
+        .map(|writer| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for i in 0..20 {
+                    store.put("ns", format!("{writer}-{i}").as_bytes(), format!("{writer}:{i}").into(), PutOptions::default()).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    drop(store);
+    let store = open(&dir);
+    for writer in 0..64 {
+        for i in 0..20 {
+            let record = store.get("ns", format!("{writer}-{i}").as_bytes()).unwrap().unwrap();
+            assert_eq!(record.value, format!("{writer}:{i}").as_bytes());
+        }
+    }
+}

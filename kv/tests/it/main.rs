@@ -1,0 +1,4 @@
+//! Integration tests of the store with real redb files in temp dirs.
+
+mod api;
+mod crash;
