@@ -59,7 +59,24 @@ pub fn decode_record(bytes: &[u8]) -> Option<Record> {
         }
         (Some(rest[..len].to_vec()), &rest[len..])
     };
-    Some(Record { value: bytes::Bytes::copy_from_slice(value), expiration: (expiration != 0).then_some(expiration), metadata })
+    Some(Record {
+        value: bytes::Bytes::copy_from_slice(value),
+        expiration: (expiration != 0).then_some(expiration),
+        metadata,
+    })
+}
+
+/// Expiration and metadata of an encoded record, without copying its value
+/// (what `list` needs).
+pub fn decode_header(bytes: &[u8]) -> Option<(Option<u64>, Option<&[u8]>)> {
+    let (&format, rest) = bytes.split_first()?;
+    if format != FORMAT || rest.len() < 12 {
+        return None;
+    }
+    let expiration = u64::from_le_bytes(rest[..8].try_into().ok()?);
+    let metadata_len = u32::from_le_bytes(rest[8..12].try_into().ok()?);
+    let metadata = if metadata_len == u32::MAX { None } else { Some(rest.get(12..12 + metadata_len as usize)?) };
+    Some(((expiration != 0).then_some(expiration), metadata))
 }
 
 /// `[expiration: u64 BE][composite key]`: the expiry index, in time order.
@@ -78,10 +95,16 @@ mod tests {
     fn records_round_trip() {
         for record in [
             Record { value: bytes::Bytes::from_static(b"v"), expiration: None, metadata: None },
-            Record { value: bytes::Bytes::new(), expiration: Some(1_700_000_000), metadata: Some(b"{\"a\":1}".to_vec()) },
+            Record {
+                value: bytes::Bytes::new(),
+                expiration: Some(1_700_000_000),
+                metadata: Some(b"{\"a\":1}".to_vec()),
+            },
             Record { value: bytes::Bytes::from_static(&[0, 255]), expiration: None, metadata: Some(Vec::new()) },
         ] {
-            assert_eq!(decode_record(&encode_record(&record)), Some(record));
+            let encoded = encode_record(&record);
+            assert_eq!(decode_header(&encoded), Some((record.expiration, record.metadata.as_deref())));
+            assert_eq!(decode_record(&encoded), Some(record));
         }
         assert_eq!(decode_record(b""), None);
         assert_eq!(decode_record(&[9, 0, 0]), None);

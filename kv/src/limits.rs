@@ -27,7 +27,9 @@ pub enum LimitError {
     MetadataTooLarge(usize),
     #[error("expirationTtl must be at least {MIN_EXPIRATION_TTL_SECS} seconds, got {0}")]
     TtlTooShort(u64),
-    #[error("expiration must be at least {MIN_EXPIRATION_TTL_SECS} seconds in the future (got {expiration}, now {now})")]
+    #[error(
+        "expiration must be at least {MIN_EXPIRATION_TTL_SECS} seconds in the future (got {expiration}, now {now})"
+    )]
     ExpirationTooSoon { expiration: u64, now: u64 },
     #[error("list limit must be between 1 and {MAX_LIST_LIMIT}, got {0}")]
     BadListLimit(usize),
@@ -58,7 +60,11 @@ pub fn check_metadata(serialized: &[u8]) -> Result<(), LimitError> {
 
 /// The absolute expiration (seconds since the epoch) of a put, from Workers
 /// KV's two options; `expiration_ttl` wins when both are given.
-pub fn resolve_expiration(now: u64, expiration: Option<u64>, expiration_ttl: Option<u64>) -> Result<Option<u64>, LimitError> {
+pub fn resolve_expiration(
+    now: u64,
+    expiration: Option<u64>,
+    expiration_ttl: Option<u64>,
+) -> Result<Option<u64>, LimitError> {
     if let Some(ttl) = expiration_ttl {
         if ttl < MIN_EXPIRATION_TTL_SECS {
             return Err(LimitError::TtlTooShort(ttl));

@@ -10,7 +10,9 @@ use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
-use crate::encoding::{composite_key, decode_record, encode_record, expiry_key, namespace_prefix, Record};
+use crate::encoding::{
+    composite_key, decode_header, decode_record, encode_record, expiry_key, namespace_prefix, Record,
+};
 use crate::limits::{self, LimitError};
 
 const ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entries");
@@ -180,7 +182,8 @@ impl Store {
         let cache = moka::sync::Cache::builder()
             .max_capacity(config.cache_bytes)
             .weigher(|key: &Vec<u8>, record: &Option<Arc<Record>>| {
-                let size = key.len() + record.as_ref().map_or(0, |r| r.value.len() + r.metadata.as_ref().map_or(0, Vec::len));
+                let size =
+                    key.len() + record.as_ref().map_or(0, |r| r.value.len() + r.metadata.as_ref().map_or(0, Vec::len));
                 u32::try_from(size + 64).unwrap_or(u32::MAX)
             })
             .build();
@@ -265,15 +268,19 @@ impl Store {
         let mut more = false;
         for entry in range {
             let (key, value) = entry.map_err(redb::Error::from)?;
-            let Some(record) = decode_record(value.value()) else { continue };
-            if !live(&record, now) {
+            let Some((expiration, metadata)) = decode_header(value.value()) else { continue };
+            if expiration.is_some_and(|expiration| expiration <= now) {
                 continue;
             }
             if keys.len() == limit {
                 more = true;
                 break;
             }
-            keys.push(ListedKey { name: key.value()[ns.len()..].to_vec(), expiration: record.expiration, metadata: record.metadata });
+            keys.push(ListedKey {
+                name: key.value()[ns.len()..].to_vec(),
+                expiration,
+                metadata: metadata.map(<[u8]>::to_vec),
+            });
         }
         let cursor = more.then(|| encode_cursor(&keys.last().expect("a full page").name));
         Ok(ListPage { keys, list_complete: !more, cursor })
@@ -346,7 +353,7 @@ fn encode_cursor(key: &[u8]) -> String {
 }
 
 fn decode_cursor(cursor: &str) -> Option<Vec<u8>> {
-    if cursor.len() % 2 != 0 {
+    if !cursor.len().is_multiple_of(2) {
         return None;
     }
     (0..cursor.len()).step_by(2).map(|i| u8::from_str_radix(cursor.get(i..i + 2)?, 16).ok()).collect()
@@ -383,7 +390,8 @@ fn commit(db: &Database, batch: &[Pending]) -> Result<(), redb::Error> {
                 Write::Put { key, .. } | Write::Delete { key } => key,
             };
             // The old record's expiry entry goes with it.
-            let old_expiration = entries.get(key.as_slice())?.and_then(|old| decode_record(old.value())).and_then(|r| r.expiration);
+            let old_expiration =
+                entries.get(key.as_slice())?.and_then(|old| decode_record(old.value())).and_then(|r| r.expiration);
             if let Some(old) = old_expiration {
                 expiry.remove(expiry_key(old, key).as_slice())?;
             }

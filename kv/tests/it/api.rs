@@ -17,7 +17,10 @@ fn put_opts() -> PutOptions {
 async fn put_get_delete_and_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
-    store.put("ns", b"a", "one".into(), PutOptions { metadata: Some(br#"{"m":1}"#.to_vec()), ..put_opts() }).await.unwrap();
+    store
+        .put("ns", b"a", "one".into(), PutOptions { metadata: Some(br#"{"m":1}"#.to_vec()), ..put_opts() })
+        .await
+        .unwrap();
     let record = store.get("ns", b"a").unwrap().unwrap();
     assert_eq!(&record.value[..], b"one");
     assert_eq!(record.metadata.as_deref(), Some(&br#"{"m":1}"#[..]));
@@ -56,7 +59,10 @@ async fn limits_are_enforced_with_clear_errors() {
     let big = bytes::Bytes::from(vec![0u8; 25 * 1024 * 1024 + 1]);
     assert!(matches!(store.put("ns", b"k", big, put_opts()).await, Err(PutError::Limit(LimitError::ValueTooLarge(_)))));
     let meta = PutOptions { metadata: Some(vec![b'x'; 1025]), ..put_opts() };
-    assert!(matches!(store.put("ns", b"k", "v".into(), meta).await, Err(PutError::Limit(LimitError::MetadataTooLarge(1025)))));
+    assert!(matches!(
+        store.put("ns", b"k", "v".into(), meta).await,
+        Err(PutError::Limit(LimitError::MetadataTooLarge(1025)))
+    ));
     let ttl = PutOptions { expiration_ttl: Some(30), ..put_opts() };
     assert!(matches!(store.put("ns", b"k", "v".into(), ttl).await, Err(PutError::Limit(LimitError::TtlTooShort(30)))));
     assert!(store.list("ns", ListOptions { limit: Some(1001), ..Default::default() }).is_err());
@@ -87,7 +93,8 @@ async fn list_pages_in_byte_order_with_prefix_and_cursor() {
     let first = store.list("ns", ListOptions { prefix: b"b/".to_vec(), limit: Some(2), cursor: None }).unwrap();
     assert_eq!(first.keys.len(), 2);
     assert!(!first.list_complete);
-    let second = store.list("ns", ListOptions { prefix: b"b/".to_vec(), limit: Some(2), cursor: first.cursor }).unwrap();
+    let second =
+        store.list("ns", ListOptions { prefix: b"b/".to_vec(), limit: Some(2), cursor: first.cursor }).unwrap();
     let names: Vec<_> = second.keys.iter().map(|k| String::from_utf8(k.name.clone()).unwrap()).collect();
     assert_eq!(names, ["b/2", "b/\u{e9}"]);
     assert!(second.list_complete && second.cursor.is_none());
@@ -129,7 +136,15 @@ async fn concurrent_writers_are_all_durable() {
             let store = store.clone();
             tokio::spawn(async move {
                 for i in 0..20 {
-                    store.put("ns", format!("{writer}-{i}").as_bytes(), format!("{writer}:{i}").into(), PutOptions::default()).await.unwrap();
+                    store
+                        .put(
+                            "ns",
+                            format!("{writer}-{i}").as_bytes(),
+                            format!("{writer}:{i}").into(),
+                            PutOptions::default(),
+                        )
+                        .await
+                        .unwrap();
                 }
             })
         })

@@ -31,7 +31,11 @@ fn acknowledged_writes_survive_sigkill() {
             .unwrap();
         let stdout = child.stdout.take().unwrap();
         let reader = std::thread::spawn(move || {
-            BufReader::new(stdout).lines().map_while(Result::ok).filter_map(|line| line.parse::<u64>().ok()).collect::<Vec<u64>>()
+            BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .filter_map(|line| line.parse::<u64>().ok())
+                .collect::<Vec<u64>>()
         });
         let started = Instant::now();
         while started.elapsed() < run_for {
