@@ -100,6 +100,8 @@ fn single_worker_pool(
         vars: Default::default(),
         isolation,
         limits: Limits::default(),
+        kv_namespaces: Vec::new(),
+        kv_store: None,
     })
     .expect("the worker deploys");
     (pool, name)

@@ -33,6 +33,21 @@ pub struct WorkerConfig {
     /// Per-worker limits; unset keys take the node's defaults.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// KV namespaces bound on `env`, as in wrangler.toml.
+    #[serde(default)]
+    pub kv_namespaces: Vec<KvNamespaceConfig>,
+}
+
+/// One `[[kv_namespaces]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KvNamespaceConfig {
+    /// The name on `env`.
+    pub binding: String,
+    /// The namespace's id; defaults to the binding name.
+    pub id: Option<String>,
+    /// Accepted for wrangler compatibility; Outpost has no preview namespaces.
+    pub preview_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -87,6 +102,7 @@ pub struct ResolvedWorker {
     pub vars: serde_json::Map<String, serde_json::Value>,
     pub isolation: Isolation,
     pub limits: Limits,
+    pub kv_namespaces: Vec<outpost_runtime::KvNamespaceBinding>,
 }
 
 /// Finds the worker at `path`: a `.js` file, or a directory with an
@@ -103,6 +119,7 @@ pub fn resolve(path: &Path) -> anyhow::Result<ResolvedWorker> {
             vars: Default::default(),
             isolation: Isolation::Shared,
             limits: Limits::default(),
+            kv_namespaces: Vec::new(),
         });
     }
     let config_path = path.join(CONFIG_FILE);
@@ -136,7 +153,18 @@ pub fn resolve(path: &Path) -> anyhow::Result<ResolvedWorker> {
         Some(IsolationConfig::Shared) | None => Isolation::Shared,
     };
     let limits = config.limits.resolve().with_context(|| format!("invalid {}", config_path.display()))?;
-    Ok(ResolvedWorker { name, root: path.to_path_buf(), main, vars, isolation, limits })
+    let mut kv_namespaces = Vec::new();
+    for namespace in &config.kv_namespaces {
+        if kv_namespaces.iter().any(|b: &outpost_runtime::KvNamespaceBinding| b.binding == namespace.binding) {
+            bail!("{}: the KV binding {:?} is declared twice", config_path.display(), namespace.binding);
+        }
+        kv_namespaces.push(outpost_runtime::KvNamespaceBinding {
+            binding: namespace.binding.clone(),
+            id: namespace.id.clone().unwrap_or_else(|| namespace.binding.clone()),
+        });
+    }
+    let _ = config.kv_namespaces.iter().filter_map(|n| n.preview_id.as_ref()).count();
+    Ok(ResolvedWorker { name, root: path.to_path_buf(), main, vars, isolation, limits, kv_namespaces })
 }
 
 fn is_iso_date(date: &str) -> bool {

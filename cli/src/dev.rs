@@ -54,12 +54,17 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     // thread + 1 front thread serves more than 2 + 1).
     pool_config.threads = pool_config.threads.saturating_sub(1).max(1);
     let pool = Pool::start(pool_config);
+    let kv_path = data_dir.join("kv.redb");
+    let kv_store = outpost_kv::Store::open(&kv_path, outpost_kv::StoreConfig::default())
+        .with_context(|| format!("cannot open the KV store {}", kv_path.display()))?;
     pool.deploy(WorkerSpec {
         name: worker.name.clone(),
         source,
         vars: worker.vars,
         isolation: worker.isolation,
         limits: worker.limits,
+        kv_namespaces: worker.kv_namespaces,
+        kv_store: Some(kv_store.clone()),
     })
     .with_context(|| format!("cannot load worker {}", worker.name))?;
 
@@ -75,6 +80,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         let address = listener.local_addr()?;
         println!("outpost dev: serving worker {:?} on http://{address}", worker.name);
         std::io::stdout().flush()?;
+        kv_store.spawn_sweeper(std::time::Duration::from_secs(60));
         let handler = Arc::new(PoolHandler { pool: pool.clone(), worker: worker.name });
         tokio::select! {
             result = outpost_ingress::serve(listener, ServerConfig::default(), handler) => result?,

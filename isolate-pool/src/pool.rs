@@ -54,6 +54,10 @@ pub struct WorkerSpec {
     pub vars: serde_json::Map<String, serde_json::Value>,
     pub isolation: Isolation,
     pub limits: Limits,
+    /// KV namespaces on the worker's `env`.
+    pub kv_namespaces: Vec<outpost_runtime::KvNamespaceBinding>,
+    /// The node's KV store; needed when `kv_namespaces` is not empty.
+    pub kv_store: Option<outpost_kv::Store>,
 }
 
 /// Node-wide settings.
@@ -504,5 +508,7 @@ pub(crate) fn worker_options(worker: &DeployedWorker) -> WorkerOptions {
         name: worker.spec.name.clone(),
         vars: worker.spec.vars.clone(),
         heap_limit_bytes: Some((worker.spec.limits.memory_mb as usize) << 20),
+        kv_namespaces: worker.spec.kv_namespaces.clone(),
+        kv_store: worker.spec.kv_store.clone(),
     }
 }

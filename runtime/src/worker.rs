@@ -71,6 +71,19 @@ pub struct WorkerOptions {
     pub vars: serde_json::Map<String, serde_json::Value>,
     /// Largest V8 heap of one isolate, in bytes; `None` is V8's default.
     pub heap_limit_bytes: Option<usize>,
+    /// KV namespaces bound to the worker: `env` name and namespace id.
+    pub kv_namespaces: Vec<KvNamespaceBinding>,
+    /// Where KV data lives; required when `kv_namespaces` is not empty.
+    pub kv_store: Option<outpost_kv::Store>,
+}
+
+/// One `[[kv_namespaces]]` binding.
+#[derive(Debug, Clone)]
+pub struct KvNamespaceBinding {
+    /// The name on `env`.
+    pub binding: String,
+    /// The namespace's id in the store.
+    pub id: String,
 }
 
 /// Why a worker could not be loaded.
@@ -129,6 +142,7 @@ pub struct WorkerIsolate {
     code: WorkerCode,
     main: ModuleSpecifier,
     vars: serde_json::Map<String, serde_json::Value>,
+    kv_names: Vec<String>,
     abort_reason: AbortReason,
     heap_limit_hit: Rc<Cell<bool>>,
 }
@@ -211,6 +225,12 @@ impl WorkerIsolate {
         }
         let mut runtime = JsRuntime::try_new(runtime_options).map_err(|err| LoadError::Runtime(err.to_string()))?;
         install_op_state(&mut runtime, &options.name, wasm, Some(queue));
+        if let Some(store) = &options.kv_store {
+            runtime.op_state().borrow_mut().put(crate::ext::kv::KvBindings {
+                store: store.clone(),
+                namespaces: options.kv_namespaces.iter().map(|b| b.id.clone()).collect(),
+            });
+        }
         let abort_reason = runtime.op_state().borrow().borrow::<AbortReason>().clone();
 
         // Near the heap limit: stop the isolate, and give V8 room to unwind
@@ -241,6 +261,7 @@ impl WorkerIsolate {
             code,
             main: source.main_url(),
             vars: options.vars.clone(),
+            kv_names: options.kv_namespaces.iter().map(|b| b.binding.clone()).collect(),
             abort_reason,
             heap_limit_hit,
         })
@@ -269,11 +290,13 @@ impl WorkerIsolate {
         }
         let namespace = runtime.get_module_namespace(module_id).map_err(|err| LoadError::Module(err.to_string()))?;
         let env_json = serde_json::Value::Object(std::mem::take(&mut self.vars)).to_string();
+        let kv_json = serde_json::to_string(&self.kv_names).expect("names serialize");
         let args = {
             deno_core::scope!(scope, runtime);
             let namespace: v8::Local<v8::Value> = v8::Local::new(scope, namespace).into();
             let env_json: v8::Local<v8::Value> = v8::String::new(scope, &env_json).expect("env fits a string").into();
-            [v8::Global::new(scope, namespace), v8::Global::new(scope, env_json)]
+            let kv_json: v8::Local<v8::Value> = v8::String::new(scope, &kv_json).expect("names fit a string").into();
+            [v8::Global::new(scope, namespace), v8::Global::new(scope, env_json), v8::Global::new(scope, kv_json)]
         };
         let prepare = self.prepare.take().expect("load runs once");
         let serve = runtime

@@ -66,3 +66,20 @@ async fn pass_through_on_exception_is_accepted() {
     let logs = dev.wait_for_log("after passThrough");
     assert!(logs.contains("no origin to pass to"), "{logs}");
 }
+
+#[tokio::test]
+async fn kv_data_survives_a_restart() {
+    let dir = worker(&[
+        ("outpost.toml", "name = \"kv-restart\"\n[[kv_namespaces]]\nbinding = \"STORE\"\n"),
+        (
+            "worker.js",
+            "export default { async fetch(request, env) { const url = new URL(request.url); if (request.method === 'PUT') { await env.STORE.put('k', await request.text()); return new Response('stored'); } return new Response(await env.STORE.get('k') ?? 'missing'); } };\n",
+        ),
+    ]);
+    let dev = Dev::start(dir.path(), &[]);
+    assert_eq!(support::send(dev.addr, "PUT", "/", &[], b"kept across restarts").await.text(), "stored");
+    // SIGKILL: the put was acknowledged, so it is on disk.
+    let data_dir = dev.stop();
+    let dev = Dev::start_in(dir.path(), data_dir, &[]);
+    assert_eq!(support::get(dev.addr, "/").await.text(), "kept across restarts");
+}

@@ -138,4 +138,5 @@ fixtures! {
     globals => "globals",
     service_worker => "service-worker",
     worker_errors => "errors",
+    kv_namespaces => "kv",
 }

@@ -36,7 +36,15 @@ fn write_worker(root: &Path, name: &str, code: &str) -> WorkerSource {
 }
 
 fn spec(name: &str, source: WorkerSource, isolation: Isolation, limits: Limits) -> WorkerSpec {
-    WorkerSpec { name: name.into(), source, vars: Default::default(), isolation, limits }
+    WorkerSpec {
+        name: name.into(),
+        source,
+        vars: Default::default(),
+        isolation,
+        limits,
+        kv_namespaces: Vec::new(),
+        kv_store: None,
+    }
 }
 
 async fn call(pool: &Pool, worker: &str, path: &str) -> Result<(u16, String), FetchError> {

@@ -30,7 +30,11 @@ pub struct Dev {
 impl Dev {
     /// Starts `outpost dev <path> --port 0 <extra...>` and waits until it listens.
     pub fn start(path: &Path, extra: &[&str]) -> Dev {
-        let data_dir = tempfile::tempdir().expect("a temp dir");
+        Self::start_in(path, tempfile::tempdir().expect("a temp dir"), extra)
+    }
+
+    /// Like [`Dev::start`], keeping local state in `data_dir`.
+    pub fn start_in(path: &Path, data_dir: tempfile::TempDir, extra: &[&str]) -> Dev {
         let mut child = Command::new(env!("CARGO_BIN_EXE_outpost"))
             .arg("dev")
             .arg(path)
@@ -63,6 +67,14 @@ impl Dev {
     }
 
     /// Everything the process logged so far.
+    /// Stops the process and hands back its data directory.
+    pub fn stop(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let placeholder = tempfile::tempdir().expect("a temp dir");
+        std::mem::replace(&mut self._data_dir, placeholder)
+    }
+
     pub fn logs(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }

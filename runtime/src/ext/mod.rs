@@ -8,6 +8,7 @@
 //! here, in one place, and this module depends on nothing else in the crate.
 
 pub mod http;
+pub mod kv;
 pub mod ops;
 
 use std::sync::Arc;
@@ -36,6 +37,10 @@ deno_core::extension!(
         ops::op_outpost_body_close,
         ops::op_outpost_log,
         ops::op_outpost_wasm_module,
+        kv::op_outpost_kv_get,
+        kv::op_outpost_kv_put,
+        kv::op_outpost_kv_delete,
+        kv::op_outpost_kv_list,
     ],
     esm_entry_point = "ext:outpost_runtime/bootstrap.js",
     esm = [dir "js", "bootstrap.js"],
