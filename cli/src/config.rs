@@ -155,6 +155,9 @@ pub fn resolve(path: &Path) -> anyhow::Result<ResolvedWorker> {
     let limits = config.limits.resolve().with_context(|| format!("invalid {}", config_path.display()))?;
     let mut kv_namespaces = Vec::new();
     for namespace in &config.kv_namespaces {
+        if namespace.preview_id.is_some() {
+            tracing::debug!(binding = %namespace.binding, "preview_id has no meaning in Outpost; ignored");
+        }
         if kv_namespaces.iter().any(|b: &outpost_runtime::KvNamespaceBinding| b.binding == namespace.binding) {
             bail!("{}: the KV binding {:?} is declared twice", config_path.display(), namespace.binding);
         }
@@ -163,7 +166,6 @@ pub fn resolve(path: &Path) -> anyhow::Result<ResolvedWorker> {
             id: namespace.id.clone().unwrap_or_else(|| namespace.binding.clone()),
         });
     }
-    let _ = config.kv_namespaces.iter().filter_map(|n| n.preview_id.as_ref()).count();
     Ok(ResolvedWorker { name, root: path.to_path_buf(), main, vars, isolation, limits, kv_namespaces })
 }
 

@@ -23,8 +23,8 @@ pub use ext::http::{empty_body, full_body, Body, BoxError, DispatchError, Worker
 pub use ext::ops::RequestQueue;
 pub use loader::ModuleKind;
 pub use worker::{
-    init_v8, request_queue, KvNamespaceBinding, LoadError, RequestReceiver, ServeError, WorkerCode, WorkerIsolate,
-    WorkerOptions, WorkerSource,
+    init_v8, KvNamespaceBinding, LoadError, RequestReceiver, ServeError, WorkerCode, WorkerIsolate, WorkerOptions,
+    WorkerSource,
 };
 
 /// Identifies this build of the runtime (a digest of its bootstrap snapshot,

@@ -16,9 +16,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use deno_core::{v8, JsRuntime, ModuleSpecifier, PollEventLoopOptions, RuntimeOptions};
-use tokio::sync::{mpsc, Mutex};
 
-use crate::ext::http::{DispatchError, WorkerRequest};
+use crate::ext::http::DispatchError;
 use crate::ext::ops::{allow_wasm_code_generation, AbortReason, RequestQueue, WasmSources, WorkerName};
 use crate::ext::{extensions, ExtensionOptions};
 use crate::loader::BundleLoader;
@@ -124,13 +123,6 @@ pub fn init_v8() {
 
 /// The receiving end of an isolate's request queue.
 pub type RequestReceiver = Rc<RequestQueue>;
-
-/// Makes a request queue: the sender goes to whoever routes requests, the
-/// receiver to one isolate.
-pub fn request_queue() -> (mpsc::UnboundedSender<WorkerRequest>, RequestReceiver) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    (tx, Rc::new(RequestQueue(Mutex::new(rx))))
-}
 
 /// A worker's isolate. `!Send`: it lives on the thread that made it.
 pub struct WorkerIsolate {
