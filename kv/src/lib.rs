@@ -10,11 +10,14 @@
 //! guarantees are in `kv/DESIGN.md`.
 //!
 //! What it does not do: know about V8 or workers (the runtime's bindings
-//! call this API), or replicate across nodes. Durable Objects storage is not
-//! here yet.
+//! call this API), or replicate across nodes. Durable Objects are not served
+//! here yet: this crate stores their data (`objects`: per-object ordered
+//! keys, atomic transactions, persisted alarms), the runtime side does not
+//! exist yet.
 
 mod encoding;
 pub mod limits;
+pub mod objects;
 mod store;
 
 pub use encoding::Record;

@@ -117,13 +117,17 @@ pub struct ListPage {
     pub cursor: Option<String>,
 }
 
-enum Write {
+pub(crate) enum Write {
     Put { key: Vec<u8>, record: Record },
     Delete { key: Vec<u8> },
+    ObjectPut { key: Vec<u8>, value: Bytes },
+    ObjectDelete { key: Vec<u8> },
+    Alarm { object: Vec<u8>, at_ms: Option<u64> },
 }
 
+/// Writes that commit together, and who waits for them.
 struct Pending {
-    write: Write,
+    writes: Vec<Write>,
     done: oneshot::Sender<Result<(), String>>,
 }
 
@@ -176,6 +180,8 @@ impl Store {
             let txn = db.begin_write().map_err(redb::Error::from)?;
             txn.open_table(ENTRIES).map_err(redb::Error::from)?;
             txn.open_table(EXPIRY).map_err(redb::Error::from)?;
+            txn.open_table(crate::objects::OBJECTS).map_err(redb::Error::from)?;
+            txn.open_table(crate::objects::ALARMS).map_err(redb::Error::from)?;
             txn.commit().map_err(redb::Error::from)?;
         }
         let db = Arc::new(db);
@@ -241,10 +247,19 @@ impl Store {
     }
 
     async fn write(&self, write: Write) -> Result<(), PutError> {
+        self.write_all(vec![write]).await
+    }
+
+    /// Commits `writes` together (one transaction) and durably.
+    pub(crate) async fn write_all(&self, writes: Vec<Write>) -> Result<(), PutError> {
         let (done, committed) = oneshot::channel();
-        let writes = self.inner.writes.as_ref().ok_or(PutError::Closed)?;
-        writes.send(Pending { write, done }).map_err(|_| PutError::Closed)?;
+        let queue = self.inner.writes.as_ref().ok_or(PutError::Closed)?;
+        queue.send(Pending { writes, done }).map_err(|_| PutError::Closed)?;
         committed.await.map_err(|_| PutError::Closed)?.map_err(PutError::Storage)
+    }
+
+    pub(crate) fn db(&self) -> &Database {
+        &self.inner.db
     }
 
     /// Keys of a namespace in byte order, live ones only.
@@ -391,30 +406,50 @@ fn commit(db: &Database, batch: &[Pending]) -> Result<(), redb::Error> {
     {
         let mut entries = txn.open_table(ENTRIES)?;
         let mut expiry = txn.open_table(EXPIRY)?;
-        for pending in batch {
-            let key = match &pending.write {
-                Write::Put { key, .. } | Write::Delete { key } => key,
-            };
-            // The old record's expiry entry goes with it.
-            let old_expiration =
-                entries.get(key.as_slice())?.and_then(|old| decode_record(old.value())).and_then(|r| r.expiration);
-            if let Some(old) = old_expiration {
-                expiry.remove(expiry_key(old, key).as_slice())?;
-            }
-            match &pending.write {
+        let mut objects = txn.open_table(crate::objects::OBJECTS)?;
+        let mut alarms = txn.open_table(crate::objects::ALARMS)?;
+        for write in batch.iter().flat_map(|pending| &pending.writes) {
+            match write {
                 Write::Put { key, record } => {
+                    remove_expiry(&entries, &mut expiry, key)?;
                     entries.insert(key.as_slice(), encode_record(record).as_slice())?;
                     if let Some(expiration) = record.expiration {
                         expiry.insert(expiry_key(expiration, key).as_slice(), [].as_slice())?;
                     }
                 }
                 Write::Delete { key } => {
+                    remove_expiry(&entries, &mut expiry, key)?;
                     entries.remove(key.as_slice())?;
+                }
+                Write::ObjectPut { key, value } => {
+                    objects.insert(key.as_slice(), value.as_ref())?;
+                }
+                Write::ObjectDelete { key } => {
+                    objects.remove(key.as_slice())?;
+                }
+                Write::Alarm { object, at_ms: Some(at) } => {
+                    alarms.insert(object.as_slice(), *at)?;
+                }
+                Write::Alarm { object, at_ms: None } => {
+                    alarms.remove(object.as_slice())?;
                 }
             }
         }
     }
     txn.commit()?;
+    Ok(())
+}
+
+/// The old record's expiry entry goes with it.
+fn remove_expiry(
+    entries: &redb::Table<&[u8], &[u8]>,
+    expiry: &mut redb::Table<&[u8], &[u8]>,
+    key: &[u8],
+) -> Result<(), redb::Error> {
+    let old_expiration = entries.get(key)?.and_then(|old| decode_record(old.value())).and_then(|r| r.expiration);
+    if let Some(old) = old_expiration {
+        expiry.remove(expiry_key(old, key).as_slice())?;
+    }
     Ok(())
 }
 
