@@ -66,6 +66,19 @@ pub fn decode_record(bytes: &[u8]) -> Option<Record> {
     })
 }
 
+/// The smallest byte string greater than every string starting with
+/// `prefix`; `None` when there is none (all bytes 0xff).
+pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
 /// Expiration and metadata of an encoded record, without copying its value
 /// (what `list` needs).
 pub fn decode_header(bytes: &[u8]) -> Option<(Option<u64>, Option<&[u8]>)> {
@@ -108,6 +121,13 @@ mod tests {
         }
         assert_eq!(decode_record(b""), None);
         assert_eq!(decode_record(&[9, 0, 0]), None);
+    }
+
+    #[test]
+    fn prefix_ends() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(&[b'a', 0xff]), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(&[0xff, 0xff]), None);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 use bytes::Bytes;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
+use crate::encoding::prefix_end;
 use crate::store::{PutError, Store, Write};
 
 pub(crate) const OBJECTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("objects");
@@ -222,17 +223,6 @@ impl Store {
         due.sort_by_key(|(_, at)| *at);
         Ok(due)
     }
-}
-
-fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < u8::MAX {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
 }
 
 /// Retry delay after `attempt` failed runs of an alarm handler (1-based):

@@ -11,7 +11,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
 use crate::encoding::{
-    composite_key, decode_header, decode_record, encode_record, expiry_key, namespace_prefix, Record,
+    composite_key, decode_header, decode_record, encode_record, expiry_key, namespace_prefix, prefix_end, Record,
 };
 use crate::limits::{self, LimitError};
 
@@ -357,18 +357,6 @@ impl Store {
     }
 }
 
-/// The smallest byte string greater than every string starting with `prefix`.
-fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < u8::MAX {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
-}
-
 fn encode_cursor(key: &[u8]) -> String {
     key.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -456,13 +444,6 @@ fn remove_expiry(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn prefix_ends() {
-        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
-        assert_eq!(prefix_end(&[b'a', 0xff]), Some(b"b".to_vec()));
-        assert_eq!(prefix_end(&[0xff, 0xff]), None);
-    }
 
     #[test]
     fn cursors_round_trip() {

@@ -3,15 +3,7 @@
 
 use std::time::Duration;
 
-use crate::support::{self, Dev};
-
-fn worker(files: &[(&str, &str)]) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for (name, text) in files {
-        std::fs::write(dir.path().join(name), text).unwrap();
-    }
-    dir
-}
+use crate::support::{self, worker, Dev};
 
 #[tokio::test]
 async fn var_flags_override_config_vars() {

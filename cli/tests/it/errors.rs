@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::support::{self, Dev};
+use crate::support::{self, worker, Dev};
 
 /// Runs `outpost dev` on a worker that must fail to load; returns stderr.
 fn failed_start(worker_dir: &Path) -> String {
@@ -17,16 +17,6 @@ fn failed_start(worker_dir: &Path) -> String {
     assert!(!output.status.success(), "outpost dev should fail; stderr: {stderr}");
     assert!(String::from_utf8_lossy(&output.stdout).is_empty(), "nothing may be served");
     stderr
-}
-
-fn worker(files: &[(&str, &str)]) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for (name, text) in files {
-        let path = dir.path().join(name);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, text).unwrap();
-    }
-    dir
 }
 
 #[test]
