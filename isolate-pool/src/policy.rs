@@ -33,11 +33,16 @@ pub struct PlacementRules {
     pub busy_thread_in_flight: usize,
 }
 
+/// The thread with the fewest requests in flight (the lowest index on ties).
+pub fn quietest_thread(thread_load: &[usize]) -> usize {
+    (0..thread_load.len()).min_by_key(|&t| (thread_load[t], t)).unwrap_or(0)
+}
+
 /// Picks the isolate (or thread, for a new isolate) for a request to one
 /// worker. `isolates` are the worker's live isolates; `thread_load[t]` is the
 /// number of requests in flight on thread `t`, across all workers.
 pub fn place(isolates: &[IsolateLoad], thread_load: &[usize], rules: PlacementRules) -> Placement {
-    let quietest_thread = (0..thread_load.len()).min_by_key(|&t| (thread_load[t], t)).unwrap_or(0);
+    let quietest_thread = quietest_thread(thread_load);
     let open = isolates.iter().filter(|i| i.in_flight < rules.max_concurrent_per_isolate);
     // Affinity first: an isolate of this worker on a thread that is not busy.
     let on_quiet_thread = open

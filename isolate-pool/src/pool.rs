@@ -154,12 +154,30 @@ struct LiveIsolate {
 struct State {
     workers: HashMap<String, Arc<DeployedWorker>>,
     isolates: HashMap<IsolateId, LiveIsolate>,
+    /// The live isolates of each worker, so placing a request does not scan
+    /// every isolate of the node.
+    by_worker: HashMap<String, Vec<IsolateId>>,
     generation: u64,
+}
+
+impl State {
+    fn remove_isolate(&mut self, id: IsolateId) {
+        if let Some(isolate) = self.isolates.remove(&id) {
+            if let Some(ids) = self.by_worker.get_mut(&isolate.worker) {
+                ids.retain(|&other| other != id);
+                if ids.is_empty() {
+                    self.by_worker.remove(&isolate.worker);
+                }
+            }
+        }
+    }
 }
 
 pub(crate) struct Inner {
     config: PoolConfig,
     threads: Vec<ThreadHandle>,
+    /// Requests in flight per thread, kept beside the per-isolate counts.
+    thread_in_flight: Vec<Arc<AtomicUsize>>,
     state: Mutex<State>,
     store: SnapshotStore,
     next_id: AtomicU64,
@@ -185,10 +203,12 @@ impl Pool {
     pub fn start(config: PoolConfig) -> Pool {
         let store = SnapshotStore::new(config.snapshot_dir.clone(), config.snapshotter.clone());
         let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
-            let threads = (0..config.threads.max(1)).map(|index| thread::spawn(index, weak.clone())).collect();
+            let threads: Vec<_> = (0..config.threads.max(1)).map(|index| thread::spawn(index, weak.clone())).collect();
+            let thread_in_flight = threads.iter().map(|_| Arc::new(AtomicUsize::new(0))).collect();
             Inner {
                 config,
                 threads,
+                thread_in_flight,
                 state: Mutex::new(State::default()),
                 store,
                 next_id: AtomicU64::new(1),
@@ -234,7 +254,7 @@ impl Pool {
             state.generation += 1;
             let worker = Arc::new(DeployedWorker { spec, code, generation: state.generation });
             // The new version's first isolate loads before it takes traffic.
-            let thread = self.quietest_thread(&state);
+            let thread = policy::quietest_thread(&self.inner.thread_load());
             self.inner.start_isolate(&mut state, &worker, thread, Some(loaded_tx));
             worker
         };
@@ -251,11 +271,6 @@ impl Pool {
         }
         state.workers.insert(name, worker);
         Ok(())
-    }
-
-    fn quietest_thread(&self, state: &State) -> usize {
-        let load = thread_load(state, self.inner.threads.len());
-        (0..load.len()).min_by_key(|&t| (load[t], t)).unwrap_or(0)
     }
 
     /// Sends a request to a worker and waits for the response head.
@@ -286,12 +301,15 @@ impl Pool {
         let mut state = inner.state.lock().unwrap();
         let deployed =
             state.workers.get(worker).cloned().ok_or_else(|| FetchError::NoSuchWorker(worker.to_string()))?;
-        let load = thread_load(&state, inner.threads.len());
+        let load = inner.thread_load();
         let candidates: Vec<IsolateLoad> = state
-            .isolates
-            .iter()
-            .filter(|(_, i)| i.worker == worker && i.generation == deployed.generation && i.sender.is_some())
-            .map(|(&id, i)| IsolateLoad { id, thread: i.thread, in_flight: i.in_flight.load(Ordering::Relaxed) })
+            .by_worker
+            .get(worker)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| state.isolates.get(id).map(|i| (*id, i)))
+            .filter(|(_, i)| i.generation == deployed.generation && i.sender.is_some())
+            .map(|(id, i)| IsolateLoad { id, thread: i.thread, in_flight: i.in_flight.load(Ordering::Relaxed) })
             .collect();
         let id = match deployed.spec.isolation {
             Isolation::Shared => {
@@ -311,7 +329,7 @@ impl Pool {
                 let (id, thread) = match spare {
                     Some(spare) => spare,
                     None => {
-                        let thread = (0..load.len()).min_by_key(|&t| (load[t], t)).unwrap_or(0);
+                        let thread = policy::quietest_thread(&load);
                         (inner.start_isolate(&mut state, &deployed, thread, None), thread)
                     }
                 };
@@ -330,9 +348,12 @@ impl Pool {
         }
         .expect("placement picks an isolate that takes requests");
         isolate.in_flight.fetch_add(1, Ordering::Relaxed);
+        let thread_counter = inner.thread_in_flight[isolate.thread].clone();
+        thread_counter.fetch_add(1, Ordering::Relaxed);
         isolate.last_used = Instant::now();
         let guard = InFlightGuard {
             counter: isolate.in_flight.clone(),
+            thread_counter,
             completed: isolate.completed.clone(),
             pool: Arc::downgrade(inner),
             id,
@@ -345,7 +366,7 @@ impl Pool {
         let state = self.inner.state.lock().unwrap();
         PoolStats {
             live_isolates: state.isolates.len(),
-            in_flight: state.isolates.values().map(|i| i.in_flight.load(Ordering::Relaxed)).sum(),
+            in_flight: self.inner.thread_load().iter().sum(),
             workers: state.workers.len(),
         }
     }
@@ -376,15 +397,12 @@ impl Pool {
     }
 }
 
-fn thread_load(state: &State, threads: usize) -> Vec<usize> {
-    let mut load = vec![0; threads];
-    for isolate in state.isolates.values() {
-        load[isolate.thread] += isolate.in_flight.load(Ordering::Relaxed);
-    }
-    load
-}
-
 impl Inner {
+    /// Requests in flight on each thread.
+    fn thread_load(&self) -> Vec<usize> {
+        self.thread_in_flight.iter().map(|n| n.load(Ordering::Relaxed)).collect()
+    }
+
     /// Orders a new isolate of `worker` on `thread`; returns its id.
     fn start_isolate(
         &self,
@@ -408,12 +426,13 @@ impl Inner {
                 memory_bytes: 0,
             },
         );
+        state.by_worker.entry(worker.spec.name.clone()).or_default().push(id);
         let in_flight = state.isolates[&id].in_flight.clone();
         let completed = state.isolates[&id].completed.clone();
         let start = StartIsolate { id, worker: worker.clone(), receiver, in_flight, completed, loaded };
-        if self.threads[thread].commands.send(Command::Start(Box::new(start))).is_err() {
-            state.isolates.remove(&id);
-        }
+        // A pool thread only goes away when the pool stops; until then the
+        // send succeeds, and after it the isolate's queue is simply closed.
+        let _ = self.threads[thread].commands.send(Command::Start(Box::new(start)));
         id
     }
 
@@ -425,7 +444,7 @@ impl Inner {
 
     /// The isolate stopped (done, evicted, terminated or failed to load).
     pub(crate) fn isolate_gone(&self, id: IsolateId) {
-        self.state.lock().unwrap().isolates.remove(&id);
+        self.state.lock().unwrap().remove_isolate(id);
     }
 
     fn evict(&self, now: Instant, rules: EvictionRules) -> usize {
@@ -463,6 +482,7 @@ impl Inner {
 /// Counts a request as in flight until its response body is done.
 struct InFlightGuard {
     counter: Arc<AtomicUsize>,
+    thread_counter: Arc<AtomicUsize>,
     completed: Arc<AtomicU64>,
     pool: Weak<Inner>,
     id: IsolateId,
@@ -472,6 +492,7 @@ impl Drop for InFlightGuard {
     fn drop(&mut self) {
         self.completed.fetch_add(1, Ordering::Relaxed);
         self.counter.fetch_sub(1, Ordering::Relaxed);
+        self.thread_counter.fetch_sub(1, Ordering::Relaxed);
         if let Some(pool) = self.pool.upgrade() {
             if let Some(isolate) = pool.state.lock().unwrap().isolates.get_mut(&self.id) {
                 isolate.last_used = Instant::now();

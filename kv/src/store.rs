@@ -118,11 +118,29 @@ pub struct ListPage {
 }
 
 pub(crate) enum Write {
-    Put { key: Vec<u8>, record: Record },
-    Delete { key: Vec<u8> },
-    ObjectPut { key: Vec<u8>, value: Bytes },
-    ObjectDelete { key: Vec<u8> },
-    Alarm { object: Vec<u8>, at_ms: Option<u64> },
+    Put {
+        key: Vec<u8>,
+        record: Record,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
+    /// Delete `key` if its stored record has expired at `now`.
+    DeleteExpired {
+        key: Vec<u8>,
+        now: u64,
+    },
+    ObjectPut {
+        key: Vec<u8>,
+        value: Bytes,
+    },
+    ObjectDelete {
+        key: Vec<u8>,
+    },
+    Alarm {
+        object: Vec<u8>,
+        at_ms: Option<u64>,
+    },
 }
 
 /// Writes that commit together, and who waits for them.
@@ -326,16 +344,15 @@ impl Store {
             run().map_err(|err| PutError::Storage(err.to_string()))?
         };
         let count = expired.len();
-        for key in expired {
-            // Deleting re-checks nothing: a newer put of the key would have
-            // moved its expiry entry, so only truly expired ones are here.
-            if let Some(record) = self.inner.cache.get(&key).flatten() {
-                if live(&record, now) {
-                    continue;
-                }
-            }
-            self.write(Write::Delete { key: key.clone() }).await?;
-            self.inner.cache.insert(key, None);
+        if count == 0 {
+            return Ok(0);
+        }
+        // One commit for the whole sweep; the commit re-checks each record,
+        // so a key put again since the scan above keeps its new value.
+        let writes = expired.iter().map(|key| Write::DeleteExpired { key: key.clone(), now }).collect();
+        self.write_all(writes).await?;
+        for key in &expired {
+            self.inner.cache.invalidate(key);
         }
         Ok(count)
     }
@@ -408,6 +425,16 @@ fn commit(db: &Database, batch: &[Pending]) -> Result<(), redb::Error> {
                 Write::Delete { key } => {
                     remove_expiry(&entries, &mut expiry, key)?;
                     entries.remove(key.as_slice())?;
+                }
+                Write::DeleteExpired { key, now } => {
+                    let expired = entries
+                        .get(key.as_slice())?
+                        .and_then(|stored| decode_record(stored.value()))
+                        .is_some_and(|record| !live(&record, *now));
+                    if expired {
+                        remove_expiry(&entries, &mut expiry, key)?;
+                        entries.remove(key.as_slice())?;
+                    }
                 }
                 Write::ObjectPut { key, value } => {
                     objects.insert(key.as_slice(), value.as_ref())?;

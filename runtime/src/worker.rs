@@ -156,9 +156,10 @@ const TAKE_ENTRY_POINT: &str = r#"(() => {
   return [prepare, restore];
 })()"#;
 
-pub(crate) fn runtime_options(root: &Path, wasm: WasmSources, snapshot: &'static [u8]) -> RuntimeOptions {
+/// `snapshot: None` builds the runtime from scratch (to snapshot it).
+pub(crate) fn runtime_options(root: &Path, wasm: WasmSources, snapshot: Option<&'static [u8]>) -> RuntimeOptions {
     RuntimeOptions {
-        startup_snapshot: Some(snapshot),
+        startup_snapshot: snapshot,
         extensions: extensions(ExtensionOptions { crypto_seed: None, user_agent: "Outpost-Workers".into() }),
         module_loader: Some(Rc::new(BundleLoader::new(root.to_path_buf(), wasm))),
         ..Default::default()
@@ -211,7 +212,7 @@ impl WorkerIsolate {
             WorkerCode::Evaluate => BOOTSTRAP_SNAPSHOT,
             WorkerCode::Snapshot(snapshot) => snapshot,
         };
-        let mut runtime_options = runtime_options(&source.root, wasm.clone(), snapshot);
+        let mut runtime_options = runtime_options(&source.root, wasm.clone(), Some(snapshot));
         if let Some(limit) = options.heap_limit_bytes {
             runtime_options.create_params = Some(v8::CreateParams::default().heap_limits(0, limit));
         }
