@@ -6,13 +6,37 @@
 //! `delete` of many keys and a transaction's writes are all or nothing.
 
 use bytes::Bytes;
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use crate::encoding::prefix_end;
 use crate::store::{PutError, Store, Write};
 
 pub(crate) const OBJECTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("objects");
 pub(crate) const ALARMS: TableDefinition<&[u8], u64> = TableDefinition::new("alarms");
+/// The same alarms ordered by time: `[at_ms: u64 BE][object prefix]`, so the
+/// scheduler finds due alarms without scanning every object's.
+pub(crate) const ALARM_TIMES: TableDefinition<&[u8], ()> = TableDefinition::new("alarm_times");
+
+pub(crate) fn alarm_time_key(at_ms: u64, object: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + object.len());
+    key.extend_from_slice(&at_ms.to_be_bytes());
+    key.extend_from_slice(object);
+    key
+}
+
+/// Builds the time index of a file written before it existed.
+pub(crate) fn index_alarms(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
+    let alarms = txn.open_table(ALARMS)?;
+    let mut times = txn.open_table(ALARM_TIMES)?;
+    if !times.is_empty()? || alarms.is_empty()? {
+        return Ok(());
+    }
+    for entry in alarms.iter()? {
+        let (object, at) = entry?;
+        times.insert(alarm_time_key(at.value(), object.value()).as_slice(), ())?;
+    }
+    Ok(())
+}
 
 /// Longest key of a Durable Object's storage, in bytes.
 pub const MAX_OBJECT_KEY_BYTES: usize = 2048;
@@ -210,18 +234,33 @@ impl Store {
     /// due before a crash still fires after it.
     pub fn due_alarms(&self, now_ms: u64) -> Result<Vec<(ObjectKey, u64)>, ObjectError> {
         let txn = self.db().begin_read().map_err(redb::Error::from)?;
-        let table = txn.open_table(ALARMS).map_err(redb::Error::from)?;
+        let table = txn.open_table(ALARM_TIMES).map_err(redb::Error::from)?;
+        let end = now_ms.saturating_add(1).to_be_bytes();
         let mut due = Vec::new();
-        for entry in table.iter().map_err(redb::Error::from)? {
-            let (object, at) = entry.map_err(redb::Error::from)?;
-            if at.value() <= now_ms {
-                if let Some(object) = ObjectKey::decode(object.value()) {
-                    due.push((object, at.value()));
-                }
+        for entry in table.range(..end.as_slice()).map_err(redb::Error::from)? {
+            let (key, _) = entry.map_err(redb::Error::from)?;
+            let key = key.value();
+            let at = u64::from_be_bytes(key[..8].try_into().expect("8 bytes of time"));
+            if let Some(object) = ObjectKey::decode(&key[8..]) {
+                due.push((object, at));
             }
         }
-        due.sort_by_key(|(_, at)| *at);
         Ok(due)
+    }
+
+    /// When the earliest alarm of the node is set for, if any.
+    pub fn next_alarm(&self) -> Result<Option<u64>, ObjectError> {
+        let txn = self.db().begin_read().map_err(redb::Error::from)?;
+        let table = txn.open_table(ALARM_TIMES).map_err(redb::Error::from)?;
+        let first = table.first().map_err(redb::Error::from)?;
+        Ok(first.map(|(key, _)| u64::from_be_bytes(key.value()[..8].try_into().expect("8 bytes of time"))))
+    }
+
+    /// Clears the object's alarm if it is still the one set for `at_ms`:
+    /// an `alarm()` handler that set a new alarm keeps it.
+    pub async fn clear_alarm_if(&self, object: &ObjectKey, at_ms: u64) -> Result<(), ObjectError> {
+        self.write_all(vec![Write::AlarmClearIf { object: object.prefix(), at_ms }]).await?;
+        Ok(())
     }
 }
 

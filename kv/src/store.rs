@@ -141,6 +141,12 @@ pub(crate) enum Write {
         object: Vec<u8>,
         at_ms: Option<u64>,
     },
+    /// Clears the object's alarm if it is still set to `at_ms` (an alarm
+    /// handler that set a new alarm keeps it).
+    AlarmClearIf {
+        object: Vec<u8>,
+        at_ms: u64,
+    },
 }
 
 /// Writes that commit together, and who waits for them.
@@ -200,6 +206,8 @@ impl Store {
             txn.open_table(EXPIRY).map_err(redb::Error::from)?;
             txn.open_table(crate::objects::OBJECTS).map_err(redb::Error::from)?;
             txn.open_table(crate::objects::ALARMS).map_err(redb::Error::from)?;
+            txn.open_table(crate::objects::ALARM_TIMES).map_err(redb::Error::from)?;
+            crate::objects::index_alarms(&txn).map_err(redb::Error::from)?;
             txn.commit().map_err(redb::Error::from)?;
         }
         let db = Arc::new(db);
@@ -413,6 +421,7 @@ fn commit(db: &Database, batch: &[Pending]) -> Result<(), redb::Error> {
         let mut expiry = txn.open_table(EXPIRY)?;
         let mut objects = txn.open_table(crate::objects::OBJECTS)?;
         let mut alarms = txn.open_table(crate::objects::ALARMS)?;
+        let mut alarm_times = txn.open_table(crate::objects::ALARM_TIMES)?;
         for write in batch.iter().flat_map(|pending| &pending.writes) {
             match write {
                 Write::Put { key, record } => {
@@ -442,11 +451,22 @@ fn commit(db: &Database, batch: &[Pending]) -> Result<(), redb::Error> {
                 Write::ObjectDelete { key } => {
                     objects.remove(key.as_slice())?;
                 }
-                Write::Alarm { object, at_ms: Some(at) } => {
-                    alarms.insert(object.as_slice(), *at)?;
+                Write::Alarm { object, at_ms } => {
+                    let old = alarms.remove(object.as_slice())?.map(|old| old.value());
+                    if let Some(old) = old {
+                        alarm_times.remove(crate::objects::alarm_time_key(old, object).as_slice())?;
+                    }
+                    if let Some(at) = at_ms {
+                        alarms.insert(object.as_slice(), *at)?;
+                        alarm_times.insert(crate::objects::alarm_time_key(*at, object).as_slice(), ())?;
+                    }
                 }
-                Write::Alarm { object, at_ms: None } => {
-                    alarms.remove(object.as_slice())?;
+                Write::AlarmClearIf { object, at_ms } => {
+                    let current = alarms.get(object.as_slice())?.map(|at| at.value());
+                    if current == Some(*at_ms) {
+                        alarms.remove(object.as_slice())?;
+                        alarm_times.remove(crate::objects::alarm_time_key(*at_ms, object).as_slice())?;
+                    }
                 }
             }
         }

@@ -84,4 +84,22 @@ async fn alarms_persist_and_come_due_in_order() {
     let due: Vec<_> = store.due_alarms(6_000).unwrap().into_iter().map(|(o, at)| (o.id[0], at)).collect();
     assert_eq!(due, vec![(2, 1_000), (1, 5_000)]);
     assert!(store.due_alarms(999).unwrap().is_empty());
+    assert_eq!(store.next_alarm().unwrap(), Some(1_000));
+}
+
+#[tokio::test]
+async fn moving_an_alarm_keeps_one_entry_and_clearing_is_conditional() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    store.set_alarm(&object(1), Some(1_000)).await.unwrap();
+    // The handler of the 1_000 alarm sets a new one: clearing the old one
+    // afterwards must not remove it.
+    store.set_alarm(&object(1), Some(7_000)).await.unwrap();
+    store.clear_alarm_if(&object(1), 1_000).await.unwrap();
+    assert_eq!(store.get_alarm(&object(1)).unwrap(), Some(7_000));
+    assert!(store.due_alarms(6_999).unwrap().is_empty(), "the moved alarm left no stale entry");
+    assert_eq!(store.due_alarms(7_000).unwrap().len(), 1);
+    store.clear_alarm_if(&object(1), 7_000).await.unwrap();
+    assert_eq!(store.get_alarm(&object(1)).unwrap(), None);
+    assert_eq!(store.next_alarm().unwrap(), None);
 }
