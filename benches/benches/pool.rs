@@ -102,6 +102,7 @@ fn single_worker_pool(
         limits: Limits::default(),
         kv_namespaces: Vec::new(),
         kv_store: None,
+        durable_objects: Vec::new(),
     })
     .expect("the worker deploys");
     (pool, name)

@@ -36,6 +36,33 @@ pub struct WorkerConfig {
     /// KV namespaces bound on `env`, as in wrangler.toml.
     #[serde(default)]
     pub kv_namespaces: Vec<KvNamespaceConfig>,
+    /// Durable Object namespaces bound on `env`, as in wrangler.toml.
+    #[serde(default)]
+    pub durable_objects: DurableObjectsConfig,
+    /// Accepted for wrangler compatibility: Outpost needs no migrations to
+    /// create a class (its storage appears on first use).
+    #[serde(default)]
+    pub migrations: Vec<toml::Value>,
+}
+
+/// The `durable_objects` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DurableObjectsConfig {
+    #[serde(default)]
+    pub bindings: Vec<DurableObjectBindingConfig>,
+}
+
+/// One `[[durable_objects.bindings]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DurableObjectBindingConfig {
+    /// The name on `env`.
+    pub name: String,
+    /// The class, exported by the worker's main module.
+    pub class_name: String,
+    /// Another worker on the node that exports the class.
+    pub script_name: Option<String>,
 }
 
 /// One `[[kv_namespaces]]` entry.
@@ -103,6 +130,7 @@ pub struct ResolvedWorker {
     pub isolation: Isolation,
     pub limits: Limits,
     pub kv_namespaces: Vec<outpost_runtime::KvNamespaceBinding>,
+    pub durable_objects: Vec<outpost_runtime::DurableObjectBinding>,
 }
 
 /// Finds the worker at `path`: a `.js` file, or a directory with an
@@ -120,6 +148,7 @@ pub fn resolve(path: &Path) -> anyhow::Result<ResolvedWorker> {
             isolation: Isolation::Shared,
             limits: Limits::default(),
             kv_namespaces: Vec::new(),
+            durable_objects: Vec::new(),
         });
     }
     let config_path = path.join(CONFIG_FILE);
@@ -166,7 +195,39 @@ pub fn resolve(path: &Path) -> anyhow::Result<ResolvedWorker> {
             id: namespace.id.clone().unwrap_or_else(|| namespace.binding.clone()),
         });
     }
-    Ok(ResolvedWorker { name, root: path.to_path_buf(), main, vars, isolation, limits, kv_namespaces })
+    if !config.migrations.is_empty() {
+        tracing::debug!("[[migrations]] has no meaning in Outpost (classes need no migration); ignored");
+    }
+    let mut durable_objects: Vec<outpost_runtime::DurableObjectBinding> = Vec::new();
+    for binding in &config.durable_objects.bindings {
+        let taken = kv_namespaces.iter().any(|b| b.binding == binding.name)
+            || durable_objects.iter().any(|b| b.binding == binding.name);
+        if taken {
+            bail!("{}: the binding {:?} is declared twice", config_path.display(), binding.name);
+        }
+        if !is_js_identifier(&binding.class_name) {
+            bail!(
+                "{}: class_name {:?} of binding {:?} is not a JavaScript class name",
+                config_path.display(),
+                binding.class_name,
+                binding.name
+            );
+        }
+        durable_objects.push(outpost_runtime::DurableObjectBinding {
+            binding: binding.name.clone(),
+            class_name: binding.class_name.clone(),
+            script: binding.script_name.clone().unwrap_or_else(|| name.clone()),
+        });
+    }
+    Ok(ResolvedWorker { name, root: path.to_path_buf(), main, vars, isolation, limits, kv_namespaces, durable_objects })
+}
+
+/// Class names end up in storage namespaces (`worker:Class`): no colons,
+/// no surprises.
+fn is_js_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == '$')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
 }
 
 fn is_iso_date(date: &str) -> bool {
@@ -226,6 +287,25 @@ mod tests {
         assert!(format!("{err:#}").contains("unknown field `cpu`"));
         let zero = WorkerConfig::parse("[limits]\ncpu_ms = 0\n", Path::new("outpost.toml")).unwrap();
         assert!(zero.limits.resolve().is_err());
+    }
+
+    #[test]
+    fn durable_object_bindings_parse_as_in_wrangler() {
+        let config = WorkerConfig::parse(
+            "[[durable_objects.bindings]]\nname = \"COUNTER\"\nclass_name = \"Counter\"\n\n[[migrations]]\ntag = \"v1\"\nnew_classes = [\"Counter\"]\n",
+            Path::new("outpost.toml"),
+        )
+        .unwrap();
+        assert_eq!(config.durable_objects.bindings[0].class_name, "Counter");
+        let err = WorkerConfig::parse(
+            "[[durable_objects.bindings]]\nname = \"A\"\nclass = \"B\"\n",
+            Path::new("outpost.toml"),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("unknown field `class`"), "{err:#}");
+        assert!(is_js_identifier("Counter_2$"));
+        assert!(!is_js_identifier("a:b"));
+        assert!(!is_js_identifier("9lives"));
     }
 
     #[test]

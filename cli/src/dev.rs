@@ -65,6 +65,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         limits: worker.limits,
         kv_namespaces: worker.kv_namespaces,
         kv_store: Some(kv_store.clone()),
+        durable_objects: worker.durable_objects,
     })
     .with_context(|| format!("cannot load worker {}", worker.name))?;
 
@@ -81,6 +82,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         println!("outpost dev: serving worker {:?} on http://{address}", worker.name);
         std::io::stdout().flush()?;
         kv_store.spawn_sweeper(std::time::Duration::from_secs(60));
+        tokio::spawn(outpost_isolate_pool::run_alarms(pool.clone(), kv_store.clone()));
         let handler = Arc::new(PoolHandler { pool: pool.clone(), worker: worker.name });
         tokio::select! {
             result = outpost_ingress::serve(listener, ServerConfig::default(), handler) => result?,

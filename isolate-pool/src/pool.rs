@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use outpost_runtime::{Body, BoxError, DispatchError, WorkerCode, WorkerOptions, WorkerRequest, WorkerSource};
+use outpost_runtime::{
+    Body, BoxError, DispatchError, DurableObjectBinding, ObjectCall, ObjectRouter, RouteFuture, WorkerCode,
+    WorkerOptions, WorkerRequest, WorkerRequestParts, WorkerSource,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::policy::{self, EvictionRules, IsolateId, IsolateLoad, IsolateUse, Placement, PlacementRules};
@@ -56,8 +59,11 @@ pub struct WorkerSpec {
     pub limits: Limits,
     /// KV namespaces on the worker's `env`.
     pub kv_namespaces: Vec<outpost_runtime::KvNamespaceBinding>,
-    /// The node's KV store; needed when `kv_namespaces` is not empty.
+    /// The node's store; needed for KV namespaces and for hosting Durable
+    /// Objects.
     pub kv_store: Option<outpost_kv::Store>,
+    /// Durable Object namespaces on the worker's `env`.
+    pub durable_objects: Vec<DurableObjectBinding>,
 }
 
 /// Node-wide settings.
@@ -148,6 +154,10 @@ struct LiveIsolate {
     completed: Arc<AtomicU64>,
     last_used: Instant,
     memory_bytes: usize,
+    /// The isolate hosting the worker's Durable Objects: it takes only
+    /// object calls, and there is one per worker, so each object has one
+    /// live instance on the node.
+    hosts_objects: bool,
 }
 
 #[derive(Default)]
@@ -157,12 +167,17 @@ struct State {
     /// The live isolates of each worker, so placing a request does not scan
     /// every isolate of the node.
     by_worker: HashMap<String, Vec<IsolateId>>,
+    /// Each worker's object-hosting isolate.
+    object_hosts: HashMap<String, IsolateId>,
     generation: u64,
 }
 
 impl State {
     fn remove_isolate(&mut self, id: IsolateId) {
         if let Some(isolate) = self.isolates.remove(&id) {
+            if self.object_hosts.get(&isolate.worker) == Some(&id) {
+                self.object_hosts.remove(&isolate.worker);
+            }
             if let Some(ids) = self.by_worker.get_mut(&isolate.worker) {
                 ids.retain(|&other| other != id);
                 if ids.is_empty() {
@@ -174,6 +189,8 @@ impl State {
 }
 
 pub(crate) struct Inner {
+    /// This pool, for what must not keep it alive (in-flight guards, routers).
+    this: Weak<Inner>,
     config: PoolConfig,
     threads: Vec<ThreadHandle>,
     /// Requests in flight per thread, kept beside the per-isolate counts.
@@ -206,6 +223,7 @@ impl Pool {
             let threads: Vec<_> = (0..config.threads.max(1)).map(|index| thread::spawn(index, weak.clone())).collect();
             let thread_in_flight = threads.iter().map(|_| Arc::new(AtomicUsize::new(0))).collect();
             Inner {
+                this: weak.clone(),
                 config,
                 threads,
                 thread_in_flight,
@@ -281,22 +299,50 @@ impl Pool {
         url: String,
         request_id: String,
     ) -> Result<http::Response<Body>, FetchError> {
-        let (sender, guard, limits) = self.place(worker)?;
-        let (respond, response) = oneshot::channel();
-        sender.send(WorkerRequest { request, url, request_id, respond }).map_err(|_| DispatchError::WorkerGone)?;
-        drop(sender);
-        let response = match limits.wall_ms {
-            Some(limit_ms) => match tokio::time::timeout(Duration::from_millis(limit_ms), response).await {
-                Ok(response) => response,
-                Err(_) => return Err(DispatchError::WallLimitExceeded { limit_ms }.into()),
-            },
-            None => response.await,
-        };
-        let response = response.map_err(|_| DispatchError::WorkerGone)??;
-        Ok(response.map(|body| Body::new(GuardedBody { body, _guard: guard })))
+        let placed = self.place(worker)?;
+        dispatch(placed, WorkerRequestParts { request, url, request_id }, None).await
     }
 
-    fn place(&self, worker: &str) -> Result<(mpsc::UnboundedSender<WorkerRequest>, InFlightGuard, Limits), FetchError> {
+    /// Sends a request to a Durable Object of `worker` (one of the classes
+    /// it exports) and waits for the response head. Every call for the
+    /// worker's objects goes to the one isolate hosting them.
+    pub async fn fetch_object(
+        &self,
+        worker: &str,
+        call: ObjectCall,
+        request: WorkerRequestParts,
+    ) -> Result<http::Response<Body>, FetchError> {
+        let placed = self.place_object(worker)?;
+        dispatch(placed, request, Some(call)).await
+    }
+
+    /// The router the worker's isolates send their stubs' calls through.
+    fn object_router(inner: &Weak<Inner>) -> Arc<dyn ObjectRouter> {
+        Arc::new(PoolRouter(inner.clone()))
+    }
+
+    fn place_object(&self, worker: &str) -> Result<Placed, FetchError> {
+        let inner = &self.inner;
+        let mut state = inner.state.lock().unwrap();
+        let deployed =
+            state.workers.get(worker).cloned().ok_or_else(|| FetchError::NoSuchWorker(worker.to_string()))?;
+        let current = state.object_hosts.get(worker).copied().filter(|id| {
+            state.isolates.get(id).is_some_and(|i| i.generation == deployed.generation && i.sender.is_some())
+        });
+        let id = match current {
+            Some(id) => id,
+            None => {
+                let thread = policy::quietest_thread(&inner.thread_load());
+                let id = inner.start_isolate(&mut state, &deployed, thread, None);
+                state.isolates.get_mut(&id).expect("just started").hosts_objects = true;
+                state.object_hosts.insert(worker.to_string(), id);
+                id
+            }
+        };
+        Ok(inner.admit(&mut state, id, false, deployed.spec.limits))
+    }
+
+    fn place(&self, worker: &str) -> Result<Placed, FetchError> {
         let inner = &self.inner;
         let mut state = inner.state.lock().unwrap();
         let deployed =
@@ -308,7 +354,7 @@ impl Pool {
             .into_iter()
             .flatten()
             .filter_map(|id| state.isolates.get(id).map(|i| (*id, i)))
-            .filter(|(_, i)| i.generation == deployed.generation && i.sender.is_some())
+            .filter(|(_, i)| i.generation == deployed.generation && i.sender.is_some() && !i.hosts_objects)
             .map(|(id, i)| IsolateLoad { id, thread: i.thread, in_flight: i.in_flight.load(Ordering::Relaxed) })
             .collect();
         let id = match deployed.spec.isolation {
@@ -340,25 +386,18 @@ impl Pool {
                 id
             }
         };
-        let isolate = state.isolates.get_mut(&id).expect("placement picks a live isolate");
-        let sender = match deployed.spec.isolation {
-            Isolation::Shared => isolate.sender.clone(),
-            // The isolate serves this one request and then stops.
-            Isolation::PerRequest => isolate.sender.take(),
-        }
-        .expect("placement picks an isolate that takes requests");
-        isolate.in_flight.fetch_add(1, Ordering::Relaxed);
-        let thread_counter = inner.thread_in_flight[isolate.thread].clone();
-        thread_counter.fetch_add(1, Ordering::Relaxed);
-        isolate.last_used = Instant::now();
-        let guard = InFlightGuard {
-            counter: isolate.in_flight.clone(),
-            thread_counter,
-            completed: isolate.completed.clone(),
-            pool: Arc::downgrade(inner),
-            id,
-        };
-        Ok((sender, guard, deployed.spec.limits))
+        let per_request = deployed.spec.isolation == Isolation::PerRequest;
+        Ok(inner.admit(&mut state, id, per_request, deployed.spec.limits))
+    }
+
+    /// Whether a worker of that name is deployed.
+    pub fn is_deployed(&self, worker: &str) -> bool {
+        self.inner.state.lock().unwrap().workers.contains_key(worker)
+    }
+
+    /// Whether [`stop`](Self::stop) was called.
+    pub fn is_stopping(&self) -> bool {
+        self.inner.stopping.load(Ordering::Relaxed)
     }
 
     /// Counts for monitoring and tests.
@@ -398,6 +437,26 @@ impl Pool {
 }
 
 impl Inner {
+    /// Counts a request into isolate `id` and hands out its queue; `take`
+    /// closes the queue behind it (the isolate serves this one request).
+    fn admit(&self, state: &mut State, id: IsolateId, take: bool, limits: Limits) -> Placed {
+        let isolate = state.isolates.get_mut(&id).expect("placement picks a live isolate");
+        let sender = if take { isolate.sender.take() } else { isolate.sender.clone() }
+            .expect("placement picks an isolate that takes requests");
+        isolate.in_flight.fetch_add(1, Ordering::Relaxed);
+        let thread_counter = self.thread_in_flight[isolate.thread].clone();
+        thread_counter.fetch_add(1, Ordering::Relaxed);
+        isolate.last_used = Instant::now();
+        let guard = InFlightGuard {
+            counter: isolate.in_flight.clone(),
+            thread_counter,
+            completed: isolate.completed.clone(),
+            pool: self.this.clone(),
+            id,
+        };
+        Placed { sender, guard, limits }
+    }
+
     /// Requests in flight on each thread.
     fn thread_load(&self) -> Vec<usize> {
         self.thread_in_flight.iter().map(|n| n.load(Ordering::Relaxed)).collect()
@@ -424,6 +483,7 @@ impl Inner {
                 completed: Arc::new(AtomicU64::new(0)),
                 last_used: Instant::now(),
                 memory_bytes: 0,
+                hosts_objects: false,
             },
         );
         state.by_worker.entry(worker.spec.name.clone()).or_default().push(id);
@@ -479,6 +539,53 @@ impl Inner {
     }
 }
 
+/// Where a request goes, and what counts it in flight.
+struct Placed {
+    sender: mpsc::UnboundedSender<WorkerRequest>,
+    guard: InFlightGuard,
+    limits: Limits,
+}
+
+/// Sends a placed request and waits for the response head, within the
+/// worker's wall-clock limit.
+async fn dispatch(
+    placed: Placed,
+    parts: WorkerRequestParts,
+    object: Option<ObjectCall>,
+) -> Result<http::Response<Body>, FetchError> {
+    let Placed { sender, guard, limits } = placed;
+    let (respond, response) = oneshot::channel();
+    sender.send(parts.into_request(object, respond)).map_err(|_| DispatchError::WorkerGone)?;
+    drop(sender);
+    let response = match limits.wall_ms {
+        Some(limit_ms) => match tokio::time::timeout(Duration::from_millis(limit_ms), response).await {
+            Ok(response) => response,
+            Err(_) => return Err(DispatchError::WallLimitExceeded { limit_ms }.into()),
+        },
+        None => response.await,
+    };
+    let response = response.map_err(|_| DispatchError::WorkerGone)??;
+    Ok(response.map(|body| Body::new(GuardedBody { body, _guard: guard })))
+}
+
+/// Routes the calls of Durable Object stubs back into the pool.
+struct PoolRouter(Weak<Inner>);
+
+impl ObjectRouter for PoolRouter {
+    fn route(&self, script: &str, call: ObjectCall, request: WorkerRequestParts) -> RouteFuture {
+        let pool = self.0.upgrade().map(|inner| Pool { inner });
+        let script = script.to_string();
+        Box::pin(async move {
+            let pool = pool.ok_or(DispatchError::WorkerGone)?;
+            pool.fetch_object(&script, call, request).await.map_err(|err| match err {
+                FetchError::Dispatch(err) => err,
+                // The class's worker is not deployed on this node.
+                FetchError::NoSuchWorker(_) => DispatchError::WorkerGone,
+            })
+        })
+    }
+}
+
 /// Counts a request as in flight until its response body is done.
 struct InFlightGuard {
     counter: Arc<AtomicUsize>,
@@ -524,8 +631,10 @@ impl HttpBody for GuardedBody {
     }
 }
 
-pub(crate) fn worker_options(worker: &DeployedWorker) -> WorkerOptions {
+pub(crate) fn worker_options(worker: &DeployedWorker, pool: &Weak<Inner>) -> WorkerOptions {
     WorkerOptions {
+        durable_objects: worker.spec.durable_objects.clone(),
+        object_router: Some(Pool::object_router(pool)),
         name: worker.spec.name.clone(),
         vars: worker.spec.vars.clone(),
         heap_limit_bytes: Some((worker.spec.limits.memory_mb as usize) << 20),

@@ -75,7 +75,8 @@ async fn run_isolate(start: StartIsolate, slot: Arc<Slot>, pool: Weak<Inner>) {
         }
     };
     let queue = Rc::new(RequestQueue::new(receiver));
-    let mut isolate = match WorkerIsolate::new(&worker.spec.source, worker.code, &worker_options(&worker), queue) {
+    let mut isolate = match WorkerIsolate::new(&worker.spec.source, worker.code, &worker_options(&worker, &pool), queue)
+    {
         Ok(isolate) => isolate,
         Err(err) => {
             report_load(&mut loaded, Err(err.to_string()));

@@ -256,10 +256,16 @@ impl Store {
         Ok(first.map(|(key, _)| u64::from_be_bytes(key.value()[..8].try_into().expect("8 bytes of time"))))
     }
 
-    /// Clears the object's alarm if it is still the one set for `at_ms`:
-    /// an `alarm()` handler that set a new alarm keeps it.
-    pub async fn clear_alarm_if(&self, object: &ObjectKey, at_ms: u64) -> Result<(), ObjectError> {
-        self.write_all(vec![Write::AlarmClearIf { object: object.prefix(), at_ms }]).await?;
+    /// Moves the object's alarm to `new_ms` (or clears it, with `None`) if
+    /// it is still the one set for `expected_ms`: an `alarm()` handler that
+    /// set a new alarm keeps it.
+    pub async fn replace_alarm_if(
+        &self,
+        object: &ObjectKey,
+        expected_ms: u64,
+        new_ms: Option<u64>,
+    ) -> Result<(), ObjectError> {
+        self.write_all(vec![Write::AlarmReplaceIf { object: object.prefix(), expected_ms, new_ms }]).await?;
         Ok(())
     }
 }

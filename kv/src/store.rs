@@ -141,11 +141,12 @@ pub(crate) enum Write {
         object: Vec<u8>,
         at_ms: Option<u64>,
     },
-    /// Clears the object's alarm if it is still set to `at_ms` (an alarm
-    /// handler that set a new alarm keeps it).
-    AlarmClearIf {
+    /// Moves (or with `None` clears) the object's alarm if it is still set
+    /// to `expected_ms`: an alarm handler that set a new alarm keeps it.
+    AlarmReplaceIf {
         object: Vec<u8>,
-        at_ms: u64,
+        expected_ms: u64,
+        new_ms: Option<u64>,
     },
 }
 
@@ -207,7 +208,7 @@ impl Store {
             txn.open_table(crate::objects::OBJECTS).map_err(redb::Error::from)?;
             txn.open_table(crate::objects::ALARMS).map_err(redb::Error::from)?;
             txn.open_table(crate::objects::ALARM_TIMES).map_err(redb::Error::from)?;
-            crate::objects::index_alarms(&txn).map_err(redb::Error::from)?;
+            crate::objects::index_alarms(&txn)?;
             txn.commit().map_err(redb::Error::from)?;
         }
         let db = Arc::new(db);
@@ -461,11 +462,15 @@ fn commit(db: &Database, batch: &[Pending]) -> Result<(), redb::Error> {
                         alarm_times.insert(crate::objects::alarm_time_key(*at, object).as_slice(), ())?;
                     }
                 }
-                Write::AlarmClearIf { object, at_ms } => {
+                Write::AlarmReplaceIf { object, expected_ms, new_ms } => {
                     let current = alarms.get(object.as_slice())?.map(|at| at.value());
-                    if current == Some(*at_ms) {
+                    if current == Some(*expected_ms) {
                         alarms.remove(object.as_slice())?;
-                        alarm_times.remove(crate::objects::alarm_time_key(*at_ms, object).as_slice())?;
+                        alarm_times.remove(crate::objects::alarm_time_key(*expected_ms, object).as_slice())?;
+                        if let Some(at) = new_ms {
+                            alarms.insert(object.as_slice(), *at)?;
+                            alarm_times.insert(crate::objects::alarm_time_key(*at, object).as_slice(), ())?;
+                        }
                     }
                 }
             }

@@ -7,6 +7,15 @@
 
 import { core, internals, primordials } from "ext:core/mod.js";
 import {
+  op_outpost_do_alarm_get,
+  op_outpost_do_alarm_set,
+  op_outpost_do_id,
+  op_outpost_do_send,
+  op_outpost_do_storage_delete_all,
+  op_outpost_do_storage_get,
+  op_outpost_do_storage_list,
+  op_outpost_do_storage_write,
+  op_void_async_deferred,
   op_outpost_kv_delete,
   op_outpost_kv_get,
   op_outpost_kv_list,
@@ -22,6 +31,37 @@ import {
 } from "ext:core/ops";
 
 const {
+  ArrayIsArray,
+  ArrayPrototypeFind,
+  ArrayPrototypeReverse,
+  ArrayPrototypeShift,
+  ArrayPrototypeSort,
+  DateNow,
+  DatePrototype,
+  DatePrototypeGetTime,
+  FunctionPrototypeBind,
+  MapPrototypeDelete,
+  MapPrototypeGet,
+  MapPrototypeHas,
+  MapPrototypeSet,
+  MathMax,
+  MathMin,
+  NumberIsFinite,
+  NumberIsInteger,
+  ObjectEntries,
+  ObjectFreeze,
+  PromiseReject,
+  Proxy,
+  RangeError,
+  ReflectApply,
+  ReflectGet,
+  ReflectHas,
+  SafeArrayIterator,
+  SafeMap,
+  SafeMapIterator,
+  SafePromiseAllSettled,
+  StringPrototypeCodePointAt,
+  StringPrototypeStartsWith,
   ArrayBufferIsView,
   ArrayBufferPrototype,
   ArrayPrototypeFilter,
@@ -404,6 +444,739 @@ class KVNamespace {
   }
 }
 
+// --- Durable Objects -------------------------------------------------------------
+//
+// The calling side: `env.X` is a DurableObjectNamespace; its stubs send
+// requests (and RPC calls) out through the node, which delivers them to the
+// one isolate hosting the object. The hosting side: the objects of this
+// worker's classes live in `liveObjects`, one per id, each behind an input
+// gate that delivers its events one at a time, in arrival order, never
+// while one of its storage operations is in progress.
+
+const objectKey = SymbolFor("outpost.durableObject");
+/** Most keys one get/put/delete call takes (as on Cloudflare). */
+const MAX_KEYS_PER_CALL = 128;
+
+class DurableObjectId {
+  #hex;
+  #name;
+  constructor(key, hex, name) {
+    if (key !== objectKey) throw new TypeError("Illegal constructor");
+    this.#hex = hex;
+    this.#name = name;
+  }
+  toString() {
+    return this.#hex;
+  }
+  equals(other) {
+    return ObjectPrototypeIsPrototypeOf(DurableObjectId.prototype, other) && other.toString() === this.#hex;
+  }
+  /** The name an id came from (`idFromName`), else undefined. */
+  get name() {
+    return this.#name;
+  }
+}
+
+function rpcResult(bytes, kind) {
+  const value = core.deserialize(bytes);
+  if (kind === "error") throw value;
+  return value;
+}
+
+async function readAll(bodyRid) {
+  if (bodyRid === null) return new Uint8Array(0);
+  return new Uint8Array(await new response.Response(streams.readableStreamForRid(bodyRid)).arrayBuffer());
+}
+
+const NULL_BODY_STATUSES = [101, 204, 205, 304];
+
+class DurableObjectStub {
+  #binding;
+  #id;
+  constructor(key, binding, id) {
+    if (key !== objectKey) throw new TypeError("Illegal constructor");
+    this.#binding = binding;
+    this.#id = id;
+  }
+  get id() {
+    return this.#id;
+  }
+  get name() {
+    return this.#id.name;
+  }
+  #send(kind, method, req, body) {
+    const inner = req === null ? null : request.toInnerRequest(req);
+    return op_outpost_do_send(this.#binding, {
+      id: this.#id.toString(),
+      name: this.#id.name ?? null,
+      kind,
+      method,
+      httpMethod: inner === null ? "POST" : inner.method,
+      url: inner === null ? "http://durable-object.invalid/" : req.url,
+      headers: inner === null ? [] : inner.headerList,
+      requestId: currentRequestId.get() ?? "",
+    }, body);
+  }
+  async fetch(input, init = undefined) {
+    const req = new request.Request(input, init);
+    const body = req.body === null ? null : new Uint8Array(await req.arrayBuffer());
+    const res = await this.#send("fetch", null, req, body);
+    let stream = res.bodyRid === null ? null : streams.readableStreamForRid(res.bodyRid);
+    if (stream !== null && ArrayPrototypeIncludes(NULL_BODY_STATUSES, res.status)) {
+      await stream.cancel();
+      stream = null;
+    }
+    return new response.Response(stream, { status: res.status, headers: res.headers });
+  }
+  /** A method of the object, called by name (JS RPC). */
+  async call(method, args) {
+    const res = await this.#send("call", method, null, core.serialize(args));
+    const kind = ArrayPrototypeFind(res.headers, ([name]) => name === "outpost-rpc")?.[1];
+    return rpcResult(await readAll(res.bodyRid), kind);
+  }
+}
+
+/** Stubs answer any other property with an RPC method of that name. */
+function makeStub(binding, id) {
+  const stub = new DurableObjectStub(objectKey, binding, id);
+  return new Proxy(stub, {
+    get(target, property) {
+      if (typeof property !== "string" || ReflectHas(target, property)) {
+        const value = ReflectGet(target, property, target);
+        return typeof value === "function" ? FunctionPrototypeBind(value, target) : value;
+      }
+      // Not a thenable: `await stub` must give the stub.
+      if (property === "then") return undefined;
+      return (...args) => stub.call(property, args);
+    },
+  });
+}
+
+class DurableObjectNamespace {
+  #binding;
+  #name;
+  constructor(key, binding, name) {
+    if (key !== objectKey) throw new TypeError("Illegal constructor");
+    this.#binding = binding;
+    this.#name = name;
+  }
+  idFromName(name) {
+    webidl.requiredArguments(arguments.length, 1, "Failed to execute 'idFromName' on 'DurableObjectNamespace'");
+    name = String(name);
+    return new DurableObjectId(objectKey, op_outpost_do_id(this.#binding, "name", name), name);
+  }
+  newUniqueId(_options = undefined) {
+    return new DurableObjectId(objectKey, op_outpost_do_id(this.#binding, "unique", ""), undefined);
+  }
+  idFromString(id) {
+    webidl.requiredArguments(arguments.length, 1, "Failed to execute 'idFromString' on 'DurableObjectNamespace'");
+    return new DurableObjectId(objectKey, op_outpost_do_id(this.#binding, "string", String(id)), undefined);
+  }
+  get(id, _options = undefined) {
+    if (!ObjectPrototypeIsPrototypeOf(DurableObjectId.prototype, id)) {
+      throw new TypeError(`${this.#name}.get() expects a DurableObjectId`);
+    }
+    // An id of another namespace is refused here, not at the first call.
+    op_outpost_do_id(this.#binding, "string", id.toString());
+    return makeStub(this.#binding, id);
+  }
+  getByName(name, options = undefined) {
+    return this.get(this.idFromName(name), options);
+  }
+  jurisdiction(_name) {
+    return this;
+  }
+}
+
+/**
+ * Delivers an object's events one at a time. A storage operation holds the
+ * gate until it completes and the code that awaited it has run; an event is
+ * delivered in a later turn of the event loop than the one before, so the
+ * previous event's synchronous work and microtasks finish first.
+ */
+class InputGate {
+  #holds = 0;
+  #waiting = [];
+  #scheduled = false;
+
+  hold() {
+    this.#holds++;
+  }
+  release() {
+    this.#holds--;
+    if (this.#holds === 0 && this.#waiting.length > 0) this.#schedule();
+  }
+  /** For reads, which complete at once: held until the next turn. */
+  holdForTurn() {
+    this.hold();
+    PromisePrototypeThen(op_void_async_deferred(), () => this.release());
+  }
+  /** Runs `event` when its turn comes; settles as it does. */
+  enqueue(event) {
+    return new Promise((resolve, reject) => {
+      ArrayPrototypePush(this.#waiting, () => {
+        try {
+          resolve(event());
+        } catch (error) {
+          reject(error);
+        }
+      });
+      this.#schedule();
+    });
+  }
+  #schedule() {
+    if (this.#scheduled) return;
+    this.#scheduled = true;
+    PromisePrototypeThen(op_void_async_deferred(), () => {
+      this.#scheduled = false;
+      if (this.#holds > 0 || this.#waiting.length === 0) return;
+      const next = ArrayPrototypeShift(this.#waiting);
+      next();
+      if (this.#waiting.length > 0) this.#schedule();
+    });
+  }
+}
+
+/** Code point order, which is the UTF-8 byte order keys are stored in. */
+function compareKeys(a, b) {
+  let i = 0;
+  while (i < a.length && i < b.length) {
+    const x = StringPrototypeCodePointAt(a, i);
+    const y = StringPrototypeCodePointAt(b, i);
+    if (x !== y) return x < y ? -1 : 1;
+    i += x > 0xffff ? 2 : 1;
+  }
+  return a.length === b.length ? 0 : (a.length < b.length ? -1 : 1);
+}
+
+function storageKey(key) {
+  if (key === undefined) throw new TypeError("a storage key is required");
+  return String(key);
+}
+
+function storageKeys(keys) {
+  if (keys.length > MAX_KEYS_PER_CALL) {
+    throw new RangeError(`at most ${MAX_KEYS_PER_CALL} keys can be used in one call, got ${keys.length}`);
+  }
+  return ArrayPrototypeMap(keys, storageKey);
+}
+
+function serializeValue(value) {
+  if (value === undefined) throw new TypeError("a storage value is required (undefined cannot be stored)");
+  return core.serialize(value, { forStorage: true });
+}
+
+function deserializeValue(bytes) {
+  return core.deserialize(bytes, { forStorage: true });
+}
+
+/** Checks list() options, as Cloudflare does, into the op's shape. */
+function listOptions(options) {
+  if (options === undefined || options === null) options = {};
+  if (typeof options !== "object") throw new TypeError("list() options must be an object");
+  const text = (name) => {
+    const value = options[name];
+    if (value === undefined) return null;
+    if (typeof value !== "string") throw new TypeError(`list() option ${name} must be a string`);
+    return value;
+  };
+  const result = {
+    start: text("start"),
+    startAfter: text("startAfter"),
+    end: text("end"),
+    prefix: text("prefix"),
+    reverse: !!options.reverse,
+    limit: null,
+  };
+  if (result.start !== null && result.startAfter !== null) {
+    throw new TypeError("list() takes start or startAfter, not both");
+  }
+  if (options.limit !== undefined) {
+    const limit = options.limit;
+    if (typeof limit !== "number" || !NumberIsInteger(limit) || limit < 1) {
+      throw new RangeError(`list() limit must be a positive integer, got ${limit}`);
+    }
+    result.limit = limit;
+  }
+  return result;
+}
+
+function inListBounds(key, options) {
+  if (options.prefix !== null && !StringPrototypeStartsWith(key, options.prefix)) return false;
+  if (options.start !== null && compareKeys(key, options.start) < 0) return false;
+  if (options.startAfter !== null && compareKeys(key, options.startAfter) <= 0) return false;
+  if (options.end !== null && compareKeys(key, options.end) >= 0) return false;
+  return true;
+}
+
+/** A storage failure that is not the caller's fault breaks the object. */
+function isUsageError(error) {
+  return ObjectPrototypeIsPrototypeOf(TypeError.prototype, error) ||
+    ObjectPrototypeIsPrototypeOf(RangeError.prototype, error);
+}
+
+class DurableObjectStorage {
+  #object;
+  #pending = new SafeSet();
+
+  constructor(key, object) {
+    if (key !== objectKey) throw new TypeError("Illegal constructor");
+    this.#object = object;
+  }
+
+  /** Writes not yet committed have settled (reads must see them). */
+  async #settled() {
+    while (this.#pending.size > 0) {
+      await SafePromiseAllSettled([...new SafeSetIterator(this.#pending)]);
+    }
+  }
+
+  /** Commits `puts` and `deletes` together; holds the gate meanwhile. */
+  write(puts, deletes) {
+    const object = this.#object;
+    object.gate.hold();
+    const committed = op_outpost_do_storage_write(object.className, object.hex, puts, deletes);
+    return this.#track(committed);
+  }
+
+  #track(committed) {
+    const object = this.#object;
+    const tracked = PromisePrototypeThen(committed, () => {
+      SetPrototypeDelete(this.#pending, tracked);
+      object.gate.release();
+    }, (error) => {
+      SetPrototypeDelete(this.#pending, tracked);
+      object.gate.release();
+      if (!isUsageError(error)) object.broken ??= error;
+      throw error;
+    });
+    SetPrototypeAdd(this.#pending, tracked);
+    return tracked;
+  }
+
+  /** The output gate: resolves once every write so far is durable. */
+  async flushed() {
+    await this.#settled();
+    if (this.#object.broken) throw this.#object.broken;
+  }
+
+  async #read(read) {
+    if (this.#pending.size > 0) await this.#settled();
+    this.#object.gate.holdForTurn();
+    return read();
+  }
+
+  get(keys, _options = undefined) {
+    const object = this.#object;
+    if (ArrayIsArray(keys)) {
+      const names = storageKeys(keys);
+      return this.#read(() => {
+        const values = op_outpost_do_storage_get(object.className, object.hex, names);
+        const found = new SafeMap();
+        for (let i = 0; i < names.length; i++) {
+          if (values[i] !== null) MapPrototypeSet(found, names[i], deserializeValue(values[i]));
+        }
+        return found;
+      });
+    }
+    const name = storageKey(keys);
+    return this.#read(() => {
+      const [value] = op_outpost_do_storage_get(object.className, object.hex, [name]);
+      return value === null ? undefined : deserializeValue(value);
+    });
+  }
+
+  put(keyOrEntries, value = undefined, _options = undefined) {
+    try {
+      let puts;
+      if (typeof keyOrEntries === "object" && keyOrEntries !== null) {
+        const entries = ObjectEntries(keyOrEntries);
+        storageKeys(ArrayPrototypeMap(entries, (entry) => entry[0]));
+        puts = ArrayPrototypeMap(entries, ([key, entry]) => [key, serializeValue(entry)]);
+      } else {
+        puts = [[storageKey(keyOrEntries), serializeValue(value)]];
+      }
+      return this.write(puts, []);
+    } catch (error) {
+      return PromiseReject(error);
+    }
+  }
+
+  async delete(keys, _options = undefined) {
+    const many = ArrayIsArray(keys);
+    const names = many ? storageKeys(keys) : [storageKey(keys)];
+    const object = this.#object;
+    if (this.#pending.size > 0) await this.#settled();
+    const existing = op_outpost_do_storage_get(object.className, object.hex, names);
+    await this.write([], names);
+    const count = ArrayPrototypeFilter(existing, (value) => value !== null).length;
+    return many ? count : count > 0;
+  }
+
+  deleteAll(_options = undefined) {
+    const object = this.#object;
+    object.gate.hold();
+    return this.#track(op_outpost_do_storage_delete_all(object.className, object.hex));
+  }
+
+  list(options = undefined) {
+    const checked = listOptions(options);
+    const object = this.#object;
+    return this.#read(() => {
+      const entries = op_outpost_do_storage_list(object.className, object.hex, checked);
+      const found = new SafeMap();
+      for (let i = 0; i < entries.length; i++) {
+        MapPrototypeSet(found, entries[i][0], deserializeValue(entries[i][1]));
+      }
+      return found;
+    });
+  }
+
+  /** Everything `closure` writes through its `txn` commits together, or nothing does. */
+  async transaction(closure) {
+    if (typeof closure !== "function") throw new TypeError("transaction() takes a function");
+    const object = this.#object;
+    if (this.#pending.size > 0) await this.#settled();
+    object.gate.hold();
+    const txn = new DurableObjectTransaction(objectKey, object);
+    try {
+      const result = await closure(txn);
+      const { puts, deletes } = txn.finish();
+      if (puts.length > 0 || deletes.length > 0) await this.write(puts, deletes);
+      return result;
+    } finally {
+      txn.finish();
+      object.gate.release();
+    }
+  }
+
+  async sync() {
+    await this.flushed();
+  }
+
+  getAlarm(_options = undefined) {
+    const object = this.#object;
+    return this.#read(() => op_outpost_do_alarm_get(object.className, object.hex));
+  }
+
+  setAlarm(scheduledTime, _options = undefined) {
+    const object = this.#object;
+    let at;
+    if (typeof scheduledTime === "number") {
+      at = scheduledTime;
+    } else if (ObjectPrototypeIsPrototypeOf(DatePrototype, scheduledTime)) {
+      at = DatePrototypeGetTime(scheduledTime);
+    } else {
+      return PromiseReject(new TypeError("setAlarm() takes a Date or milliseconds since the epoch"));
+    }
+    if (!NumberIsFinite(at)) return PromiseReject(new TypeError("setAlarm() was given an invalid time"));
+    if (typeof object.cls.prototype?.alarm !== "function") {
+      return PromiseReject(
+        new TypeError(`Durable Object class ${object.className} must have an alarm() handler to call setAlarm()`),
+      );
+    }
+    object.gate.hold();
+    return this.#track(op_outpost_do_alarm_set(object.className, object.hex, MathMax(at, 0)));
+  }
+
+  deleteAlarm(_options = undefined) {
+    const object = this.#object;
+    object.gate.hold();
+    return this.#track(op_outpost_do_alarm_set(object.className, object.hex, null));
+  }
+}
+
+class DurableObjectTransaction {
+  #object;
+  /** Key -> serialized value, or null for a delete. */
+  #writes = new SafeMap();
+  #rolledBack = false;
+  #finished = false;
+
+  constructor(key, object) {
+    if (key !== objectKey) throw new TypeError("Illegal constructor");
+    this.#object = object;
+  }
+
+  #check() {
+    if (this.#finished) throw new TypeError("this transaction has already ended");
+  }
+
+  #stored(names) {
+    const object = this.#object;
+    const values = op_outpost_do_storage_get(object.className, object.hex, names);
+    return ArrayPrototypeMap(names, (name, i) => MapPrototypeHas(this.#writes, name) ? MapPrototypeGet(this.#writes, name) : values[i]);
+  }
+
+  async get(keys, _options = undefined) {
+    this.#check();
+    if (ArrayIsArray(keys)) {
+      const names = storageKeys(keys);
+      const values = this.#stored(names);
+      const found = new SafeMap();
+      for (let i = 0; i < names.length; i++) {
+        if (values[i] !== null) MapPrototypeSet(found, names[i], deserializeValue(values[i]));
+      }
+      return found;
+    }
+    const [value] = this.#stored([storageKey(keys)]);
+    return value === null ? undefined : deserializeValue(value);
+  }
+
+  async put(keyOrEntries, value = undefined, _options = undefined) {
+    this.#check();
+    if (typeof keyOrEntries === "object" && keyOrEntries !== null) {
+      const entries = ObjectEntries(keyOrEntries);
+      storageKeys(ArrayPrototypeMap(entries, (entry) => entry[0]));
+      for (const { 0: key, 1: entry } of new SafeArrayIterator(entries)) {
+        MapPrototypeSet(this.#writes, key, serializeValue(entry));
+      }
+      return;
+    }
+    MapPrototypeSet(this.#writes, storageKey(keyOrEntries), serializeValue(value));
+  }
+
+  async delete(keys, _options = undefined) {
+    this.#check();
+    const many = ArrayIsArray(keys);
+    const names = many ? storageKeys(keys) : [storageKey(keys)];
+    const existing = this.#stored(names);
+    for (let i = 0; i < names.length; i++) MapPrototypeSet(this.#writes, names[i], null);
+    const count = ArrayPrototypeFilter(existing, (value) => value !== null).length;
+    return many ? count : count > 0;
+  }
+
+  async list(options = undefined) {
+    this.#check();
+    const checked = listOptions(options);
+    const object = this.#object;
+    // The stored entries in bounds, with this transaction's writes over them.
+    const merged = new SafeMap();
+    const stored = op_outpost_do_storage_list(object.className, object.hex, { ...checked, limit: null });
+    for (let i = 0; i < stored.length; i++) MapPrototypeSet(merged, stored[i][0], stored[i][1]);
+    for (const { 0: key, 1: value } of new SafeMapIterator(this.#writes)) {
+      if (!inListBounds(key, checked)) continue;
+      if (value === null) MapPrototypeDelete(merged, key);
+      else MapPrototypeSet(merged, key, value);
+    }
+    const keys = ArrayPrototypeSort(ArrayPrototypeMap([...new SafeMapIterator(merged)], (entry) => entry[0]), compareKeys);
+    if (checked.reverse) ArrayPrototypeReverse(keys);
+    const found = new SafeMap();
+    const count = checked.limit === null ? keys.length : MathMin(checked.limit, keys.length);
+    for (let i = 0; i < count; i++) MapPrototypeSet(found, keys[i], deserializeValue(MapPrototypeGet(merged, keys[i])));
+    return found;
+  }
+
+  rollback() {
+    this.#check();
+    this.#rolledBack = true;
+  }
+
+  /** Ends the transaction; returns what to commit. */
+  finish() {
+    this.#finished = true;
+    const puts = [];
+    const deletes = [];
+    if (!this.#rolledBack) {
+      for (const { 0: key, 1: value } of new SafeMapIterator(this.#writes)) {
+        if (value === null) ArrayPrototypePush(deletes, key);
+        else ArrayPrototypePush(puts, [key, value]);
+      }
+    }
+    this.#writes = new SafeMap();
+    return { puts, deletes };
+  }
+}
+
+class DurableObjectState {
+  #object;
+  constructor(key, object) {
+    if (key !== objectKey) throw new TypeError("Illegal constructor");
+    this.#object = object;
+  }
+  get id() {
+    return this.#object.id;
+  }
+  get storage() {
+    return this.#object.storage;
+  }
+  /** No event is delivered to the object until `callback`'s promise settles. */
+  async blockConcurrencyWhile(callback) {
+    const gate = this.#object.gate;
+    gate.hold();
+    try {
+      return await callback();
+    } catch (error) {
+      // As on Cloudflare: the object is reset rather than left half set up.
+      this.#object.broken ??= error;
+      throw error;
+    } finally {
+      gate.release();
+    }
+  }
+  waitUntil(promise) {
+    trackWaitUntil(promise, currentRequestId.get() ?? "");
+  }
+}
+
+/** Base classes of `cloudflare:workers`. */
+class DurableObject {
+  constructor(ctx, env) {
+    this.ctx = ctx;
+    this.env = env;
+  }
+}
+class WorkerEntrypoint {
+  constructor(ctx, env) {
+    this.ctx = ctx;
+    this.env = env;
+  }
+}
+class RpcTarget {}
+
+ObjectDefineProperty(globalThis, SymbolFor("outpost.cloudflareWorkers"), {
+  value: ObjectFreeze({ DurableObject, WorkerEntrypoint, RpcTarget }),
+  enumerable: false,
+  configurable: false,
+  writable: false,
+});
+
+/** The worker's module namespace and env, for the objects it hosts. */
+let hostModule = null;
+let hostEnv = null;
+const liveObjects = new SafeMap();
+
+class LiveObject {
+  constructor(target, cls) {
+    this.className = target.className;
+    this.hex = target.id;
+    this.cls = cls;
+    this.id = new DurableObjectId(objectKey, target.id, target.name ?? undefined);
+    this.gate = new InputGate();
+    this.storage = new DurableObjectStorage(objectKey, this);
+    this.state = new DurableObjectState(objectKey, this);
+    this.instance = null;
+    /** Set when the object must be reset: its next event gets a new instance. */
+    this.broken = null;
+    /** Events delivered or waiting, and when the last one ended. */
+    this.active = 0;
+    this.lastUsed = DateNow();
+  }
+
+  /** Runs `use(instance)` as the object's next event. */
+  run(use) {
+    if (this.instance === null && !this.constructing) {
+      // Construction is an event of its own, so that a
+      // blockConcurrencyWhile() in the constructor holds back the first event.
+      this.constructing = true;
+      this.gate.enqueue(() => {
+        this.constructing = false;
+        try {
+          this.instance = new this.cls(this.state, hostEnv);
+        } catch (error) {
+          this.broken = error;
+        }
+      });
+    }
+    this.active++;
+    const done = () => {
+      this.active--;
+      this.lastUsed = DateNow();
+    };
+    const event = this.gate.enqueue(() => {
+      if (this.broken !== null) throw this.broken;
+      return use(this.instance);
+    });
+    PromisePrototypeThen(event, done, done);
+    return event;
+  }
+}
+
+/** Objects idle this long are dropped (their storage stays, of course). */
+const OBJECT_IDLE_MS = 60_000;
+let lastObjectSweep = 0;
+
+function sweepIdleObjects(now) {
+  if (now - lastObjectSweep < OBJECT_IDLE_MS / 4) return;
+  lastObjectSweep = now;
+  for (const { 0: key, 1: object } of new SafeMapIterator(liveObjects)) {
+    if (object.active === 0 && now - object.lastUsed > OBJECT_IDLE_MS) MapPrototypeDelete(liveObjects, key);
+  }
+}
+
+function liveObject(target) {
+  const key = `${target.className}\0${target.id}`;
+  const live = MapPrototypeGet(liveObjects, key);
+  if (live !== undefined && live.broken === null) return live;
+  const cls = hostModule?.[target.className];
+  if (typeof cls !== "function") {
+    throw new TypeError(`this worker exports no Durable Object class "${target.className}"`);
+  }
+  const fresh = new LiveObject(target, cls);
+  MapPrototypeSet(liveObjects, key, fresh);
+  return fresh;
+}
+
+function handlerOf(instance, name, className) {
+  const method = instance[name];
+  if (typeof method !== "function") {
+    throw new TypeError(`Durable Object class ${className} has no ${name}() handler`);
+  }
+  return method;
+}
+
+async function handleObjectEvent(next) {
+  const prev = currentRequestId.enter(next.requestId);
+  const target = next.object;
+  try {
+    sweepIdleObjects(DateNow());
+    const object = liveObject(target);
+    if (target.kind === "fetch") {
+      const req = buildRequest(next);
+      const result = await object.run((instance) =>
+        FunctionPrototypeCall(handlerOf(instance, "fetch", target.className), instance, req)
+      );
+      await object.storage.flushed();
+      await sendResponse(next.rid, result);
+    } else if (target.kind === "alarm") {
+      const info = { retryCount: target.retryCount, isRetry: target.retryCount > 0 };
+      await object.run((instance) =>
+        FunctionPrototypeCall(handlerOf(instance, "alarm", target.className), instance, info)
+      );
+      await object.storage.flushed();
+      op_outpost_respond(next.rid, 204, [], EMPTY);
+    } else {
+      const args = core.deserialize(await readAll(next.bodyRid));
+      let kind = "value";
+      let outcome;
+      try {
+        const value = await object.run((instance) => {
+          const method = target.method === "constructor" ? undefined : instance[target.method];
+          if (typeof method !== "function") {
+            throw new TypeError(`The RPC receiver does not implement the method "${target.method}".`);
+          }
+          return ReflectApply(method, instance, args);
+        });
+        await object.storage.flushed();
+        outcome = core.serialize(value);
+      } catch (error) {
+        kind = "error";
+        try {
+          outcome = core.serialize(error);
+        } catch {
+          outcome = core.serialize(new Error(describeError(error)));
+        }
+      }
+      op_outpost_respond(next.rid, 200, [["outpost-rpc", kind]], outcome);
+    }
+  } catch (error) {
+    op_outpost_respond_error(next.rid, describeError(error));
+  } finally {
+    if (next.bodyRid !== null) core.tryClose(next.bodyRid);
+    core.setAsyncContext(prev);
+  }
+}
+
 // --- requests ------------------------------------------------------------------
 
 /** How long `waitUntil()` work may outlive its response. */
@@ -619,11 +1392,11 @@ function resolveHandler(namespace, env) {
 /**
  * The runtime's entry point, called once the worker's modules are evaluated:
  * `namespace` is the main module's namespace, `envJson` the worker's plain
- * variables. Throws if the worker has no fetch handler; otherwise returns the
- * function that serves requests until the node stops sending them and
+ * variables, then the KV and Durable Object bindings (JSON). Throws if the
+ * worker has no fetch handler; otherwise returns the function that serves requests until the node stops sending them and
  * outstanding `waitUntil()` work has settled (or timed out).
  */
-function prepare(namespace, envJson, kvBindings) {
+function prepare(namespace, envJson, kvBindings, objectBindings) {
   performanceMod.setTimeOrigin();
   // Not frozen: workerd hands workers a mutable env object too.
   const env = JSONParse(envJson);
@@ -631,19 +1404,36 @@ function prepare(namespace, envJson, kvBindings) {
   for (let i = 0; i < kvNames.length; i++) {
     env[kvNames[i]] = new KVNamespace(kvConstructorKey, i);
   }
+  const objects = JSONParse(objectBindings);
+  for (let i = 0; i < objects.length; i++) {
+    const { binding, className, hosted } = objects[i];
+    if (hosted && typeof namespace[className] !== "function") {
+      throw new TypeError(
+        `the Durable Object binding ${binding} names class ${className}, which the worker's main module does not export`,
+      );
+    }
+    env[binding] = new DurableObjectNamespace(objectKey, i, binding);
+  }
+  hostModule = namespace;
+  hostEnv = env;
   const handler = resolveHandler(namespace, env);
   return () => serve(handler);
 }
 
 async function serve(handler) {
+  // Requests still being handled when the queue closes (an isolate that
+  // served its one request, or was evicted) finish before the isolate goes.
+  const handling = new SafeSet();
   while (true) {
     const next = await op_outpost_next_request();
     if (next === null) break;
-    handleRequest(next, handler);
+    const handled = next.object !== null ? handleObjectEvent(next) : handleRequest(next, handler);
+    SetPrototypeAdd(handling, handled);
+    PromisePrototypeThen(handled, () => SetPrototypeDelete(handling, handled));
   }
   // Each tracked promise settles by itself or at its timeout.
-  while (pendingWaitUntil.size > 0) {
-    await SafePromiseAll([...new SafeSetIterator(pendingWaitUntil)]);
+  while (handling.size > 0 || pendingWaitUntil.size > 0) {
+    await SafePromiseAll([...new SafeSetIterator(handling), ...new SafeSetIterator(pendingWaitUntil)]);
   }
 }
 

@@ -20,6 +20,10 @@ mod worker;
 
 pub use deno_core::v8;
 pub use ext::http::{empty_body, full_body, Body, BoxError, DispatchError, WorkerRequest};
+pub use ext::objects::{
+    id_from_name, object_namespace, DurableObjectBinding, ObjectCall, ObjectEvent, ObjectRouter, RouteFuture,
+    WorkerRequestParts,
+};
 pub use ext::ops::RequestQueue;
 pub use loader::ModuleKind;
 pub use worker::{

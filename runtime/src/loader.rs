@@ -17,6 +17,16 @@ use deno_error::JsErrorBox;
 
 use crate::ext::ops::WasmSources;
 
+/// The one built-in module workers may import: the base classes of
+/// Cloudflare's runtime API (`DurableObject`, `WorkerEntrypoint`,
+/// `RpcTarget`), which the bootstrap leaves under a symbol.
+const CLOUDFLARE_WORKERS: &str = "cloudflare:workers";
+const CLOUDFLARE_WORKERS_SOURCE: &str = r#"const api = globalThis[Symbol.for("outpost.cloudflareWorkers")];
+export const DurableObject = api.DurableObject;
+export const WorkerEntrypoint = api.WorkerEntrypoint;
+export const RpcTarget = api.RpcTarget;
+"#;
+
 /// How a file of the bundle becomes a module, chosen by its extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ModuleKind {
@@ -124,6 +134,9 @@ impl BundleLoader {
 
 impl ModuleLoader for BundleLoader {
     fn resolve(&self, specifier: &str, referrer: &str, _kind: ResolutionKind) -> Result<ModuleSpecifier, JsErrorBox> {
+        if specifier == CLOUDFLARE_WORKERS {
+            return Ok(ModuleSpecifier::parse(CLOUDFLARE_WORKERS).expect("a valid URL"));
+        }
         let relative = specifier.starts_with("./") || specifier.starts_with("../") || specifier.starts_with('/');
         if !relative {
             // The main module itself arrives as an absolute file URL.
@@ -151,6 +164,14 @@ impl ModuleLoader for BundleLoader {
         referrer: Option<&ModuleLoadReferrer>,
         _options: ModuleLoadOptions,
     ) -> ModuleLoadResponse {
+        if specifier.as_str() == CLOUDFLARE_WORKERS {
+            return ModuleLoadResponse::Sync(Ok(ModuleSource::new(
+                ModuleType::JavaScript,
+                ModuleSourceCode::String(CLOUDFLARE_WORKERS_SOURCE.to_string().into()),
+                specifier,
+                None,
+            )));
+        }
         ModuleLoadResponse::Sync(self.load_file(specifier, referrer))
     }
 }
@@ -192,6 +213,8 @@ mod tests {
         assert!(loader.resolve("../app2/x.js", main, ResolutionKind::Import).is_err());
         assert!(loader.resolve("https://example.com/x.js", main, ResolutionKind::Import).is_err());
         assert!(loader.resolve("node:fs", main, ResolutionKind::Import).is_err());
+        assert!(loader.resolve("cloudflare:workers", main, ResolutionKind::Import).is_ok());
+        assert!(loader.resolve("cloudflare:sockets", main, ResolutionKind::Import).is_err());
         assert!(loader.resolve("lodash", main, ResolutionKind::Import).is_err());
         assert!(loader.resolve("file:///etc/passwd", main, ResolutionKind::Import).is_err());
     }

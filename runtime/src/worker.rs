@@ -18,6 +18,7 @@ use std::task::{Context, Poll};
 use deno_core::{v8, JsRuntime, ModuleSpecifier, PollEventLoopOptions, RuntimeOptions};
 
 use crate::ext::http::DispatchError;
+use crate::ext::objects::{DurableObjectBinding, ObjectBindings, ObjectRouter};
 use crate::ext::ops::{allow_wasm_code_generation, AbortReason, RequestQueue, WasmSources, WorkerName};
 use crate::ext::{extensions, ExtensionOptions};
 use crate::loader::BundleLoader;
@@ -72,8 +73,19 @@ pub struct WorkerOptions {
     pub heap_limit_bytes: Option<usize>,
     /// KV namespaces bound to the worker: `env` name and namespace id.
     pub kv_namespaces: Vec<KvNamespaceBinding>,
-    /// Where KV data lives; required when `kv_namespaces` is not empty.
+    /// Where KV data and Durable Object storage live; required when
+    /// `kv_namespaces` is not empty or the worker hosts Durable Objects.
     pub kv_store: Option<outpost_kv::Store>,
+    /// Durable Object namespaces bound on `env`.
+    pub durable_objects: Vec<DurableObjectBinding>,
+    /// Where the worker's stubs send their calls; without one, calls fail.
+    pub object_router: Option<Arc<dyn ObjectRouter>>,
+}
+
+impl std::fmt::Debug for dyn ObjectRouter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ObjectRouter")
+    }
 }
 
 /// One `[[kv_namespaces]]` binding.
@@ -135,6 +147,8 @@ pub struct WorkerIsolate {
     main: ModuleSpecifier,
     vars: serde_json::Map<String, serde_json::Value>,
     kv_names: Vec<String>,
+    /// `[{ binding, className, hosted }]` for the bootstrap's `prepare`.
+    object_bindings_json: String,
     abort_reason: AbortReason,
     heap_limit_hit: Rc<Cell<bool>>,
 }
@@ -224,6 +238,25 @@ impl WorkerIsolate {
                 namespaces: options.kv_namespaces.iter().map(|b| b.id.clone()).collect(),
             });
         }
+        runtime.op_state().borrow_mut().put(ObjectBindings {
+            bindings: options.durable_objects.clone(),
+            router: options.object_router.clone(),
+            store: options.kv_store.clone(),
+        });
+        let object_bindings_json = serde_json::Value::Array(
+            options
+                .durable_objects
+                .iter()
+                .map(|b| {
+                    serde_json::json!({
+                        "binding": b.binding,
+                        "className": b.class_name,
+                        "hosted": b.script == options.name,
+                    })
+                })
+                .collect(),
+        )
+        .to_string();
         let abort_reason = runtime.op_state().borrow().borrow::<AbortReason>().clone();
 
         // Near the heap limit: stop the isolate, and give V8 room to unwind
@@ -255,6 +288,7 @@ impl WorkerIsolate {
             main: source.main_url(),
             vars: options.vars.clone(),
             kv_names: options.kv_namespaces.iter().map(|b| b.binding.clone()).collect(),
+            object_bindings_json,
             abort_reason,
             heap_limit_hit,
         })
@@ -289,7 +323,14 @@ impl WorkerIsolate {
             let namespace: v8::Local<v8::Value> = v8::Local::new(scope, namespace).into();
             let env_json: v8::Local<v8::Value> = v8::String::new(scope, &env_json).expect("env fits a string").into();
             let kv_json: v8::Local<v8::Value> = v8::String::new(scope, &kv_json).expect("names fit a string").into();
-            [v8::Global::new(scope, namespace), v8::Global::new(scope, env_json), v8::Global::new(scope, kv_json)]
+            let objects_json: v8::Local<v8::Value> =
+                v8::String::new(scope, &self.object_bindings_json).expect("bindings fit a string").into();
+            [
+                v8::Global::new(scope, namespace),
+                v8::Global::new(scope, env_json),
+                v8::Global::new(scope, kv_json),
+                v8::Global::new(scope, objects_json),
+            ]
         };
         let prepare = self.prepare.take().expect("load runs once");
         let serve = runtime

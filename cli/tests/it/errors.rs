@@ -90,6 +90,17 @@ fn config_errors_name_the_key() {
 }
 
 #[test]
+fn durable_object_binding_to_a_class_not_exported_fails_the_load() {
+    let dir = worker(&[
+        ("outpost.toml", "[[durable_objects.bindings]]\nname = \"ROOMS\"\nclass_name = \"Room\"\n"),
+        ("worker.js", "export class Lobby {}\nexport default { fetch() { return new Response('x'); } };\n"),
+    ]);
+    let stderr = failed_start(dir.path());
+    assert!(stderr.contains("ROOMS") && stderr.contains("Room"), "{stderr}");
+    assert!(stderr.contains("does not export"), "{stderr}");
+}
+
+#[test]
 fn invalid_json_module_fails_the_load() {
     let dir = worker(&[
         ("worker.js", "import c from \"./c.json\";\nexport default { fetch() { return Response.json(c); } };\n"),

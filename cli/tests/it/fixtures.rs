@@ -139,4 +139,5 @@ fixtures! {
     service_worker => "service-worker",
     worker_errors => "errors",
     kv_namespaces => "kv",
+    durable_objects => "durable-objects",
 }

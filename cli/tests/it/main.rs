@@ -4,6 +4,7 @@
 mod context;
 mod errors;
 mod fixtures;
+mod objects;
 mod pool;
 mod protocol;
 mod streaming;

@@ -44,6 +44,7 @@ fn spec(name: &str, source: WorkerSource, isolation: Isolation, limits: Limits) 
         limits,
         kv_namespaces: Vec::new(),
         kv_store: None,
+        durable_objects: Vec::new(),
     }
 }
 

@@ -95,11 +95,13 @@ async fn moving_an_alarm_keeps_one_entry_and_clearing_is_conditional() {
     // The handler of the 1_000 alarm sets a new one: clearing the old one
     // afterwards must not remove it.
     store.set_alarm(&object(1), Some(7_000)).await.unwrap();
-    store.clear_alarm_if(&object(1), 1_000).await.unwrap();
+    store.replace_alarm_if(&object(1), 1_000, None).await.unwrap();
     assert_eq!(store.get_alarm(&object(1)).unwrap(), Some(7_000));
     assert!(store.due_alarms(6_999).unwrap().is_empty(), "the moved alarm left no stale entry");
     assert_eq!(store.due_alarms(7_000).unwrap().len(), 1);
-    store.clear_alarm_if(&object(1), 7_000).await.unwrap();
+    store.replace_alarm_if(&object(1), 7_000, Some(9_000)).await.unwrap();
+    assert_eq!(store.due_alarms(9_000).unwrap().into_iter().map(|(_, at)| at).collect::<Vec<_>>(), vec![9_000]);
+    store.replace_alarm_if(&object(1), 9_000, None).await.unwrap();
     assert_eq!(store.get_alarm(&object(1)).unwrap(), None);
     assert_eq!(store.next_alarm().unwrap(), None);
 }

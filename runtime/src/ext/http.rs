@@ -61,6 +61,9 @@ pub struct WorkerRequest {
     pub request_id: String,
     /// Where the response (or the reason there is none) goes.
     pub respond: Responder,
+    /// Set when the request is for a Durable Object hosted by the isolate
+    /// rather than for the worker's `fetch` handler.
+    pub object: Option<super::objects::ObjectCall>,
 }
 
 /// The one-shot channel a request's outcome goes back on.

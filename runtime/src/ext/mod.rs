@@ -9,6 +9,7 @@
 
 pub mod http;
 pub mod kv;
+pub mod objects;
 pub mod ops;
 
 use std::sync::Arc;
@@ -41,6 +42,14 @@ deno_core::extension!(
         kv::op_outpost_kv_put,
         kv::op_outpost_kv_delete,
         kv::op_outpost_kv_list,
+        objects::op_outpost_do_id,
+        objects::op_outpost_do_send,
+        objects::op_outpost_do_storage_get,
+        objects::op_outpost_do_storage_list,
+        objects::op_outpost_do_storage_write,
+        objects::op_outpost_do_storage_delete_all,
+        objects::op_outpost_do_alarm_get,
+        objects::op_outpost_do_alarm_set,
     ],
     esm_entry_point = "ext:outpost_runtime/bootstrap.js",
     esm = [dir "js", "bootstrap.js"],

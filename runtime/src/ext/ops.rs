@@ -21,6 +21,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, Mutex};
 
 use super::http::{Body, BoxError, ChannelBody, DispatchError, Responder, WorkerRequest};
+use super::objects::{id_to_hex, ObjectCall, ObjectEvent};
 
 /// The worker's name, for log lines.
 #[derive(Clone)]
@@ -164,6 +165,45 @@ pub struct NextRequest {
     headers: Vec<(ByteString, ByteString)>,
     body_rid: Option<ResourceId>,
     request_id: String,
+    object: Option<ObjectTarget>,
+}
+
+/// The object a request is for, as the bootstrap reads it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectTarget {
+    class_name: String,
+    id: String,
+    name: Option<String>,
+    /// `"fetch"`, `"call"` or `"alarm"`.
+    kind: &'static str,
+    method: Option<String>,
+    retry_count: u32,
+}
+
+impl From<ObjectCall> for ObjectTarget {
+    fn from(call: ObjectCall) -> Self {
+        let (kind, method, retry_count) = match call.event {
+            ObjectEvent::Fetch => ("fetch", None, 0),
+            ObjectEvent::Call { method } => ("call", Some(method), 0),
+            ObjectEvent::Alarm { retry_count } => ("alarm", None, retry_count),
+        };
+        ObjectTarget {
+            class_name: call.class_name,
+            id: id_to_hex(&call.id),
+            name: call.name,
+            kind,
+            method,
+            retry_count,
+        }
+    }
+}
+
+/// Makes a body readable by JS (`readableStreamForRid`); `None` for a body
+/// that is already known to be empty.
+pub(crate) fn incoming_body(state: &mut OpState, body: Body) -> Option<ResourceId> {
+    (!body.is_end_stream())
+        .then(|| state.resource_table.add(RequestBody { body: Mutex::new(body), leftover: RefCell::new(None) }))
 }
 
 /// Waits for the next request; `null` once the node stops sending.
@@ -172,7 +212,7 @@ pub struct NextRequest {
 pub async fn op_outpost_next_request(state: Rc<RefCell<OpState>>) -> Option<NextRequest> {
     let queue = state.borrow().try_borrow::<Rc<RequestQueue>>()?.clone();
     let next = queue.0.lock().await.recv().await?;
-    let WorkerRequest { request, url, request_id, respond } = next;
+    let WorkerRequest { request, url, request_id, respond, object } = next;
     let (parts, body) = request.into_parts();
     let headers = parts
         .headers
@@ -180,15 +220,22 @@ pub async fn op_outpost_next_request(state: Rc<RefCell<OpState>>) -> Option<Next
         .map(|(name, value)| (ByteString::from(name.as_str()), ByteString::from(value.as_bytes())))
         .collect();
     let mut state = state.borrow_mut();
-    let body_rid = (!body.is_end_stream())
-        .then(|| state.resource_table.add(RequestBody { body: Mutex::new(body), leftover: RefCell::new(None) }));
+    let body_rid = incoming_body(&mut state, body);
     let abort = state.borrow::<AbortReason>().clone();
     let rid = state.resource_table.add(InFlight {
         request_id: request_id.clone(),
         respond: RefCell::new(Some(respond)),
         abort,
     });
-    Some(NextRequest { rid, method: parts.method.to_string(), url, headers, body_rid, request_id })
+    Some(NextRequest {
+        rid,
+        method: parts.method.to_string(),
+        url,
+        headers,
+        body_rid,
+        request_id,
+        object: object.map(ObjectTarget::from),
+    })
 }
 
 fn response_head(status: u32, headers: Vec<(ByteString, ByteString)>) -> Result<http::response::Builder, JsErrorBox> {

@@ -1,0 +1,168 @@
+//! Fires Durable Object alarms: the alarms stored in the node's store come
+//! due, the object's `alarm()` runs in the isolate hosting it, and the
+//! alarm is cleared after it succeeds or moved later (with backoff) after
+//! it fails. Alarms live in the store, so one set before a restart fires
+//! after it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use outpost_kv::objects::{alarm_retry_delay_ms, ObjectKey};
+use outpost_kv::Store;
+use outpost_runtime::{empty_body, ObjectCall, ObjectEvent, WorkerRequestParts};
+
+use crate::pool::Pool;
+
+/// Failed runs of one alarm before it is dropped (as on Cloudflare: six
+/// retries after the first run).
+pub const MAX_ALARM_RETRIES: u32 = 6;
+
+/// Longest sleep between two looks at the store: bounds how late an alarm
+/// set while the scheduler sleeps can fire.
+const POLL: Duration = Duration::from_millis(100);
+
+/// What to do with an alarm after its handler ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlarmOutcome {
+    /// It succeeded: clear it.
+    Clear,
+    /// It failed: run it again at `at_ms`, as failure number `failures`.
+    Retry { at_ms: u64, failures: u32 },
+    /// It failed too often: clear it and say so.
+    GiveUp,
+}
+
+/// Decides an alarm's fate: `failures_before` earlier runs of it failed.
+pub fn after_alarm(succeeded: bool, failures_before: u32, now_ms: u64) -> AlarmOutcome {
+    if succeeded {
+        return AlarmOutcome::Clear;
+    }
+    let failures = failures_before + 1;
+    if failures > MAX_ALARM_RETRIES {
+        return AlarmOutcome::GiveUp;
+    }
+    AlarmOutcome::Retry { at_ms: now_ms + alarm_retry_delay_ms(failures), failures }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Alarms being run, and how often each failed so far.
+#[derive(Default)]
+struct Tracker {
+    running: HashSet<ObjectKey>,
+    failures: HashMap<ObjectKey, u32>,
+}
+
+/// Runs until the pool stops: fires every due alarm of every deployed
+/// worker. Spawn it on the node's tokio runtime.
+pub async fn run_alarms(pool: Pool, store: Store) {
+    let tracker = Arc::new(Mutex::new(Tracker::default()));
+    while !pool.is_stopping() {
+        let now = now_ms();
+        match store.due_alarms(now) {
+            Ok(due) => {
+                for (object, at_ms) in due {
+                    // `<worker>:<class>`; class names have no colon.
+                    let Some((worker, class_name)) = object.class.rsplit_once(':') else { continue };
+                    if !pool.is_deployed(worker) {
+                        continue;
+                    }
+                    let failures = {
+                        let mut tracker = tracker.lock().unwrap();
+                        if !tracker.running.insert(object.clone()) {
+                            continue;
+                        }
+                        tracker.failures.get(&object).copied().unwrap_or(0)
+                    };
+                    let call = ObjectCall {
+                        class_name: class_name.to_string(),
+                        id: object.id,
+                        name: None,
+                        event: ObjectEvent::Alarm { retry_count: failures },
+                    };
+                    tokio::spawn(fire(
+                        pool.clone(),
+                        store.clone(),
+                        tracker.clone(),
+                        worker.to_string(),
+                        call,
+                        object,
+                        at_ms,
+                    ));
+                }
+            }
+            Err(err) => tracing::warn!("cannot read due alarms: {err}"),
+        }
+        let next = store.next_alarm().ok().flatten();
+        let wait = next.map_or(POLL, |at| Duration::from_millis(at.saturating_sub(now_ms())).min(POLL));
+        tokio::time::sleep(wait.max(Duration::from_millis(5))).await;
+    }
+}
+
+async fn fire(
+    pool: Pool,
+    store: Store,
+    tracker: Arc<Mutex<Tracker>>,
+    worker: String,
+    call: ObjectCall,
+    object: ObjectKey,
+    at_ms: u64,
+) {
+    let class_name = call.class_name.clone();
+    let request_id = format!("alarm-{:016x}", u64::from_be_bytes(object.id[..8].try_into().expect("8 bytes")));
+    let request = http::Request::builder().method("POST").body(empty_body()).expect("a valid request");
+    let parts = WorkerRequestParts { request, url: "http://alarm.invalid/".into(), request_id: request_id.clone() };
+    let succeeded = match pool.fetch_object(&worker, call, parts).await {
+        Ok(response) => response.status().is_success(),
+        Err(err) => {
+            tracing::warn!(worker = %worker, class = %class_name, request_id, "alarm failed: {err}");
+            false
+        }
+    };
+    let failures_before = tracker.lock().unwrap().failures.get(&object).copied().unwrap_or(0);
+    let outcome = after_alarm(succeeded, failures_before, now_ms());
+    let stored = match outcome {
+        AlarmOutcome::Clear => store.replace_alarm_if(&object, at_ms, None).await,
+        AlarmOutcome::Retry { at_ms: retry_at, failures } => {
+            tracing::info!(worker = %worker, class = %class_name, request_id, failures, "alarm will be retried in {} ms", retry_at.saturating_sub(now_ms()));
+            store.replace_alarm_if(&object, at_ms, Some(retry_at)).await
+        }
+        AlarmOutcome::GiveUp => {
+            tracing::error!(worker = %worker, class = %class_name, request_id, "alarm failed {} times; dropped", MAX_ALARM_RETRIES + 1);
+            store.replace_alarm_if(&object, at_ms, None).await
+        }
+    };
+    if let Err(err) = stored {
+        tracing::error!(worker = %worker, class = %class_name, "cannot update the alarm: {err}");
+    }
+    let mut tracker = tracker.lock().unwrap();
+    match outcome {
+        AlarmOutcome::Retry { failures, .. } => {
+            tracker.failures.insert(object.clone(), failures);
+        }
+        AlarmOutcome::Clear | AlarmOutcome::GiveUp => {
+            tracker.failures.remove(&object);
+        }
+    }
+    tracker.running.remove(&object);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn success_clears_and_failures_back_off_then_give_up() {
+        assert_eq!(after_alarm(true, 3, 1_000), AlarmOutcome::Clear);
+        assert_eq!(after_alarm(false, 0, 1_000), AlarmOutcome::Retry { at_ms: 3_000, failures: 1 });
+        assert_eq!(after_alarm(false, 1, 1_000), AlarmOutcome::Retry { at_ms: 5_000, failures: 2 });
+        assert_eq!(
+            after_alarm(false, MAX_ALARM_RETRIES - 1, 0),
+            AlarmOutcome::Retry { at_ms: alarm_retry_delay_ms(MAX_ALARM_RETRIES), failures: MAX_ALARM_RETRIES }
+        );
+        assert_eq!(after_alarm(false, MAX_ALARM_RETRIES, 0), AlarmOutcome::GiveUp);
+    }
+}
