@@ -19,6 +19,7 @@ mod encoding;
 pub mod limits;
 pub mod objects;
 mod store;
+mod wal;
 
 pub use encoding::Record;
 pub use limits::LimitError;

@@ -7,16 +7,28 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
 use crate::encoding::{
     composite_key, decode_header, decode_record, encode_record, expiry_key, namespace_prefix, prefix_end, Record,
 };
 use crate::limits::{self, LimitError};
+use crate::wal::Wal;
 
 const ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entries");
 const EXPIRY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("expiry");
+/// `wal_sequence`: the last log record applied to the tables. After a crash
+/// redb opens at its last durable commit, and the value there says which
+/// records of the log to apply again.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const WAL_SEQUENCE: &str = "wal_sequence";
+
+/// How long the commit thread looks for the next write before it sleeps.
+const SPIN: Duration = Duration::from_micros(100);
+
+/// Without writes for this long, the log is checkpointed into redb.
+const IDLE_CHECKPOINT: Duration = Duration::from_secs(1);
 
 /// Most writes one commit takes: bounds a batch's latency.
 const MAX_BATCH: usize = 1024;
@@ -46,6 +58,8 @@ pub enum OpenError {
     Database { path: String, source: redb::DatabaseError },
     #[error("cannot prepare the store: {0}")]
     Storage(#[from] redb::Error),
+    #[error("cannot open the store's log {path}: {source}")]
+    Log { path: String, source: std::io::Error },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -174,6 +188,8 @@ struct Inner {
     writes: Option<std_mpsc::Sender<Pending>>,
     committer: Option<std::thread::JoinHandle<()>>,
     cache: moka::sync::Cache<Vec<u8>, Option<Arc<Record>>>,
+    /// Log records applied again when the store was opened.
+    replayed: usize,
 }
 
 impl Drop for Inner {
@@ -201,7 +217,7 @@ impl Store {
     pub fn open(path: &Path, config: StoreConfig) -> Result<Store, OpenError> {
         let db = Database::create(path)
             .map_err(|source| OpenError::Database { path: path.display().to_string(), source })?;
-        {
+        let applied = {
             let txn = db.begin_write().map_err(redb::Error::from)?;
             txn.open_table(ENTRIES).map_err(redb::Error::from)?;
             txn.open_table(EXPIRY).map_err(redb::Error::from)?;
@@ -209,14 +225,37 @@ impl Store {
             txn.open_table(crate::objects::ALARMS).map_err(redb::Error::from)?;
             txn.open_table(crate::objects::ALARM_TIMES).map_err(redb::Error::from)?;
             crate::objects::index_alarms(&txn)?;
+            let applied = txn
+                .open_table(META)
+                .map_err(redb::Error::from)?
+                .get(WAL_SEQUENCE)
+                .map_err(redb::Error::from)?
+                .map_or(0, |v| v.value());
             txn.commit().map_err(redb::Error::from)?;
+            applied
+        };
+        // Records the last checkpoint does not hold are applied again, in
+        // one durable commit; then the log starts over.
+        let wal_path = path.with_extension("wal");
+        let log_error = |source| OpenError::Log { path: wal_path.display().to_string(), source };
+        let (mut wal, recovered) = Wal::open(&wal_path).map_err(log_error)?;
+        let replay: Vec<(u64, Vec<Write>)> =
+            recovered.records.into_iter().filter(|(sequence, _)| *sequence > applied).collect();
+        let replayed = replay.len();
+        let mut last = applied;
+        if let Some((sequence, _)) = replay.last() {
+            last = *sequence;
+            let writes: Vec<&Write> = replay.iter().flat_map(|(_, writes)| writes).collect();
+            tracing::info!(records = replay.len(), writes = writes.len(), "replaying the store's log");
+            apply(&db, writes.into_iter(), Durability::Immediate, last)?;
         }
+        wal.reset().map_err(log_error)?;
         let db = Arc::new(db);
         let (writes, queue) = std_mpsc::channel();
         let commit_db = db.clone();
         let committer = std::thread::Builder::new()
             .name("kv-commit".into())
-            .spawn(move || commit_loop(&commit_db, &queue))
+            .spawn(move || Committer { db: commit_db, wal, sequence: last, failed: None }.run(&queue))
             .expect("the commit thread starts");
         let cache = moka::sync::Cache::builder()
             .max_capacity(config.cache_bytes)
@@ -227,8 +266,21 @@ impl Store {
             })
             .build();
         Ok(Store {
-            inner: Arc::new(Inner { clock: config.clock, db, writes: Some(writes), committer: Some(committer), cache }),
+            inner: Arc::new(Inner {
+                clock: config.clock,
+                db,
+                writes: Some(writes),
+                committer: Some(committer),
+                cache,
+                replayed,
+            }),
         })
+    }
+
+    /// How many log records opening the store applied again: commits that
+    /// were acknowledged but not yet checkpointed into redb at a crash.
+    pub fn replayed_on_open(&self) -> usize {
+        self.inner.replayed
     }
 
     /// The live record of `key`, from the cache or the file.
@@ -394,36 +446,138 @@ fn decode_cursor(cursor: &str) -> Option<Vec<u8>> {
     (0..cursor.len()).step_by(2).map(|i| u8::from_str_radix(cursor.get(i..i + 2)?, 16).ok()).collect()
 }
 
-/// Takes every write waiting, commits them in one durable transaction, and
-/// acknowledges them all: concurrent writers share one fsync.
-fn commit_loop(db: &Database, queue: &std_mpsc::Receiver<Pending>) {
-    while let Ok(first) = queue.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
+/// The commit thread's state.
+struct Committer {
+    db: Arc<Database>,
+    wal: Wal,
+    /// The last log sequence number used.
+    sequence: u64,
+    /// After a failure between the log and redb, nothing more is written:
+    /// the log may hold a record redb does not, and reopening sorts it out.
+    failed: Option<String>,
+}
+
+impl Committer {
+    /// Takes every write waiting, commits them as one (one log record, one
+    /// sync) and acknowledges them all: concurrent writers share the wait.
+    fn run(mut self, queue: &std_mpsc::Receiver<Pending>) {
+        loop {
+            let first = match spin_recv(queue).map_or_else(|| queue.recv_timeout(IDLE_CHECKPOINT), Ok) {
+                Ok(first) => first,
+                Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                    self.checkpoint_if(|wal| wal.used() > 0);
+                    continue;
+                }
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+            let result = self.commit(&batch);
+            if let Err(err) = &result {
+                tracing::error!(writes = batch.len(), "KV commit failed: {err}");
+            }
+            for pending in batch {
+                let _ = pending.done.send(result.clone());
+            }
+            // Off the writers' path: keep the log at most half full.
+            self.checkpoint_if(|wal| wal.used() >= crate::wal::CAPACITY / 2);
+        }
+        self.checkpoint_if(|wal| wal.used() > 0);
+    }
+
+    fn commit(&mut self, batch: &[Pending]) -> Result<(), String> {
+        if let Some(failed) = &self.failed {
+            return Err(format!("the store stopped writing after an earlier failure: {failed}"));
+        }
+        let writes = || batch.iter().flat_map(|pending| &pending.writes);
+        let payload = crate::wal::encode_writes(writes());
+        let sequence = self.sequence + 1;
+        if !Wal::fits_at_all(payload.len()) {
+            // Too large for the log: one durable redb commit, which also
+            // makes everything before it durable.
+            apply(&self.db, writes(), Durability::Immediate, sequence).map_err(|err| err.to_string())?;
+            self.sequence = sequence;
+            return self.reset_log();
+        }
+        if !self.wal.fits(payload.len()) {
+            self.checkpoint()?;
+        }
+        if let Err(err) = self.wal.append(sequence, &payload) {
+            return Err(format!("cannot write the log {}: {err}", self.wal.path().display()));
+        }
+        self.sequence = sequence;
+        apply(&self.db, writes(), Durability::None, sequence).map_err(|err| self.fail(err.to_string()))
+    }
+
+    fn fail(&mut self, message: String) -> String {
+        self.failed = Some(message.clone());
+        message
+    }
+
+    fn checkpoint_if(&mut self, due: impl Fn(&Wal) -> bool) {
+        if self.failed.is_none() && due(&self.wal) {
+            if let Err(err) = self.checkpoint() {
+                tracing::error!("KV checkpoint failed: {err}");
             }
         }
-        let result = commit(db, &batch).map_err(|err| err.to_string());
-        if let Err(err) = &result {
-            tracing::error!(writes = batch.len(), "KV commit failed: {err}");
+    }
+
+    /// Makes redb durable up to the last record, then starts the log over.
+    fn checkpoint(&mut self) -> Result<(), String> {
+        if let Err(err) = apply(&self.db, std::iter::empty(), Durability::Immediate, self.sequence) {
+            return Err(self.fail(err.to_string()));
         }
-        for pending in batch {
-            let _ = pending.done.send(result.clone());
+        self.reset_log()
+    }
+
+    fn reset_log(&mut self) -> Result<(), String> {
+        match self.wal.reset() {
+            Ok(()) => Ok(()),
+            Err(err) => {
+                let message = format!("cannot reset {}: {err}", self.wal.path().display());
+                Err(self.fail(message))
+            }
         }
     }
 }
 
-fn commit(db: &Database, batch: &[Pending]) -> Result<(), redb::Error> {
-    let txn = db.begin_write()?;
+/// Waits a little for the next write without sleeping: a writer that
+/// writes again right after its acknowledgement would otherwise pay for
+/// waking this thread up (tens of microseconds on a VM) on every write.
+fn spin_recv(queue: &std_mpsc::Receiver<Pending>) -> Option<Pending> {
+    let deadline = std::time::Instant::now() + SPIN;
+    loop {
+        match queue.try_recv() {
+            Ok(pending) => return Some(pending),
+            Err(std_mpsc::TryRecvError::Disconnected) => return None,
+            Err(std_mpsc::TryRecvError::Empty) if std::time::Instant::now() >= deadline => return None,
+            Err(std_mpsc::TryRecvError::Empty) => std::thread::yield_now(),
+        }
+    }
+}
+
+/// Applies `writes` in one redb transaction, recording `sequence` as the
+/// last log record it holds.
+fn apply<'a>(
+    db: &Database,
+    writes: impl Iterator<Item = &'a Write>,
+    durability: Durability,
+    sequence: u64,
+) -> Result<(), redb::Error> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(durability).map_err(|err| redb::Error::Corrupted(err.to_string()))?;
     {
         let mut entries = txn.open_table(ENTRIES)?;
         let mut expiry = txn.open_table(EXPIRY)?;
         let mut objects = txn.open_table(crate::objects::OBJECTS)?;
         let mut alarms = txn.open_table(crate::objects::ALARMS)?;
         let mut alarm_times = txn.open_table(crate::objects::ALARM_TIMES)?;
-        for write in batch.iter().flat_map(|pending| &pending.writes) {
+        for write in writes {
             match write {
                 Write::Put { key, record } => {
                     remove_expiry(&entries, &mut expiry, key)?;
@@ -475,6 +629,7 @@ fn commit(db: &Database, batch: &[Pending]) -> Result<(), redb::Error> {
                 }
             }
         }
+        txn.open_table(META)?.insert(WAL_SEQUENCE, sequence)?;
     }
     txn.commit()?;
     Ok(())

@@ -37,6 +37,30 @@ async fn put_get_delete_and_reopen() {
 }
 
 #[tokio::test]
+async fn values_too_large_for_the_log_and_the_log_filling_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    store.put("ns", b"before", "small".into(), put_opts()).await.unwrap();
+    // Larger than the whole log: committed to redb directly.
+    let big = vec![7u8; 9 << 20];
+    store.put("ns", b"big", big.clone().into(), put_opts()).await.unwrap();
+    store.put("ns", b"after", "small".into(), put_opts()).await.unwrap();
+    // Enough 100 KiB writes to fill the 8 MiB log more than twice over.
+    for i in 0..200u32 {
+        store.put("ns", format!("fill-{i:03}").as_bytes(), vec![i as u8; 100 << 10].into(), put_opts()).await.unwrap();
+    }
+    drop(store);
+    let store = open(&dir);
+    assert_eq!(store.get("ns", b"big").unwrap().unwrap().value.len(), big.len());
+    assert_eq!(&store.get("ns", b"before").unwrap().unwrap().value[..], b"small");
+    assert_eq!(&store.get("ns", b"after").unwrap().unwrap().value[..], b"small");
+    for i in 0..200u32 {
+        let record = store.get("ns", format!("fill-{i:03}").as_bytes()).unwrap().unwrap();
+        assert!(record.value.len() == 100 << 10 && record.value[0] == i as u8);
+    }
+}
+
+#[tokio::test]
 async fn namespaces_are_separate() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
