@@ -193,7 +193,7 @@ fn lists(c: &mut Criterion) {
     group.bench_function("outpost", |b| {
         b.iter(|| {
             assert_eq!(
-                store.list("bench", ListOptions { limit: Some(1000), ..Default::default() }).unwrap().keys.len(),
+                store.list("bench", ListOptions { limit: Some(1000), ..Default::default() }).unwrap().len(),
                 1000
             )
         })

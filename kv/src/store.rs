@@ -115,20 +115,51 @@ pub struct ListOptions {
     pub cursor: Option<String>,
 }
 
-/// One key of a list.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListedKey {
-    pub name: Vec<u8>,
+/// One key of a list, borrowed from its [`ListPage`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListedKey<'a> {
+    pub name: &'a [u8],
     pub expiration: Option<u64>,
-    pub metadata: Option<Vec<u8>>,
+    pub metadata: Option<&'a [u8]>,
 }
 
+/// Where one key's name and metadata are in a page's buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct KeySpan {
+    name: std::ops::Range<u32>,
+    metadata: Option<std::ops::Range<u32>>,
+    expiration: Option<u64>,
+}
+
+/// A page of keys. Names and metadata of the whole page share one buffer:
+/// one allocation per page rather than one or two per key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListPage {
-    pub keys: Vec<ListedKey>,
+    buffer: Vec<u8>,
+    spans: Vec<KeySpan>,
     pub list_complete: bool,
     /// Present when `list_complete` is false.
     pub cursor: Option<String>,
+}
+
+impl ListPage {
+    /// The keys, in order.
+    pub fn keys(&self) -> impl ExactSizeIterator<Item = ListedKey<'_>> {
+        let slice = |range: &std::ops::Range<u32>| &self.buffer[range.start as usize..range.end as usize];
+        self.spans.iter().map(move |span| ListedKey {
+            name: slice(&span.name),
+            expiration: span.expiration,
+            metadata: span.metadata.as_ref().map(slice),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
 }
 
 pub(crate) enum Write {
@@ -364,26 +395,33 @@ impl Store {
             None => table.range(start.as_slice()..),
         }
         .map_err(redb::Error::from)?;
-        let mut keys = Vec::new();
+        let mut buffer: Vec<u8> = Vec::with_capacity(limit.min(limits::MAX_LIST_LIMIT) * 24);
+        let mut spans: Vec<KeySpan> = Vec::with_capacity(limit.min(limits::MAX_LIST_LIMIT));
         let mut more = false;
+        let mut append = |bytes: &[u8]| {
+            let start = buffer.len() as u32;
+            buffer.extend_from_slice(bytes);
+            start..buffer.len() as u32
+        };
         for entry in range {
             let (key, value) = entry.map_err(redb::Error::from)?;
             let Some((expiration, metadata)) = decode_header(value.value()) else { continue };
             if expiration.is_some_and(|expiration| expiration <= now) {
                 continue;
             }
-            if keys.len() == limit {
+            if spans.len() == limit {
                 more = true;
                 break;
             }
-            keys.push(ListedKey {
-                name: key.value()[ns.len()..].to_vec(),
-                expiration,
-                metadata: metadata.map(<[u8]>::to_vec),
-            });
+            let name = append(&key.value()[ns.len()..]);
+            let metadata = metadata.map(&mut append);
+            spans.push(KeySpan { name, metadata, expiration });
         }
-        let cursor = more.then(|| encode_cursor(&keys.last().expect("a full page").name));
-        Ok(ListPage { keys, list_complete: !more, cursor })
+        let cursor = more.then(|| {
+            let last = &spans.last().expect("a full page").name;
+            encode_cursor(&buffer[last.start as usize..last.end as usize])
+        });
+        Ok(ListPage { buffer, spans, list_complete: !more, cursor })
     }
 
     /// Deletes expired records (they are never returned before that either).
@@ -561,52 +599,103 @@ fn spin_recv(queue: &std_mpsc::Receiver<Pending>) -> Option<Pending> {
     }
 }
 
-/// Applies `writes` in one redb transaction, recording `sequence` as the
-/// last log record it holds.
+/// The tables of one write transaction, opened on first use: a commit of
+/// one KV put opens two, not all of them.
+struct Tables<'t> {
+    txn: &'t redb::WriteTransaction,
+    entries: Option<redb::Table<'t, &'static [u8], &'static [u8]>>,
+    expiry: Option<redb::Table<'t, &'static [u8], &'static [u8]>>,
+    objects: Option<redb::Table<'t, &'static [u8], &'static [u8]>>,
+    alarms: Option<redb::Table<'t, &'static [u8], u64>>,
+    alarm_times: Option<redb::Table<'t, &'static [u8], ()>>,
+}
+
+impl<'t> Tables<'t> {
+    fn new(txn: &'t redb::WriteTransaction) -> Self {
+        Tables { txn, entries: None, expiry: None, objects: None, alarms: None, alarm_times: None }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn kv(
+        &mut self,
+    ) -> Result<
+        (&mut redb::Table<'t, &'static [u8], &'static [u8]>, &mut redb::Table<'t, &'static [u8], &'static [u8]>),
+        redb::Error,
+    > {
+        if self.entries.is_none() {
+            self.entries = Some(self.txn.open_table(ENTRIES)?);
+            self.expiry = Some(self.txn.open_table(EXPIRY)?);
+        }
+        Ok((self.entries.as_mut().expect("opened"), self.expiry.as_mut().expect("opened")))
+    }
+
+    fn objects(&mut self) -> Result<&mut redb::Table<'t, &'static [u8], &'static [u8]>, redb::Error> {
+        if self.objects.is_none() {
+            self.objects = Some(self.txn.open_table(crate::objects::OBJECTS)?);
+        }
+        Ok(self.objects.as_mut().expect("opened"))
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn alarms(
+        &mut self,
+    ) -> Result<(&mut redb::Table<'t, &'static [u8], u64>, &mut redb::Table<'t, &'static [u8], ()>), redb::Error> {
+        if self.alarms.is_none() {
+            self.alarms = Some(self.txn.open_table(crate::objects::ALARMS)?);
+            self.alarm_times = Some(self.txn.open_table(crate::objects::ALARM_TIMES)?);
+        }
+        Ok((self.alarms.as_mut().expect("opened"), self.alarm_times.as_mut().expect("opened")))
+    }
+}
+
+/// Applies `writes` in one redb transaction. A durable one also records
+/// `sequence` as the last log record the tables hold (after a crash, redb
+/// opens at its last durable commit, so only those need it).
 fn apply<'a>(
     db: &Database,
     writes: impl Iterator<Item = &'a Write>,
     durability: Durability,
     sequence: u64,
 ) -> Result<(), redb::Error> {
+    let durable = matches!(durability, Durability::Immediate);
     let mut txn = db.begin_write()?;
     txn.set_durability(durability).map_err(|err| redb::Error::Corrupted(err.to_string()))?;
     {
-        let mut entries = txn.open_table(ENTRIES)?;
-        let mut expiry = txn.open_table(EXPIRY)?;
-        let mut objects = txn.open_table(crate::objects::OBJECTS)?;
-        let mut alarms = txn.open_table(crate::objects::ALARMS)?;
-        let mut alarm_times = txn.open_table(crate::objects::ALARM_TIMES)?;
+        let mut tables = Tables::new(&txn);
         for write in writes {
             match write {
                 Write::Put { key, record } => {
-                    remove_expiry(&entries, &mut expiry, key)?;
+                    let (entries, expiry) = tables.kv()?;
+                    remove_expiry(entries, expiry, key)?;
                     entries.insert(key.as_slice(), encode_record(record).as_slice())?;
                     if let Some(expiration) = record.expiration {
                         expiry.insert(expiry_key(expiration, key).as_slice(), [].as_slice())?;
                     }
                 }
                 Write::Delete { key } => {
-                    remove_expiry(&entries, &mut expiry, key)?;
+                    let (entries, expiry) = tables.kv()?;
+                    remove_expiry(entries, expiry, key)?;
                     entries.remove(key.as_slice())?;
                 }
                 Write::DeleteExpired { key, now } => {
+                    let (entries, expiry) = tables.kv()?;
                     let expired = entries
                         .get(key.as_slice())?
                         .and_then(|stored| decode_record(stored.value()))
                         .is_some_and(|record| !live(&record, *now));
                     if expired {
-                        remove_expiry(&entries, &mut expiry, key)?;
+                        remove_expiry(entries, expiry, key)?;
                         entries.remove(key.as_slice())?;
                     }
                 }
                 Write::ObjectPut { key, value } => {
-                    objects.insert(key.as_slice(), value.as_ref())?;
+                    tables.objects()?.insert(key.as_slice(), value.as_ref())?;
                 }
                 Write::ObjectDelete { key } => {
-                    objects.remove(key.as_slice())?;
+                    tables.objects()?.remove(key.as_slice())?;
                 }
                 Write::Alarm { object, at_ms } => {
+                    let (alarms, alarm_times) = tables.alarms()?;
                     let old = alarms.remove(object.as_slice())?.map(|old| old.value());
                     if let Some(old) = old {
                         alarm_times.remove(crate::objects::alarm_time_key(old, object).as_slice())?;
@@ -617,6 +706,7 @@ fn apply<'a>(
                     }
                 }
                 Write::AlarmReplaceIf { object, expected_ms, new_ms } => {
+                    let (alarms, alarm_times) = tables.alarms()?;
                     let current = alarms.get(object.as_slice())?.map(|at| at.value());
                     if current == Some(*expected_ms) {
                         alarms.remove(object.as_slice())?;
@@ -629,7 +719,10 @@ fn apply<'a>(
                 }
             }
         }
-        txn.open_table(META)?.insert(WAL_SEQUENCE, sequence)?;
+        drop(tables);
+        if durable {
+            txn.open_table(META)?.insert(WAL_SEQUENCE, sequence)?;
+        }
     }
     txn.commit()?;
     Ok(())

@@ -69,7 +69,7 @@ async fn namespaces_are_separate() {
     assert_eq!(&store.get("a", b"k").unwrap().unwrap().value[..], b"from a");
     assert!(store.get("b", b"k").unwrap().is_none());
     let listed = store.list("a", ListOptions::default()).unwrap();
-    assert_eq!(listed.keys.len(), 1);
+    assert_eq!(listed.len(), 1);
 }
 
 #[tokio::test]
@@ -109,17 +109,16 @@ async fn list_pages_in_byte_order_with_prefix_and_cursor() {
     let all: Vec<String> = store
         .list("ns", ListOptions::default())
         .unwrap()
-        .keys
-        .into_iter()
-        .map(|k| String::from_utf8(k.name).unwrap())
+        .keys()
+        .map(|k| String::from_utf8(k.name.to_vec()).unwrap())
         .collect();
     assert_eq!(all, ["a/1", "b/1", "b/10", "b/2", "b/\u{e9}", "c"]);
     let first = store.list("ns", ListOptions { prefix: b"b/".to_vec(), limit: Some(2), cursor: None }).unwrap();
-    assert_eq!(first.keys.len(), 2);
+    assert_eq!(first.len(), 2);
     assert!(!first.list_complete);
     let second =
         store.list("ns", ListOptions { prefix: b"b/".to_vec(), limit: Some(2), cursor: first.cursor }).unwrap();
-    let names: Vec<_> = second.keys.iter().map(|k| String::from_utf8(k.name.clone()).unwrap()).collect();
+    let names: Vec<_> = second.keys().map(|k| String::from_utf8(k.name.to_vec()).unwrap()).collect();
     assert_eq!(names, ["b/2", "b/\u{e9}"]);
     assert!(second.list_complete && second.cursor.is_none());
 }
@@ -137,7 +136,7 @@ async fn expired_records_are_never_returned_and_are_swept() {
     assert_eq!(store.get("ns", b"short").unwrap().unwrap().expiration, Some(1_000_060));
     now.store(1_000_060, Ordering::Relaxed);
     assert!(store.get("ns", b"short").unwrap().is_none(), "expired at its expiration second");
-    let names: Vec<_> = store.list("ns", ListOptions::default()).unwrap().keys.into_iter().map(|k| k.name).collect();
+    let names: Vec<_> = store.list("ns", ListOptions::default()).unwrap().keys().map(|k| k.name.to_vec()).collect();
     assert_eq!(names, [b"fixed".to_vec(), b"forever".to_vec()]);
     assert_eq!(store.sweep_expired().await.unwrap(), 1);
     now.store(1_000_200, Ordering::Relaxed);

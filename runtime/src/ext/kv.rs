@@ -158,12 +158,11 @@ pub fn op_outpost_kv_list(
         })?;
     Ok(KvListPage {
         keys: page
-            .keys
-            .into_iter()
+            .keys()
             .map(|key| KvListedKey {
-                name: String::from_utf8_lossy(&key.name).into_owned(),
+                name: String::from_utf8_lossy(key.name).into_owned(),
                 expiration: key.expiration,
-                metadata: key.metadata.map(|m| String::from_utf8_lossy(&m).into_owned()),
+                metadata: key.metadata.map(|m| String::from_utf8_lossy(m).into_owned()),
             })
             .collect(),
         list_complete: page.list_complete,
