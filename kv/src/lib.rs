@@ -9,11 +9,13 @@
 //! durably; concurrent writes share one commit (group commit). The layout and
 //! guarantees are in `kv/DESIGN.md`.
 //!
+//! Durable Object storage lives in the same file (`objects`: per-object
+//! ordered keys, atomic transactions, persisted alarms in time order). A
+//! write-ahead log makes commits durable with one aligned write (`wal`).
+//!
 //! What it does not do: know about V8 or workers (the runtime's bindings
-//! call this API), or replicate across nodes. Durable Objects are not served
-//! here yet: this crate stores their data (`objects`: per-object ordered
-//! keys, atomic transactions, persisted alarms), the runtime side does not
-//! exist yet.
+//! call this API, and the runtime makes object ids and runs alarms), or
+//! replicate across nodes.
 
 mod encoding;
 pub mod limits;
