@@ -110,7 +110,13 @@ fn single_worker_pool(
 
 async fn request(pool: &Pool, worker: &str) -> Bytes {
     let request = http::Request::get("/").body(outpost_runtime::empty_body()).unwrap();
-    let response = pool.fetch(worker, request, "http://bench.test/".into(), "bench".into()).await.expect("a response");
+    let parts = outpost_runtime::WorkerRequestParts {
+        request,
+        url: "http://bench.test/".into(),
+        request_id: "bench".into(),
+        cf: None,
+    };
+    let response = pool.fetch(worker, parts).await.expect("a response");
     response.into_body().collect().await.expect("a body").to_bytes()
 }
 

@@ -1,19 +1,18 @@
 //! `outpost dev`: one worker, served on loopback, through the same isolate
 //! pool (and limits) a node uses.
 
-use std::future::Future;
 use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use outpost_ingress::{Body, Handler, HandlerError, RequestContext, ServerConfig};
-use outpost_isolate_pool::{FetchError, Pool, PoolConfig, Snapshotter, WorkerSpec};
-use outpost_runtime::{DispatchError, WorkerSource};
+use outpost_ingress::{Listener, ServerConfig};
+use outpost_isolate_pool::{Pool, PoolConfig, Snapshotter};
+use outpost_runtime::WorkerSource;
 
-use crate::config;
+use crate::front::{self, PoolHandler, Target};
+use crate::{config, dev_tls};
 
 #[derive(clap::Args)]
 pub struct DevArgs {
@@ -33,6 +32,10 @@ pub struct DevArgs {
     /// starting isolates from the worker's snapshot (for comparison).
     #[arg(long)]
     no_worker_snapshot: bool,
+    /// Serve HTTPS (HTTP/2 and HTTP/1.1) with a certificate for localhost
+    /// signed by a local CA, made once under the data directory.
+    #[arg(long)]
+    https: bool,
 }
 
 pub fn run(args: DevArgs) -> anyhow::Result<()> {
@@ -45,7 +48,8 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
 
     outpost_runtime::init_v8();
-    let source = WorkerSource::new(&worker.root, &worker.main)?;
+    // A broken worker path fails before anything starts.
+    WorkerSource::new(&worker.root, &worker.main)?;
     let snapshotter =
         Snapshotter::current_exe(crate::SNAPSHOT_SUBCOMMAND).context("cannot find the outpost executable")?;
     let mut pool_config = PoolConfig::new(data_dir.join("snapshots"), snapshotter);
@@ -57,82 +61,48 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     let kv_path = data_dir.join("kv.redb");
     let kv_store = outpost_kv::Store::open(&kv_path, outpost_kv::StoreConfig::default())
         .with_context(|| format!("cannot open the KV store {}", kv_path.display()))?;
-    pool.deploy(WorkerSpec {
-        name: worker.name.clone(),
-        source,
-        vars: worker.vars,
-        isolation: worker.isolation,
-        limits: worker.limits,
-        kv_namespaces: worker.kv_namespaces,
-        kv_store: Some(kv_store.clone()),
-        durable_objects: worker.durable_objects,
-    })
-    .with_context(|| format!("cannot load worker {}", worker.name))?;
+    let name = worker.name.clone();
+    pool.deploy(front::worker_spec(worker, &kv_store)?).with_context(|| format!("cannot load worker {name}"))?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let tls = if args.https {
+        let certificate = dev_tls::ensure(&data_dir.join("tls"))?;
+        let mut certificates = outpost_ingress::tls::Certificates::new();
+        let hosts: Vec<String> = dev_tls::DEV_HOSTS.iter().map(|h| h.to_string()).collect();
+        certificates.add_pem(&hosts, &certificate.cert_pem, &certificate.key_pem, "the development certificate")?;
+        let config = outpost_ingress::tls::server_config(Arc::new(certificates), outpost_ingress::tls::TCP_ALPN)?;
+        Some((config, certificate))
+    } else {
+        None
+    };
     runtime.block_on(async move {
         let address = SocketAddr::from((Ipv4Addr::LOCALHOST, args.port));
-        let listener =
+        let tcp =
             tokio::net::TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
-        let address = listener.local_addr()?;
-        println!("outpost dev: serving worker {:?} on http://{address}", worker.name);
+        let address = tcp.local_addr()?;
+        let listener = match tls {
+            Some((config, certificate)) => {
+                println!("outpost dev: serving worker {name:?} on https://localhost:{}", address.port());
+                if certificate.created {
+                    eprintln!("{}", dev_tls::trust_hint(&certificate.ca_path));
+                }
+                Listener::tls(tcp, config)
+            }
+            None => {
+                println!("outpost dev: serving worker {name:?} on http://{address}");
+                Listener::cleartext(tcp)
+            }
+        };
         std::io::stdout().flush()?;
         kv_store.spawn_sweeper(std::time::Duration::from_secs(60));
         tokio::spawn(outpost_isolate_pool::run_alarms(pool.clone(), kv_store.clone()));
-        let handler = Arc::new(PoolHandler { pool: pool.clone(), worker: worker.name });
-        tokio::select! {
-            result = outpost_ingress::serve(listener, ServerConfig::default(), handler) => result?,
-            _ = shutdown_signal() => tracing::info!("shutting down"),
-        }
+        let handler = Arc::new(PoolHandler { pool: pool.clone(), target: Target::One(name) });
+        front::serve_until_signal(vec![listener], ServerConfig::default(), handler).await?;
         pool.stop();
         Ok(())
     })
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate()).expect("a SIGTERM handler installs");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-    }
-}
-
-/// Hands every request to one worker of the pool.
-struct PoolHandler {
-    pool: Pool,
-    worker: String,
-}
-
-impl Handler for PoolHandler {
-    fn handle(
-        &self,
-        request: http::Request<Body>,
-        context: RequestContext,
-    ) -> Pin<Box<dyn Future<Output = Result<http::Response<Body>, HandlerError>> + Send>> {
-        let pool = self.pool.clone();
-        let worker = self.worker.clone();
-        Box::pin(
-            async move { pool.fetch(&worker, request, context.url, context.request_id).await.map_err(handler_error) },
-        )
-    }
-}
-
-/// The status a client sees follows from why the worker gave no response.
-pub fn handler_error(err: FetchError) -> HandlerError {
-    match err {
-        FetchError::NoSuchWorker(_) => HandlerError::NotFound(err.to_string()),
-        FetchError::Dispatch(DispatchError::WorkerThrew) => HandlerError::WorkerFailed,
-        FetchError::Dispatch(
-            limit @ (DispatchError::CpuLimitExceeded { .. }
-            | DispatchError::WallLimitExceeded { .. }
-            | DispatchError::MemoryLimitExceeded { .. }),
-        ) => HandlerError::LimitExceeded(limit.to_string()),
-        FetchError::Dispatch(_) => HandlerError::Unavailable,
-        _ => HandlerError::Unavailable,
-    }
 }

@@ -1,7 +1,10 @@
-//! `outpost`: run Cloudflare-style workers locally, and (later) run a node.
+//! `outpost`: run Cloudflare-style workers locally (`dev`), or run a node (`serve`).
 
 mod config;
 mod dev;
+mod dev_tls;
+mod front;
+mod node;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -20,6 +23,9 @@ struct Cli {
 enum Command {
     /// Serve a worker on 127.0.0.1 for local development.
     Dev(dev::DevArgs),
+    /// Run a node: the listeners, certificates, workers and routes of a
+    /// node.toml.
+    Serve(node::ServeArgs),
     /// Internal: evaluate a worker and write its V8 snapshot (run by the
     /// isolate pool in a process of its own).
     #[command(name = "snapshot-worker", hide = true)]
@@ -35,6 +41,10 @@ fn main() -> ExitCode {
         Command::Dev(args) => {
             install_tracing();
             dev::run(args)
+        }
+        Command::Serve(args) => {
+            install_tracing();
+            node::run(args)
         }
         // No subscriber: the parent reads this process's stderr as the error.
         Command::SnapshotWorker { root, main, out } => return snapshot_worker(&root, &main, &out),

@@ -13,6 +13,37 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// A streaming body, for requests and responses alike.
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
+/// The HTTP version a request came in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http10,
+    Http11,
+    Http2,
+    Http3,
+}
+
+impl Protocol {
+    /// As Cloudflare's `request.cf.httpProtocol` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http10 => "HTTP/1.0",
+            Protocol::Http11 => "HTTP/1.1",
+            Protocol::Http2 => "HTTP/2",
+            Protocol::Http3 => "HTTP/3",
+        }
+    }
+}
+
+/// The TLS session a request came over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// `TLSv1.3`, `TLSv1.2`.
+    pub version: String,
+    pub cipher: String,
+    /// The SNI name the client asked for.
+    pub server_name: Option<String>,
+}
+
 /// What the front knows about a request beyond its method, URI and headers.
 #[derive(Debug, Clone)]
 pub struct RequestContext {
@@ -22,6 +53,27 @@ pub struct RequestContext {
     pub client: SocketAddr,
     /// The absolute URL of the request, as a worker sees it.
     pub url: String,
+    pub protocol: Protocol,
+    /// `None` for cleartext.
+    pub tls: Option<TlsInfo>,
+}
+
+impl RequestContext {
+    /// The `request.cf` object a worker sees, as JSON: the fields this node
+    /// knows (`httpProtocol`, `tlsVersion`, `tlsCipher`, `clientIp`).
+    pub fn cf_json(&self) -> String {
+        let mut cf = serde_json::Map::new();
+        cf.insert("httpProtocol".into(), self.protocol.as_str().into());
+        cf.insert("clientIp".into(), self.client.ip().to_string().into());
+        if let Some(tls) = &self.tls {
+            cf.insert("tlsVersion".into(), tls.version.clone().into());
+            cf.insert("tlsCipher".into(), tls.cipher.clone().into());
+            if let Some(name) = &tls.server_name {
+                cf.insert("tlsServerName".into(), name.clone().into());
+            }
+        }
+        serde_json::Value::Object(cf).to_string()
+    }
 }
 
 /// Why a handler produced no response. The kind decides the status.

@@ -1,17 +1,24 @@
 //! Outpost's HTTP front door.
 //!
-//! What it does: listens on TCP, speaks HTTP/1.1 (hyper), rejects malformed
-//! requests with 400 before anything else sees them, gives every request an
-//! id (`x-request-id`, taken from the client or generated), and hands each
-//! request to a [`Handler`] with its body still streaming. Responses stream
-//! back the same way. An error the handler reports becomes a status with a
-//! short plain-text body ([`HandlerError`]).
+//! What it does: listens on TCP, speaks HTTP/1.1 and HTTP/2 (hyper; over
+//! TLS by ALPN, in cleartext with prior knowledge), terminates TLS (rustls,
+//! a certificate per host name chosen by SNI), rejects malformed requests
+//! with 400 before anything else sees them, enforces limits (head size,
+//! body size with 413, head and body read timeouts, connections), gives
+//! every request an id (`x-request-id`, taken from the client or generated),
+//! and hands each request to a [`Handler`] with its body still streaming.
+//! Responses stream back the same way. An error the handler reports becomes
+//! a status with a short plain-text body ([`HandlerError`]). On shutdown it
+//! stops accepting and lets requests in flight finish. [`routes`] matches
+//! hosts and paths to targets (pure; the node owns the table).
 //!
 //! What it does not do: run JavaScript or know that V8 exists (the handler
-//! does that, behind the trait), or decide which worker serves a request.
+//! does that, behind the trait).
 
 mod handler;
+pub mod routes;
 mod server;
+pub mod tls;
 
-pub use handler::{Body, BoxError, Handler, HandlerError, RequestContext};
-pub use server::{serve, ServeError, ServerConfig};
+pub use handler::{Body, BoxError, Handler, HandlerError, Protocol, RequestContext, TlsInfo};
+pub use server::{serve, Listener, ServeError, ServerConfig};

@@ -1,33 +1,65 @@
-//! The accept loop and per-connection HTTP/1.1 handling.
+//! The accept loop and per-connection HTTP handling: HTTP/1.1 and HTTP/2
+//! (chosen by ALPN over TLS, by the client's preface in cleartext), limits,
+//! and graceful shutdown.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use http::header::{HeaderValue, CONTENT_TYPE, HOST};
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tracing::Instrument;
 
-use crate::handler::{Body, BoxError, Handler, HandlerError, RequestContext};
+use crate::handler::{Body, BoxError, Handler, HandlerError, Protocol, RequestContext, TlsInfo};
 
-/// Settings of one listener.
+/// Settings of a listener.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// How long a client may take to send a request's headers.
+    /// How long a client may take to send a request's head (a slow client
+    /// is dropped before any worker sees the request).
     pub header_read_timeout: Duration,
     /// Largest request head (request line and headers) accepted, in bytes.
     pub max_header_bytes: usize,
+    /// Largest request body, in bytes: a larger declared length is answered
+    /// 413; a body that grows past it fails.
+    pub max_body_bytes: u64,
+    /// A request body that sends nothing for this long fails.
+    pub body_read_timeout: Duration,
+    /// Connections open at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// How long a TLS handshake may take.
+    pub tls_handshake_timeout: Duration,
+    /// On shutdown, how long in-flight requests may take to finish.
+    pub shutdown_grace: Duration,
+    /// `Alt-Svc` value for responses over TLS (advertises HTTP/3).
+    pub alt_svc: Option<HeaderValue>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { header_read_timeout: Duration::from_secs(30), max_header_bytes: 64 * 1024 }
+        Self {
+            header_read_timeout: Duration::from_secs(30),
+            max_header_bytes: 64 * 1024,
+            max_body_bytes: 100 << 20,
+            body_read_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+            tls_handshake_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(30),
+            alt_svc: None,
+        }
     }
 }
 
@@ -41,47 +73,150 @@ pub enum ServeError {
 
 const REQUEST_ID: &str = "x-request-id";
 
-/// Serves HTTP/1.1 on `listener` until the future is dropped.
-pub async fn serve(listener: TcpListener, config: ServerConfig, handler: Arc<dyn Handler>) -> Result<(), ServeError> {
+/// A bound TCP socket and, for HTTPS, its TLS settings.
+pub struct Listener {
+    tcp: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl Listener {
+    /// HTTP/1.1 and HTTP/2 with prior knowledge (h2c), no TLS.
+    pub fn cleartext(tcp: TcpListener) -> Self {
+        Listener { tcp, tls: None }
+    }
+
+    /// HTTPS: HTTP/2 or HTTP/1.1 as ALPN decides.
+    pub fn tls(tcp: TcpListener, config: Arc<rustls::ServerConfig>) -> Self {
+        Listener { tcp, tls: Some(tokio_rustls::TlsAcceptor::from(config)) }
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// What every request of a connection shares.
+struct Connection {
+    client: SocketAddr,
+    local: SocketAddr,
+    tls: Option<TlsInfo>,
+}
+
+struct Shared {
+    config: ServerConfig,
+    handler: Arc<dyn Handler>,
+    ids: RequestIds,
+}
+
+/// Serves `listener` until `shutdown` completes; then stops accepting,
+/// lets in-flight requests finish for up to `shutdown_grace`, and returns.
+pub async fn serve(
+    listener: Listener,
+    config: ServerConfig,
+    handler: Arc<dyn Handler>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
     let local = listener.local_addr().map_err(ServeError::Accept)?;
-    let ids = Arc::new(RequestIds::new());
+    let shared = Arc::new(Shared { config, handler, ids: RequestIds::new() });
+    let permits = Arc::new(Semaphore::new(shared.config.max_connections.max(1)));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
     loop {
-        let (stream, client) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            // Out of file descriptors and the like: back off, keep serving.
-            Err(err) if is_transient(&err) => {
-                tracing::warn!("accept failed: {err}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-            Err(err) => return Err(ServeError::Accept(err)),
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let (stream, client) = tokio::select! {
+            accepted = listener.tcp.accept() => match accepted {
+                Ok(accepted) => accepted,
+                // Out of file descriptors and the like: back off, keep serving.
+                Err(err) if is_transient(&err) => {
+                    tracing::warn!("accept failed: {err}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                Err(err) => return Err(ServeError::Accept(err)),
+            },
+            () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let ids = ids.clone();
-        let config = config.clone();
-        let connection_config = config.clone();
+        let shared = shared.clone();
+        let tls = listener.tls.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let handler = handler.clone();
-                let ids = ids.clone();
-                let max_header_bytes = config.max_header_bytes;
-                async move {
-                    Ok::<_, std::convert::Infallible>(
-                        handle(request, client, local, max_header_bytes, &*handler, &ids).await,
-                    )
-                }
-            });
-            let connection = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(connection_config.header_read_timeout)
-                .max_buf_size(connection_config.max_header_bytes.max(8192))
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            if let Err(err) = connection.await {
-                tracing::debug!(%client, "connection ended with an error: {err}");
-            }
+            let _permit = permit;
+            serve_stream(stream, client, local, tls, watcher, shared).await;
         });
+    }
+    drop(listener);
+    let grace = shared.config.shutdown_grace;
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!("connections still open {} s after shutdown began; closing them", grace.as_secs());
+    }
+    Ok(())
+}
+
+async fn serve_stream(
+    stream: TcpStream,
+    client: SocketAddr,
+    local: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    watcher: Watcher,
+    shared: Arc<Shared>,
+) {
+    let Some(acceptor) = tls else {
+        let connection = Arc::new(Connection { client, local, tls: None });
+        return serve_io(TokioIo::new(stream), connection, watcher, shared).await;
+    };
+    let handshake = tokio::time::timeout(shared.config.tls_handshake_timeout, acceptor.accept(stream)).await;
+    let stream = match handshake {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(err)) => return tracing::debug!(%client, "TLS handshake failed: {err}"),
+        Err(_) => return tracing::debug!(%client, "TLS handshake timed out"),
+    };
+    let session = stream.get_ref().1;
+    let tls = TlsInfo {
+        // "TLSv1_3" as Cloudflare writes it: "TLSv1.3".
+        version: session.protocol_version().and_then(|v| v.as_str()).unwrap_or("TLS").replace('_', "."),
+        cipher: session
+            .negotiated_cipher_suite()
+            .and_then(|suite| suite.suite().as_str())
+            .unwrap_or_default()
+            .to_string(),
+        server_name: session.server_name().map(str::to_owned),
+    };
+    let connection = Arc::new(Connection { client, local, tls: Some(tls) });
+    serve_io(TokioIo::new(stream), connection, watcher, shared).await;
+}
+
+async fn serve_io<I>(io: TokioIo<I>, connection: Arc<Connection>, watcher: Watcher, shared: Arc<Shared>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let config = &shared.config;
+    let service_shared = shared.clone();
+    let service_connection = connection.clone();
+    let service = service_fn(move |request| {
+        let shared = service_shared.clone();
+        let connection = service_connection.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(request, &connection, &shared).await) }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .max_buf_size(config.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(config.header_read_timeout);
+    let served = builder.serve_connection_with_upgrades(io, service).into_owned();
+    if let Err(err) = watcher.watch(served).await {
+        tracing::debug!(client = %connection.client, "connection ended with an error: {err}");
     }
 }
 
@@ -91,67 +226,104 @@ fn is_transient(err: &std::io::Error) -> bool {
         || err.raw_os_error() == Some(24)
 }
 
-async fn handle(
-    request: http::Request<Incoming>,
-    client: SocketAddr,
-    local: SocketAddr,
-    max_header_bytes: usize,
-    handler: &dyn Handler,
-    ids: &RequestIds,
-) -> http::Response<Body> {
+async fn handle(request: http::Request<Incoming>, connection: &Connection, shared: &Shared) -> http::Response<Body> {
     let started = Instant::now();
-    // hyper bounds its read buffer, but a head can still fit in it and be
-    // larger than we accept.
-    if head_size(&request) > max_header_bytes {
-        return plain_response(http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request headers too large\n".into());
-    }
+    let config = &shared.config;
+    let protocol = match request.version() {
+        http::Version::HTTP_2 => Protocol::Http2,
+        http::Version::HTTP_10 => Protocol::Http10,
+        _ => Protocol::Http11,
+    };
     let request_id = request
         .headers()
         .get(REQUEST_ID)
         .and_then(|value| value.to_str().ok())
         .filter(|id| !id.is_empty() && id.len() <= 128)
         .map(str::to_owned)
-        .unwrap_or_else(|| ids.next());
+        .unwrap_or_else(|| shared.ids.next());
+    // HTTP/2 names the host in `:authority`, HTTP/1.1 in `Host`.
     let host = request
-        .headers()
-        .get(HOST)
-        .and_then(|value| value.to_str().ok())
-        .map(str::to_owned)
-        .unwrap_or_else(|| local.to_string());
+        .uri()
+        .authority()
+        .map(|authority| authority.as_str().to_owned())
+        .or_else(|| request.headers().get(HOST).and_then(|value| value.to_str().ok()).map(str::to_owned))
+        .unwrap_or_else(|| connection.local.to_string());
     let path_and_query = request.uri().path_and_query().map_or("/", |pq| pq.as_str()).to_owned();
-    let url = format!("http://{host}{path_and_query}");
     let method = request.method().clone();
+    let log = AccessLog {
+        method: method.to_string(),
+        host: host.clone(),
+        path: path_and_query.clone(),
+        protocol,
+        request_id: request_id.clone(),
+        started,
+    };
+    // hyper bounds its read buffer, but a head can still fit in it and be
+    // larger than we accept.
+    if head_size(&request) > config.max_header_bytes {
+        let response = plain_response(http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request headers too large\n");
+        return finish(response, log, connection, config);
+    }
+    let declared = request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > config.max_body_bytes) {
+        let body = format!("request body too large: the limit is {} bytes\n", config.max_body_bytes);
+        return finish(plain_response(http::StatusCode::PAYLOAD_TOO_LARGE, &body), log, connection, config);
+    }
+    let scheme = if connection.tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{host}{path_and_query}");
     let span = tracing::info_span!("ingress.request", request_id = %request_id);
-    let request = request.map(|body| body.map_err(|err| Box::new(err) as BoxError).boxed_unsync());
-    let context = RequestContext { request_id: request_id.clone(), client, url };
-    let mut response = match handler.handle(request, context).instrument(span.clone()).await {
+    let limit = config.max_body_bytes;
+    let timeout = config.body_read_timeout;
+    let mut request = request.map(|body| GuardedBody::new(body, limit, timeout).boxed_unsync());
+    // What Cloudflare's edge tells a worker about the client; a client's own
+    // values for these headers are replaced, never passed on.
+    let headers = request.headers_mut();
+    if let Ok(ip) = HeaderValue::from_str(&connection.client.ip().to_string()) {
+        headers.insert("cf-connecting-ip", ip.clone());
+        headers.insert("x-real-ip", ip);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
+    let context = RequestContext {
+        request_id: request_id.clone(),
+        client: connection.client,
+        url,
+        protocol,
+        tls: connection.tls.clone(),
+    };
+    let response = match shared.handler.handle(request, context).instrument(span.clone()).await {
         Ok(response) => response,
         Err(err) => error_response(&err, &request_id),
     };
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
+    finish(response, log, connection, config)
+}
+
+/// Adds the headers every response gets and logs it once its body is done.
+fn finish(
+    mut response: http::Response<Body>,
+    log: AccessLog,
+    connection: &Connection,
+    config: &ServerConfig,
+) -> http::Response<Body> {
+    if let Ok(value) = HeaderValue::from_str(&log.request_id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }
-    span.in_scope(|| {
-        tracing::info!(
-            target: "access",
-            method = %method,
-            host = %host,
-            path = %path_and_query,
-            status = response.status().as_u16(),
-            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-            protocol = "HTTP/1.1",
-        )
-    });
-    response
+    if connection.tls.is_some() {
+        if let Some(alt_svc) = &config.alt_svc {
+            response.headers_mut().entry(http::header::ALT_SVC).or_insert_with(|| alt_svc.clone());
+        }
+    }
+    let status = response.status().as_u16();
+    response.map(|body| LoggedBody { body, bytes: 0, status, log: Some(log) }.boxed_unsync())
 }
 
 fn error_response(err: &HandlerError, request_id: &str) -> http::Response<Body> {
-    plain_response(err.status(), format!("{err} (request id {request_id})\n"))
+    plain_response(err.status(), &format!("{err} (request id {request_id})\n"))
 }
 
-fn plain_response(status: http::StatusCode, body: String) -> http::Response<Body> {
-    let mut response =
-        http::Response::new(http_body_util::Full::from(body).map_err(|never| match never {}).boxed_unsync());
+fn plain_response(status: http::StatusCode, body: &str) -> http::Response<Body> {
+    let mut response = http::Response::new(
+        http_body_util::Full::from(body.to_string()).map_err(|never| match never {}).boxed_unsync(),
+    );
     *response.status_mut() = status;
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain;charset=UTF-8"));
     response
@@ -167,6 +339,135 @@ fn head_size<B>(request: &http::Request<B>) -> usize {
     let line = request.method().as_str().len() + target + 12;
     let headers: usize = request.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum();
     line + headers
+}
+
+/// A request body with a size limit and a read timeout: a client that
+/// sends too much, or stops sending, fails its own request without holding
+/// a worker forever.
+struct GuardedBody {
+    body: Incoming,
+    limit: u64,
+    received: u64,
+    timeout: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl GuardedBody {
+    fn new(body: Incoming, limit: u64, timeout: Duration) -> Self {
+        GuardedBody { body, limit, received: 0, timeout, deadline: Box::pin(tokio::time::sleep(timeout)) }
+    }
+}
+
+impl HttpBody for GuardedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.received += data.len() as u64;
+                    if self.received > self.limit {
+                        let limit = self.limit;
+                        return Poll::Ready(Some(Err(format!("request body over the limit of {limit} bytes").into())));
+                    }
+                }
+                let timeout = self.timeout;
+                self.deadline.as_mut().reset(tokio::time::Instant::now() + timeout);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(Box::new(err)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    let seconds = self.timeout.as_secs_f64();
+                    Poll::Ready(Some(Err(format!("request body: nothing received for {seconds} s").into())))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// One access log line, written when the response body is done (or the
+/// client went away), with the bytes sent.
+struct AccessLog {
+    method: String,
+    host: String,
+    path: String,
+    protocol: Protocol,
+    request_id: String,
+    started: Instant,
+}
+
+struct LoggedBody {
+    body: Body,
+    bytes: u64,
+    status: u16,
+    log: Option<AccessLog>,
+}
+
+impl LoggedBody {
+    fn write_log(&mut self, complete: bool) {
+        if let Some(log) = self.log.take() {
+            tracing::info!(
+                target: "access",
+                request_id = %log.request_id,
+                method = %log.method,
+                host = %log.host,
+                path = %log.path,
+                status = self.status,
+                bytes = self.bytes,
+                complete,
+                duration_ms = log.started.elapsed().as_secs_f64() * 1000.0,
+                protocol = log.protocol.as_str(),
+            );
+        }
+    }
+}
+
+impl HttpBody for LoggedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes += data.len() as u64;
+                }
+            }
+            Poll::Ready(None) => self.write_log(true),
+            Poll::Ready(Some(Err(_))) => self.write_log(false),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        // An empty body may never be polled; a client may leave mid-body.
+        let complete = self.body.is_end_stream();
+        self.write_log(complete);
+    }
 }
 
 /// Request ids unique within this process and unlikely to collide across

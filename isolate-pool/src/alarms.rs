@@ -114,7 +114,8 @@ async fn fire(
     let class_name = call.class_name.clone();
     let request_id = format!("alarm-{:016x}", u64::from_be_bytes(object.id[..8].try_into().expect("8 bytes")));
     let request = http::Request::builder().method("POST").body(empty_body()).expect("a valid request");
-    let parts = WorkerRequestParts { request, url: "http://alarm.invalid/".into(), request_id: request_id.clone() };
+    let parts =
+        WorkerRequestParts { request, url: "http://alarm.invalid/".into(), request_id: request_id.clone(), cf: None };
     let succeeded = match pool.fetch_object(&worker, call, parts).await {
         Ok(response) => response.status().is_success(),
         Err(err) => {

@@ -292,15 +292,9 @@ impl Pool {
     }
 
     /// Sends a request to a worker and waits for the response head.
-    pub async fn fetch(
-        &self,
-        worker: &str,
-        request: http::Request<Body>,
-        url: String,
-        request_id: String,
-    ) -> Result<http::Response<Body>, FetchError> {
+    pub async fn fetch(&self, worker: &str, request: WorkerRequestParts) -> Result<http::Response<Body>, FetchError> {
         let placed = self.place(worker)?;
-        dispatch(placed, WorkerRequestParts { request, url, request_id }, None).await
+        dispatch(placed, request, None).await
     }
 
     /// Sends a request to a Durable Object of `worker` (one of the classes

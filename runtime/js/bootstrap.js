@@ -1265,7 +1265,12 @@ function buildRequest(next) {
     : new body.InnerBody(streams.readableStreamForRid(next.bodyRid));
   const headerList = next.headers;
   const inner = request.newInnerRequest(next.method, next.url, () => headerList, requestBody, false);
-  return request.fromInnerRequest(inner, "immutable");
+  const req = request.fromInnerRequest(inner, "immutable");
+  // What the front knows of the connection, as Cloudflare's `request.cf`.
+  if (next.cf !== null) {
+    ObjectDefineProperty(req, "cf", { value: JSONParse(next.cf), enumerable: false, configurable: true });
+  }
+  return req;
 }
 
 const EMPTY = new Uint8Array(0);

@@ -4,6 +4,7 @@
 mod context;
 mod errors;
 mod fixtures;
+mod front;
 mod objects;
 mod pool;
 mod protocol;

@@ -50,7 +50,13 @@ fn spec(name: &str, source: WorkerSource, isolation: Isolation, limits: Limits) 
 
 async fn call(pool: &Pool, worker: &str, path: &str) -> Result<(u16, String), FetchError> {
     let request = http::Request::get(path).body(outpost_runtime::empty_body()).unwrap();
-    let response = pool.fetch(worker, request, format!("http://{worker}.test{path}"), "test".into()).await?;
+    let parts = outpost_runtime::WorkerRequestParts {
+        request,
+        url: format!("http://{worker}.test{path}"),
+        request_id: "test".into(),
+        cf: None,
+    };
+    let response = pool.fetch(worker, parts).await?;
     let status = response.status().as_u16();
     let body: Bytes = response.into_body().collect().await.expect("a whole body").to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))

@@ -64,6 +64,8 @@ pub struct WorkerRequest {
     /// Set when the request is for a Durable Object hosted by the isolate
     /// rather than for the worker's `fetch` handler.
     pub object: Option<super::objects::ObjectCall>,
+    /// `request.cf` as JSON, if the front knows anything about the request.
+    pub cf: Option<String>,
 }
 
 /// The one-shot channel a request's outcome goes back on.

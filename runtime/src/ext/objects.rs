@@ -85,12 +85,21 @@ pub struct WorkerRequestParts {
     pub request: http::Request<Body>,
     pub url: String,
     pub request_id: String,
+    /// `request.cf` as JSON, from the front.
+    pub cf: Option<String>,
 }
 
 impl WorkerRequestParts {
     /// Completes the request with the channel its response goes back on.
     pub fn into_request(self, object: Option<ObjectCall>, respond: super::http::Responder) -> WorkerRequest {
-        WorkerRequest { request: self.request, url: self.url, request_id: self.request_id, respond, object }
+        WorkerRequest {
+            request: self.request,
+            url: self.url,
+            request_id: self.request_id,
+            respond,
+            object,
+            cf: self.cf,
+        }
     }
 }
 
@@ -282,7 +291,7 @@ pub async fn op_outpost_do_send(
     };
     let request = request.body(body).map_err(|err| JsErrorBox::type_error(err.to_string()))?;
     let call = ObjectCall { class_name: binding.class_name.clone(), id, name: stub.name, event };
-    let parts = WorkerRequestParts { request, url: stub.url, request_id: stub.request_id };
+    let parts = WorkerRequestParts { request, url: stub.url, request_id: stub.request_id, cf: None };
     let response = router.route(&binding.script, call, parts).await.map_err(|err| dispatch_error(&binding, err))?;
     let (head, body) = response.into_parts();
     let headers = head

@@ -166,6 +166,7 @@ pub struct NextRequest {
     body_rid: Option<ResourceId>,
     request_id: String,
     object: Option<ObjectTarget>,
+    cf: Option<String>,
 }
 
 /// The object a request is for, as the bootstrap reads it.
@@ -212,7 +213,7 @@ pub(crate) fn incoming_body(state: &mut OpState, body: Body) -> Option<ResourceI
 pub async fn op_outpost_next_request(state: Rc<RefCell<OpState>>) -> Option<NextRequest> {
     let queue = state.borrow().try_borrow::<Rc<RequestQueue>>()?.clone();
     let next = queue.0.lock().await.recv().await?;
-    let WorkerRequest { request, url, request_id, respond, object } = next;
+    let WorkerRequest { request, url, request_id, respond, object, cf } = next;
     let (parts, body) = request.into_parts();
     let headers = parts
         .headers
@@ -235,6 +236,7 @@ pub async fn op_outpost_next_request(state: Rc<RefCell<OpState>>) -> Option<Next
         body_rid,
         request_id,
         object: object.map(ObjectTarget::from),
+        cf,
     })
 }
 

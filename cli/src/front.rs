@@ -1,0 +1,139 @@
+//! What `outpost dev` and `outpost serve` share: the ingress handler over
+//! the isolate pool (one worker, or routes to many), running listeners
+//! together, and shutting down on a signal.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+
+use outpost_ingress::routes::Routes;
+use outpost_ingress::{Body, Handler, HandlerError, Listener, RequestContext, ServerConfig};
+use outpost_isolate_pool::{FetchError, Pool, WorkerSpec};
+use outpost_runtime::{DispatchError, WorkerRequestParts, WorkerSource};
+
+/// Which worker a request goes to.
+pub enum Target {
+    /// Every request, to one worker (`outpost dev`).
+    One(String),
+    /// By host and path; the table can be replaced while the node runs.
+    Routes(RwLock<Arc<Routes<String>>>),
+}
+
+/// Hands requests to the pool's workers.
+pub struct PoolHandler {
+    pub pool: Pool,
+    pub target: Target,
+}
+
+impl PoolHandler {
+    fn worker_for(&self, url: &str) -> Result<String, HandlerError> {
+        match &self.target {
+            Target::One(worker) => Ok(worker.clone()),
+            Target::Routes(routes) => {
+                let uri: http::Uri = url.parse().map_err(|_| HandlerError::NotFound(format!("no route for {url}")))?;
+                let host = uri.authority().map_or("", |a| a.as_str());
+                let routes = routes.read().unwrap().clone();
+                routes
+                    .find(host, uri.path())
+                    .cloned()
+                    .ok_or_else(|| HandlerError::NotFound(format!("no worker is routed for host {host}")))
+            }
+        }
+    }
+
+    /// Replaces the routing table (a node whose routes changed).
+    #[allow(dead_code)] // the deploy API of a later issue calls it
+    pub fn replace_routes(&self, routes: Routes<String>) {
+        if let Target::Routes(current) = &self.target {
+            *current.write().unwrap() = Arc::new(routes);
+        }
+    }
+}
+
+impl Handler for PoolHandler {
+    fn handle(
+        &self,
+        request: http::Request<Body>,
+        context: RequestContext,
+    ) -> Pin<Box<dyn Future<Output = Result<http::Response<Body>, HandlerError>> + Send>> {
+        let worker = self.worker_for(&context.url);
+        let pool = self.pool.clone();
+        Box::pin(async move {
+            let worker = worker?;
+            let cf = Some(context.cf_json());
+            let parts = WorkerRequestParts { request, url: context.url, request_id: context.request_id, cf };
+            pool.fetch(&worker, parts).await.map_err(handler_error)
+        })
+    }
+}
+
+/// The pool's view of a worker from its configuration.
+pub fn worker_spec(worker: crate::config::ResolvedWorker, kv_store: &outpost_kv::Store) -> anyhow::Result<WorkerSpec> {
+    Ok(WorkerSpec {
+        source: WorkerSource::new(&worker.root, &worker.main)?,
+        name: worker.name,
+        vars: worker.vars,
+        isolation: worker.isolation,
+        limits: worker.limits,
+        kv_namespaces: worker.kv_namespaces,
+        kv_store: Some(kv_store.clone()),
+        durable_objects: worker.durable_objects,
+    })
+}
+
+/// The status a client sees follows from why the worker gave no response.
+pub fn handler_error(err: FetchError) -> HandlerError {
+    match err {
+        FetchError::NoSuchWorker(_) => HandlerError::NotFound(err.to_string()),
+        FetchError::Dispatch(DispatchError::WorkerThrew) => HandlerError::WorkerFailed,
+        FetchError::Dispatch(
+            limit @ (DispatchError::CpuLimitExceeded { .. }
+            | DispatchError::WallLimitExceeded { .. }
+            | DispatchError::MemoryLimitExceeded { .. }),
+        ) => HandlerError::LimitExceeded(limit.to_string()),
+        FetchError::Dispatch(_) => HandlerError::Unavailable,
+        _ => HandlerError::Unavailable,
+    }
+}
+
+/// Serves every listener until SIGTERM or SIGINT, then lets each finish its
+/// in-flight requests (up to the configured grace) and returns.
+pub async fn serve_until_signal(
+    listeners: Vec<Listener>,
+    config: ServerConfig,
+    handler: Arc<dyn Handler>,
+) -> anyhow::Result<()> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut servers = tokio::task::JoinSet::new();
+    for listener in listeners {
+        let mut stopped = stopped.clone();
+        let shutdown = async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        };
+        servers.spawn(outpost_ingress::serve(listener, config.clone(), handler.clone(), shutdown));
+    }
+    tokio::select! {
+        () = shutdown_signal() => {
+            tracing::info!("shutting down: no new connections; finishing requests in flight");
+            let _ = stop.send(true);
+        }
+        Some(result) = servers.join_next() => {
+            // A listener failed on its own: stop the others too.
+            let _ = stop.send(true);
+            result??;
+        }
+    }
+    while let Some(result) = servers.join_next().await {
+        result??;
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).expect("a SIGTERM handler installs");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}

@@ -1,0 +1,256 @@
+//! `outpost serve --config node.toml`: an edge node. Many workers in one
+//! isolate pool, routes from hosts and paths to them, cleartext and TLS
+//! listeners with a certificate per host name.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use outpost_ingress::routes::Routes;
+use outpost_ingress::tls::{self, Certificates};
+use outpost_ingress::{Listener, ServerConfig};
+use outpost_isolate_pool::{Pool, PoolConfig, Snapshotter};
+use serde::Deserialize;
+
+use crate::config;
+use crate::front::{self, PoolHandler, Target};
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// The node's configuration file.
+    #[arg(long, default_value = "node.toml")]
+    config: PathBuf,
+}
+
+/// `node.toml`. Relative paths are relative to the file's directory.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Where the node keeps its state (KV and Durable Object data).
+    pub data_dir: Option<PathBuf>,
+    /// Threads running isolates (default: cores − 1, at least 1).
+    pub threads: Option<usize>,
+    #[serde(default)]
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(default)]
+    pub certificates: Vec<CertificateConfig>,
+    #[serde(default)]
+    pub workers: Vec<WorkerEntry>,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub limits: FrontLimits,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// `host:port` to bind.
+    pub address: SocketAddr,
+    /// HTTPS with the node's certificates (HTTP/2 and HTTP/1.1 by ALPN);
+    /// otherwise cleartext HTTP/1.1 and HTTP/2 with prior knowledge.
+    #[serde(default)]
+    pub tls: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    /// Host names the certificate serves (`*.example.com` for subdomains).
+    pub hosts: Vec<String>,
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerEntry {
+    /// A worker directory (with its `outpost.toml`) or a `.js` file.
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// `host/path`, e.g. `api.example.com/*` or `*.example.com/static/*`.
+    pub pattern: String,
+    /// The worker's name.
+    pub worker: String,
+}
+
+/// Limits of the front, for every listener.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrontLimits {
+    /// Largest request body, in bytes (default 100 MiB).
+    pub max_body_bytes: Option<u64>,
+    /// Largest request head, in bytes (default 64 KiB).
+    pub max_header_bytes: Option<usize>,
+    /// Connections open at once (default 10000).
+    pub max_connections: Option<usize>,
+    /// Time a client may take to send a request head, ms (default 30000).
+    pub header_timeout_ms: Option<u64>,
+    /// Time a request body may go without sending anything, ms (default 60000).
+    pub body_timeout_ms: Option<u64>,
+    /// On SIGTERM, how long requests in flight may take to finish, ms
+    /// (default 30000).
+    pub shutdown_grace_ms: Option<u64>,
+}
+
+impl FrontLimits {
+    pub fn server_config(&self) -> ServerConfig {
+        let defaults = ServerConfig::default();
+        let ms = |value: Option<u64>, default: Duration| value.map_or(default, Duration::from_millis);
+        ServerConfig {
+            header_read_timeout: ms(self.header_timeout_ms, defaults.header_read_timeout),
+            max_header_bytes: self.max_header_bytes.unwrap_or(defaults.max_header_bytes),
+            max_body_bytes: self.max_body_bytes.unwrap_or(defaults.max_body_bytes),
+            body_read_timeout: ms(self.body_timeout_ms, defaults.body_read_timeout),
+            max_connections: self.max_connections.unwrap_or(defaults.max_connections),
+            shutdown_grace: ms(self.shutdown_grace_ms, defaults.shutdown_grace),
+            ..defaults
+        }
+    }
+}
+
+impl NodeConfig {
+    pub fn parse(text: &str, path: &Path) -> anyhow::Result<Self> {
+        let config: NodeConfig = toml::from_str(text).with_context(|| format!("invalid {}", path.display()))?;
+        if config.listeners.is_empty() {
+            bail!("{}: a node needs at least one [[listeners]] entry", path.display());
+        }
+        if config.listeners.iter().any(|l| l.tls) && config.certificates.is_empty() {
+            bail!("{}: a TLS listener needs at least one [[certificates]] entry", path.display());
+        }
+        Ok(config)
+    }
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(&args.config).with_context(|| format!("cannot read {}", args.config.display()))?;
+    let config = NodeConfig::parse(&text, &args.config)?;
+    let base = args.config.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+    let resolve = |path: &Path| if path.is_absolute() { path.to_path_buf() } else { base.join(path) };
+
+    // Everything that can be wrong with the file is found before anything
+    // listens: workers load, routes name them, certificates parse.
+    let mut certificates = Certificates::new();
+    for certificate in &config.certificates {
+        certificates.add_files(&certificate.hosts, &resolve(&certificate.cert), &resolve(&certificate.key))?;
+    }
+    let tls_config = tls::server_config(Arc::new(certificates), tls::TCP_ALPN)?;
+
+    let data_dir = resolve(config.data_dir.as_deref().unwrap_or(Path::new(".outpost-node")));
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    outpost_runtime::init_v8();
+    let snapshotter =
+        Snapshotter::current_exe(crate::SNAPSHOT_SUBCOMMAND).context("cannot find the outpost executable")?;
+    let mut pool_config = PoolConfig::new(data_dir.join("snapshots"), snapshotter);
+    // Many workers in one process: every isolate from the bootstrap snapshot
+    // (see ARCHITECTURE.md, "one snapshot blob per process").
+    pool_config.worker_snapshots = false;
+    pool_config.threads = config.threads.unwrap_or_else(|| pool_config.threads.saturating_sub(1).max(1));
+    let pool = Pool::start(pool_config);
+    let kv_path = data_dir.join("kv.redb");
+    let kv_store = outpost_kv::Store::open(&kv_path, outpost_kv::StoreConfig::default())
+        .with_context(|| format!("cannot open the store {}", kv_path.display()))?;
+    let mut names = Vec::new();
+    for entry in &config.workers {
+        let worker = config::resolve(&resolve(&entry.path))?;
+        if names.contains(&worker.name) {
+            bail!("{}: two workers are named {:?}", args.config.display(), worker.name);
+        }
+        names.push(worker.name.clone());
+        let name = worker.name.clone();
+        pool.deploy(front::worker_spec(worker, &kv_store)?).with_context(|| format!("cannot load worker {name}"))?;
+    }
+    for route in &config.routes {
+        if !names.contains(&route.worker) {
+            bail!(
+                "{}: route {:?} names worker {:?}, which is not in [[workers]]",
+                args.config.display(),
+                route.pattern,
+                route.worker
+            );
+        }
+    }
+    let routes = Routes::new(config.routes.iter().map(|r| (r.pattern.clone(), r.worker.clone())))
+        .with_context(|| format!("invalid routes in {}", args.config.display()))?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let mut listeners = Vec::new();
+        for listener in &config.listeners {
+            let tcp = tokio::net::TcpListener::bind(listener.address)
+                .await
+                .with_context(|| format!("cannot listen on {}", listener.address))?;
+            let address = tcp.local_addr()?;
+            if listener.tls {
+                println!("outpost serve: listening on https://{address}");
+                listeners.push(Listener::tls(tcp, tls_config.clone()));
+            } else {
+                println!("outpost serve: listening on http://{address}");
+                listeners.push(Listener::cleartext(tcp));
+            }
+        }
+        println!("outpost serve: {} workers, {} routes", names.len(), config.routes.len());
+        std::io::stdout().flush()?;
+        kv_store.spawn_sweeper(Duration::from_secs(60));
+        tokio::spawn(outpost_isolate_pool::run_alarms(pool.clone(), kv_store.clone()));
+        let handler =
+            Arc::new(PoolHandler { pool: pool.clone(), target: Target::Routes(RwLock::new(Arc::new(routes))) });
+        front::serve_until_signal(listeners, config.limits.server_config(), handler).await?;
+        pool.stop();
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_files_parse_and_are_checked() {
+        let text = r#"
+data_dir = "state"
+[[listeners]]
+address = "127.0.0.1:8080"
+[[listeners]]
+address = "127.0.0.1:8443"
+tls = true
+[[certificates]]
+hosts = ["example.com", "*.example.com"]
+cert = "certs/example.pem"
+key = "certs/example-key.pem"
+[[workers]]
+path = "workers/api"
+[[routes]]
+pattern = "api.example.com/*"
+worker = "api"
+[limits]
+max_body_bytes = 1024
+header_timeout_ms = 500
+"#;
+        let config = NodeConfig::parse(text, Path::new("node.toml")).unwrap();
+        assert_eq!(config.listeners.len(), 2);
+        let server = config.limits.server_config();
+        assert_eq!((server.max_body_bytes, server.header_read_timeout), (1024, Duration::from_millis(500)));
+        let err = NodeConfig::parse("[[listeners]]\naddress = \"127.0.0.1:1\"\ntls = true\n", Path::new("n.toml"))
+            .unwrap_err();
+        assert!(err.to_string().contains("[[certificates]]"), "{err}");
+        let err = NodeConfig::parse("[[listener]]\naddress = \"127.0.0.1:1\"\n", Path::new("n.toml")).unwrap_err();
+        assert!(format!("{err:#}").contains("unknown field `listener`"), "{err:#}");
+    }
+}

@@ -1,0 +1,405 @@
+//! The node's front door with real clients: `outpost serve` with TLS
+//! (HTTP/1.1 and HTTP/2 by ALPN, certificates by SNI, a CA made here),
+//! h2c, routing, limits, graceful shutdown; `outpost dev --https`.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, ServerName};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::{self, Reply};
+
+/// An echo worker: says who it is and what it was told about the request.
+const ECHO: &str = r#"
+export default {
+  async fetch(request, env) {
+    const url = new URL(request.url);
+    if (url.pathname === "/slow") await new Promise((resolve) => setTimeout(resolve, Number(url.searchParams.get("ms"))));
+    const body = await request.arrayBuffer();
+    return Response.json({
+      worker: env.NAME,
+      url: request.url,
+      protocol: request.cf?.httpProtocol ?? null,
+      tls: request.cf?.tlsVersion ?? null,
+      ip: request.headers.get("cf-connecting-ip"),
+      proto: request.headers.get("x-forwarded-proto"),
+      bytes: body.byteLength,
+    });
+  },
+};
+"#;
+
+/// A certificate authority made for one test, and certificates it signs.
+struct TestCa {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+impl TestCa {
+    fn new() -> TestCa {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, "test CA");
+        TestCa { cert: params.self_signed(&key).unwrap(), key }
+    }
+
+    /// `(chain PEM, key PEM, leaf DER)` for `names`.
+    fn issue(&self, names: &[&str]) -> (String, String, Vec<u8>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+    }
+
+    fn client_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+        client_config(self.cert.der().clone(), alpn)
+    }
+}
+
+fn client_config(ca: CertificateDer<'static>, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+/// A running `outpost serve`, killed on drop.
+struct Node {
+    child: Option<Child>,
+    http: Option<SocketAddr>,
+    https: Option<SocketAddr>,
+    stderr: Arc<Mutex<String>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    /// Writes `node.toml` (and `files`) into a fresh directory and starts it.
+    fn start(node_toml: &str, files: &[(&str, String)]) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("node.toml"), node_toml).unwrap();
+        for (name, text) in files {
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        let mut child = Command::new(env!("CARGO_BIN_EXE_outpost"))
+            .args(["serve", "--config"])
+            .arg(dir.path().join("node.toml"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = stderr.clone();
+        let child_stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(child_stderr).lines().map_while(Result::ok) {
+                let mut sink = sink.lock().unwrap();
+                sink.push_str(&line);
+                sink.push('\n');
+            }
+        });
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let (mut http, mut https) = (None, None);
+        loop {
+            let mut line = String::new();
+            if stdout.read_line(&mut line).unwrap() == 0 {
+                let _ = child.wait();
+                panic!("outpost serve exited; stderr:\n{}", stderr.lock().unwrap());
+            }
+            if let Some(url) = line.split_whitespace().find(|w| w.starts_with("http://")) {
+                http = Some(url.trim_start_matches("http://").parse().unwrap());
+            }
+            if let Some(url) = line.split_whitespace().find(|w| w.starts_with("https://")) {
+                https = Some(url.trim_start_matches("https://").parse().unwrap());
+            }
+            if line.contains(" workers, ") {
+                break;
+            }
+        }
+        Node { child: Some(child), http, https, stderr, _dir: dir }
+    }
+
+    fn logs(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn worker_files(name: &str) -> Vec<(String, String)> {
+    vec![
+        (format!("workers/{name}/outpost.toml"), format!("name = \"{name}\"\n[vars]\nNAME = \"{name}\"\n")),
+        (format!("workers/{name}/worker.js"), ECHO.to_string()),
+    ]
+}
+
+fn json(reply: &Reply) -> Value {
+    serde_json::from_slice(&reply.body).unwrap_or_else(|err| panic!("not JSON ({err}): {}", reply.text()))
+}
+
+async fn read_reply<B>(response: http::Response<B>) -> Reply
+where
+    B: hyper::body::Body,
+    B::Error: std::fmt::Debug,
+{
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("the whole body").to_bytes();
+    Reply { status: parts.status.as_u16(), headers: parts.headers, body }
+}
+
+fn request(host: &str, path: &str) -> http::Request<Full<Bytes>> {
+    http::Request::get(path).header("host", host).body(Full::new(Bytes::new())).unwrap()
+}
+
+/// One request over TLS with `alpn`; also returns the leaf certificate the
+/// server presented.
+async fn https_get(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    server_name: &str,
+    path: &str,
+) -> (Reply, Vec<u8>, Option<Vec<u8>>) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let name = ServerName::try_from(server_name.to_string()).unwrap();
+    let tls = connector.connect(name, tcp).await.expect("a TLS handshake the client trusts");
+    let (_, session) = tls.get_ref();
+    let leaf = session.peer_certificates().unwrap()[0].to_vec();
+    let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+    let io = TokioIo::new(tls);
+    let reply = if alpn.as_deref() == Some(b"h2") {
+        let (mut sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.unwrap();
+        tokio::spawn(connection);
+        let uri = format!("https://{server_name}{path}");
+        let request = http::Request::get(uri).body(Full::new(Bytes::new())).unwrap();
+        read_reply(sender.send_request(request).await.unwrap()).await
+    } else {
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(connection);
+        read_reply(sender.send_request(request(server_name, path)).await.unwrap()).await
+    };
+    (reply, leaf, alpn)
+}
+
+fn tls_node(ca: &TestCa) -> (Node, Vec<u8>, Vec<u8>) {
+    let (a_chain, a_key, a_der) = ca.issue(&["a.test"]);
+    let (b_chain, b_key, b_der) = ca.issue(&["*.b.test"]);
+    let mut files = worker_files("alpha");
+    files.extend(worker_files("beta"));
+    files.push(("certs/a.pem".into(), a_chain));
+    files.push(("certs/a-key.pem".into(), a_key));
+    files.push(("certs/b.pem".into(), b_chain));
+    files.push(("certs/b-key.pem".into(), b_key));
+    let node = Node::start(
+        r#"
+data_dir = "state"
+[[listeners]]
+address = "127.0.0.1:0"
+tls = true
+[[listeners]]
+address = "127.0.0.1:0"
+[[certificates]]
+hosts = ["a.test"]
+cert = "certs/a.pem"
+key = "certs/a-key.pem"
+[[certificates]]
+hosts = ["*.b.test"]
+cert = "certs/b.pem"
+key = "certs/b-key.pem"
+[[workers]]
+path = "workers/alpha"
+[[workers]]
+path = "workers/beta"
+[[routes]]
+pattern = "a.test/*"
+worker = "alpha"
+[[routes]]
+pattern = "*.b.test/*"
+worker = "beta"
+[[routes]]
+pattern = "*.b.test/alpha/*"
+worker = "alpha"
+"#,
+        &files.iter().map(|(n, t)| (n.as_str(), t.clone())).collect::<Vec<_>>(),
+    );
+    (node, a_der, b_der)
+}
+
+#[tokio::test]
+async fn https_serves_http1_and_http2_with_certificates_chosen_by_sni() {
+    let ca = TestCa::new();
+    let (node, a_der, b_der) = tls_node(&ca);
+    let addr = node.https.expect("a TLS listener");
+
+    let (reply, leaf, alpn) = https_get(addr, ca.client_config(&[b"h2"]), "a.test", "/x?y=1").await;
+    assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(leaf, a_der, "the a.test certificate");
+    let body = json(&reply);
+    assert_eq!(body["worker"], "alpha");
+    assert_eq!(body["protocol"], "HTTP/2");
+    assert_eq!(body["tls"], "TLSv1.3");
+    assert_eq!(body["url"], "https://a.test/x?y=1");
+    assert_eq!(body["ip"], "127.0.0.1");
+    assert_eq!(body["proto"], "https");
+    assert!(reply.header("x-request-id").is_some());
+
+    let (reply, leaf, alpn) = https_get(addr, ca.client_config(&[b"http/1.1"]), "shop.b.test", "/").await;
+    assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
+    assert_eq!(leaf, b_der, "the wildcard certificate for *.b.test");
+    let body = json(&reply);
+    assert_eq!((body["worker"].as_str(), body["protocol"].as_str()), (Some("beta"), Some("HTTP/1.1")));
+
+    // The most specific route wins.
+    let (reply, _, _) = https_get(addr, ca.client_config(&[b"h2"]), "shop.b.test", "/alpha/1").await;
+    assert_eq!(json(&reply)["worker"], "alpha");
+    drop(node);
+}
+
+#[tokio::test]
+async fn cleartext_speaks_h2c_and_unrouted_hosts_get_404() {
+    let ca = TestCa::new();
+    let (node, _, _) = tls_node(&ca);
+    let addr = node.http.expect("a cleartext listener");
+    // HTTP/2 with prior knowledge.
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(connection);
+    let h2 = http::Request::get("http://a.test/h2c").body(Full::new(Bytes::new())).unwrap();
+    let reply = read_reply(sender.send_request(h2).await.unwrap()).await;
+    let body = json(&reply);
+    assert_eq!((body["worker"].as_str(), body["protocol"].as_str()), (Some("alpha"), Some("HTTP/2")));
+    assert_eq!(body["url"], "http://a.test/h2c");
+    assert!(body["tls"].is_null());
+
+    let reply = support::send(addr, "GET", "/", &[("host", "nowhere.example:8080")], b"").await;
+    assert_eq!(reply.status, 404);
+    assert!(reply.text().contains("nowhere.example"), "{}", reply.text());
+}
+
+fn limits_node(limits: &str) -> Node {
+    let files = worker_files("alpha");
+    Node::start(
+        &format!(
+            "[[listeners]]\naddress = \"127.0.0.1:0\"\n[[workers]]\npath = \"workers/alpha\"\n[[routes]]\npattern = \"*/*\"\nworker = \"alpha\"\n[limits]\n{limits}\n"
+        ),
+        &files.iter().map(|(n, t)| (n.as_str(), t.clone())).collect::<Vec<_>>(),
+    )
+}
+
+#[tokio::test]
+async fn oversized_bodies_get_413_and_the_node_stays_healthy() {
+    let node = limits_node("max_body_bytes = 1024");
+    let addr = node.http.unwrap();
+    let reply = support::send(addr, "POST", "/", &[], &[b'x'; 2048]).await;
+    assert_eq!(reply.status, 413, "{}", reply.text());
+    assert!(reply.text().contains("1024"), "{}", reply.text());
+    let reply = support::send(addr, "POST", "/", &[], &[b'x'; 1000]).await;
+    assert_eq!(json(&reply)["bytes"], 1000);
+}
+
+#[tokio::test]
+async fn a_slowloris_client_is_dropped_while_others_are_served() {
+    let node = limits_node("header_timeout_ms = 500");
+    let addr = node.http.unwrap();
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n").await.unwrap();
+    let started = Instant::now();
+    let trickle = async {
+        let mut buffer = [0u8; 256];
+        loop {
+            // One header byte at a time, never finishing the head.
+            if slow.write_all(b"x").await.is_err() {
+                return;
+            }
+            match tokio::time::timeout(Duration::from_millis(100), slow.read(&mut buffer)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                Ok(Ok(_)) => return,
+                Err(_) => {}
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "the slow client was never dropped");
+        }
+    };
+    let (_, reply) = tokio::join!(trickle, support::get(addr, "/"));
+    assert_eq!(reply.status, 200, "others are served meanwhile");
+    assert!(started.elapsed() < Duration::from_secs(5), "dropped after {:?}", started.elapsed());
+    assert!(!node.logs().contains("\"worker\""), "no worker saw the slow request");
+}
+
+#[tokio::test]
+async fn sigterm_finishes_requests_in_flight_then_exits_0() {
+    let mut node = limits_node("shutdown_grace_ms = 5000");
+    let addr = node.http.unwrap();
+    let in_flight = tokio::spawn(async move { support::get(addr, "/slow?ms=800").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(node.pid(), libc::SIGTERM) };
+    let reply = in_flight.await.unwrap();
+    assert_eq!(reply.status, 200, "the request in flight finished: {}", reply.text());
+    let mut child = node.child.take().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the node did not exit; logs:\n{}", node.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit status {status:?}; logs:\n{}", node.logs());
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer accepting");
+}
+
+#[tokio::test]
+async fn dev_https_serves_with_a_local_ca() {
+    let dir = support::fixture("hello");
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .arg("dev")
+        .arg(&dir)
+        .args(["--port", "0", "--https", "--data-dir"])
+        .arg(data.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let port: u16 = line.trim().rsplit(':').next().unwrap().trim_end_matches('/').parse().unwrap();
+    let ca_pem = std::fs::read(data.path().join("tls/ca.pem")).unwrap();
+    let ca = CertificateDer::from_pem_slice(&ca_pem).expect("a PEM certificate");
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let (reply, _, alpn) = https_get(addr, client_config(ca, &[b"h2", b"http/1.1"]), "localhost", "/").await;
+    assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+    assert_eq!(reply.status, 200);
+    let _ = child.kill();
+    let _ = child.wait();
+}
