@@ -11,7 +11,7 @@ use outpost_ingress::{Listener, ServerConfig};
 use outpost_isolate_pool::{Pool, PoolConfig, Snapshotter};
 use outpost_runtime::WorkerSource;
 
-use crate::front::{self, PoolHandler, Target};
+use crate::front::{self, AnyListener, PoolHandler, Target};
 use crate::{config, dev_tls};
 
 #[derive(clap::Args)]
@@ -74,34 +74,35 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         let mut certificates = outpost_ingress::tls::Certificates::new();
         let hosts: Vec<String> = dev_tls::DEV_HOSTS.iter().map(|h| h.to_string()).collect();
         certificates.add_pem(&hosts, &certificate.cert_pem, &certificate.key_pem, "the development certificate")?;
-        let config = outpost_ingress::tls::server_config(Arc::new(certificates), outpost_ingress::tls::TCP_ALPN)?;
-        Some((config, certificate))
+        Some((Arc::new(certificates), certificate))
     } else {
         None
     };
     runtime.block_on(async move {
         let address = SocketAddr::from((Ipv4Addr::LOCALHOST, args.port));
-        let tcp =
-            tokio::net::TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
-        let address = tcp.local_addr()?;
-        let listener = match tls {
-            Some((config, certificate)) => {
+        let listeners = match tls {
+            Some((certificates, certificate)) => {
+                // HTTPS on TCP, HTTP/3 on the same port over UDP.
+                let (listeners, address) = front::bind_tls(address, certificates, true).await?;
                 println!("outpost dev: serving worker {name:?} on https://localhost:{}", address.port());
                 if certificate.created {
                     eprintln!("{}", dev_tls::trust_hint(&certificate.ca_path));
                 }
-                Listener::tls(tcp, config)
+                listeners
             }
             None => {
-                println!("outpost dev: serving worker {name:?} on http://{address}");
-                Listener::cleartext(tcp)
+                let tcp = tokio::net::TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("cannot listen on {address}"))?;
+                println!("outpost dev: serving worker {name:?} on http://{}", tcp.local_addr()?);
+                vec![AnyListener::Tcp(Listener::cleartext(tcp))]
             }
         };
         std::io::stdout().flush()?;
         kv_store.spawn_sweeper(std::time::Duration::from_secs(60));
         tokio::spawn(outpost_isolate_pool::run_alarms(pool.clone(), kv_store.clone()));
         let handler = Arc::new(PoolHandler { pool: pool.clone(), target: Target::One(name) });
-        front::serve_until_signal(vec![listener], ServerConfig::default(), handler).await?;
+        front::serve_until_signal(listeners, ServerConfig::default(), handler).await?;
         pool.stop();
         Ok(())
     })

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 
+use outpost_ingress::http3::H3Listener;
 use outpost_ingress::routes::Routes;
 use outpost_ingress::{Body, Handler, HandlerError, Listener, RequestContext, ServerConfig};
 use outpost_isolate_pool::{FetchError, Pool, WorkerSpec};
@@ -96,10 +97,39 @@ pub fn handler_error(err: FetchError) -> HandlerError {
     }
 }
 
+/// A TCP listener (HTTP/1.1, HTTP/2) or a QUIC one (HTTP/3).
+pub enum AnyListener {
+    Tcp(Listener),
+    Quic(H3Listener),
+}
+
+/// Binds what a TLS listener serves: TCP, and with `http3` the same port
+/// over UDP, advertised with `Alt-Svc`. Returns the bound TCP address.
+pub async fn bind_tls(
+    address: std::net::SocketAddr,
+    certificates: Arc<outpost_ingress::tls::Certificates>,
+    http3: bool,
+) -> anyhow::Result<(Vec<AnyListener>, std::net::SocketAddr)> {
+    use anyhow::Context as _;
+    use outpost_ingress::tls;
+    let tcp = tokio::net::TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
+    let bound = tcp.local_addr()?;
+    let mut listener = Listener::tls(tcp, tls::server_config(certificates.clone(), tls::TCP_ALPN)?);
+    let mut listeners = Vec::new();
+    if http3 {
+        let quic = H3Listener::bind(bound, tls::server_config(certificates, outpost_ingress::http3::H3_ALPN)?)
+            .with_context(|| format!("cannot serve HTTP/3 on UDP {bound}"))?;
+        listener = listener.with_http3_on(bound.port());
+        listeners.push(AnyListener::Quic(quic));
+    }
+    listeners.insert(0, AnyListener::Tcp(listener));
+    Ok((listeners, bound))
+}
+
 /// Serves every listener until SIGTERM or SIGINT, then lets each finish its
 /// in-flight requests (up to the configured grace) and returns.
 pub async fn serve_until_signal(
-    listeners: Vec<Listener>,
+    listeners: Vec<AnyListener>,
     config: ServerConfig,
     handler: Arc<dyn Handler>,
 ) -> anyhow::Result<()> {
@@ -110,7 +140,14 @@ pub async fn serve_until_signal(
         let shutdown = async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         };
-        servers.spawn(outpost_ingress::serve(listener, config.clone(), handler.clone(), shutdown));
+        match listener {
+            AnyListener::Tcp(listener) => {
+                servers.spawn(outpost_ingress::serve(listener, config.clone(), handler.clone(), shutdown))
+            }
+            AnyListener::Quic(listener) => {
+                servers.spawn(outpost_ingress::http3::serve_h3(listener, config.clone(), handler.clone(), shutdown))
+            }
+        };
     }
     tokio::select! {
         () = shutdown_signal() => {

@@ -10,13 +10,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use outpost_ingress::routes::Routes;
-use outpost_ingress::tls::{self, Certificates};
+use outpost_ingress::tls::Certificates;
 use outpost_ingress::{Listener, ServerConfig};
 use outpost_isolate_pool::{Pool, PoolConfig, Snapshotter};
 use serde::Deserialize;
 
 use crate::config;
-use crate::front::{self, PoolHandler, Target};
+use crate::front::{self, AnyListener, PoolHandler, Target};
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
@@ -54,6 +54,9 @@ pub struct ListenerConfig {
     /// otherwise cleartext HTTP/1.1 and HTTP/2 with prior knowledge.
     #[serde(default)]
     pub tls: bool,
+    /// With `tls`: HTTP/3 on the same port over UDP, advertised with
+    /// `Alt-Svc` (default true).
+    pub http3: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -144,7 +147,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     for certificate in &config.certificates {
         certificates.add_files(&certificate.hosts, &resolve(&certificate.cert), &resolve(&certificate.key))?;
     }
-    let tls_config = tls::server_config(Arc::new(certificates), tls::TCP_ALPN)?;
+    let certificates = Arc::new(certificates);
+    for listener in &config.listeners {
+        if listener.http3 == Some(true) && !listener.tls {
+            bail!("{}: listener {}: http3 needs tls = true", args.config.display(), listener.address);
+        }
+    }
 
     let data_dir = resolve(config.data_dir.as_deref().unwrap_or(Path::new(".outpost-node")));
     std::fs::create_dir_all(&data_dir)
@@ -192,16 +200,20 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let mut listeners = Vec::new();
         for listener in &config.listeners {
-            let tcp = tokio::net::TcpListener::bind(listener.address)
-                .await
-                .with_context(|| format!("cannot listen on {}", listener.address))?;
-            let address = tcp.local_addr()?;
             if listener.tls {
+                let http3 = listener.http3.unwrap_or(true);
+                let (bound, address) = front::bind_tls(listener.address, certificates.clone(), http3).await?;
                 println!("outpost serve: listening on https://{address}");
-                listeners.push(Listener::tls(tcp, tls_config.clone()));
+                if http3 {
+                    println!("outpost serve: listening on h3://{address}");
+                }
+                listeners.extend(bound);
             } else {
-                println!("outpost serve: listening on http://{address}");
-                listeners.push(Listener::cleartext(tcp));
+                let tcp = tokio::net::TcpListener::bind(listener.address)
+                    .await
+                    .with_context(|| format!("cannot listen on {}", listener.address))?;
+                println!("outpost serve: listening on http://{}", tcp.local_addr()?);
+                listeners.push(AnyListener::Tcp(Listener::cleartext(tcp)));
             }
         }
         println!("outpost serve: {} workers, {} routes", names.len(), config.routes.len());

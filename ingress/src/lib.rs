@@ -7,6 +7,7 @@
 //! body size with 413, head and body read timeouts, connections), gives
 //! every request an id (`x-request-id`, taken from the client or generated),
 //! and hands each request to a [`Handler`] with its body still streaming.
+//! HTTP/3 ([`http3`]) runs on QUIC beside a TLS listener, same handling.
 //! Responses stream back the same way. An error the handler reports becomes
 //! a status with a short plain-text body ([`HandlerError`]). On shutdown it
 //! stops accepting and lets requests in flight finish. [`routes`] matches
@@ -16,6 +17,7 @@
 //! does that, behind the trait).
 
 mod handler;
+pub mod http3;
 pub mod routes;
 mod server;
 pub mod tls;

@@ -14,7 +14,6 @@ use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -44,8 +43,6 @@ pub struct ServerConfig {
     pub tls_handshake_timeout: Duration,
     /// On shutdown, how long in-flight requests may take to finish.
     pub shutdown_grace: Duration,
-    /// `Alt-Svc` value for responses over TLS (advertises HTTP/3).
-    pub alt_svc: Option<HeaderValue>,
 }
 
 impl Default for ServerConfig {
@@ -58,7 +55,6 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             tls_handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(30),
-            alt_svc: None,
         }
     }
 }
@@ -77,17 +73,24 @@ const REQUEST_ID: &str = "x-request-id";
 pub struct Listener {
     tcp: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    alt_svc: Option<HeaderValue>,
 }
 
 impl Listener {
     /// HTTP/1.1 and HTTP/2 with prior knowledge (h2c), no TLS.
     pub fn cleartext(tcp: TcpListener) -> Self {
-        Listener { tcp, tls: None }
+        Listener { tcp, tls: None, alt_svc: None }
     }
 
     /// HTTPS: HTTP/2 or HTTP/1.1 as ALPN decides.
     pub fn tls(tcp: TcpListener, config: Arc<rustls::ServerConfig>) -> Self {
-        Listener { tcp, tls: Some(tokio_rustls::TlsAcceptor::from(config)) }
+        Listener { tcp, tls: Some(tokio_rustls::TlsAcceptor::from(config)), alt_svc: None }
+    }
+
+    /// Advertises HTTP/3 on UDP `port` in every response (`Alt-Svc`).
+    pub fn with_http3_on(mut self, port: u16) -> Self {
+        self.alt_svc = HeaderValue::from_str(&format!("h3=\":{port}\"; ma=86400")).ok();
+        self
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -96,16 +99,25 @@ impl Listener {
 }
 
 /// What every request of a connection shares.
-struct Connection {
-    client: SocketAddr,
-    local: SocketAddr,
-    tls: Option<TlsInfo>,
+pub(crate) struct Connection {
+    pub(crate) client: SocketAddr,
+    pub(crate) local: SocketAddr,
+    pub(crate) tls: Option<TlsInfo>,
+    /// Sent on every response (advertises HTTP/3).
+    pub(crate) alt_svc: Option<HeaderValue>,
 }
 
-struct Shared {
-    config: ServerConfig,
+/// What every connection of a listener shares.
+pub(crate) struct Shared {
+    pub(crate) config: ServerConfig,
     handler: Arc<dyn Handler>,
     ids: RequestIds,
+}
+
+impl Shared {
+    pub(crate) fn new(config: ServerConfig, handler: Arc<dyn Handler>) -> Self {
+        Shared { config, handler, ids: RequestIds::new() }
+    }
 }
 
 /// Serves `listener` until `shutdown` completes; then stops accepting,
@@ -117,7 +129,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let local = listener.local_addr().map_err(ServeError::Accept)?;
-    let shared = Arc::new(Shared { config, handler, ids: RequestIds::new() });
+    let shared = Arc::new(Shared::new(config, handler));
     let permits = Arc::new(Semaphore::new(shared.config.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -142,10 +154,11 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let tls = listener.tls.clone();
+        let alt_svc = listener.alt_svc.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _permit = permit;
-            serve_stream(stream, client, local, tls, watcher, shared).await;
+            serve_stream(stream, client, local, tls, alt_svc, watcher, shared).await;
         });
     }
     drop(listener);
@@ -161,11 +174,12 @@ async fn serve_stream(
     client: SocketAddr,
     local: SocketAddr,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    alt_svc: Option<HeaderValue>,
     watcher: Watcher,
     shared: Arc<Shared>,
 ) {
     let Some(acceptor) = tls else {
-        let connection = Arc::new(Connection { client, local, tls: None });
+        let connection = Arc::new(Connection { client, local, tls: None, alt_svc });
         return serve_io(TokioIo::new(stream), connection, watcher, shared).await;
     };
     let handshake = tokio::time::timeout(shared.config.tls_handshake_timeout, acceptor.accept(stream)).await;
@@ -185,7 +199,7 @@ async fn serve_stream(
             .to_string(),
         server_name: session.server_name().map(str::to_owned),
     };
-    let connection = Arc::new(Connection { client, local, tls: Some(tls) });
+    let connection = Arc::new(Connection { client, local, tls: Some(tls), alt_svc });
     serve_io(TokioIo::new(stream), connection, watcher, shared).await;
 }
 
@@ -226,11 +240,22 @@ fn is_transient(err: &std::io::Error) -> bool {
         || err.raw_os_error() == Some(24)
 }
 
-async fn handle(request: http::Request<Incoming>, connection: &Connection, shared: &Shared) -> http::Response<Body> {
+/// Handles one request of any HTTP version: limits, ids, headers about the
+/// client, the handler, the access log.
+pub(crate) async fn handle<B>(
+    request: http::Request<B>,
+    connection: &Connection,
+    shared: &Shared,
+) -> http::Response<Body>
+where
+    B: HttpBody<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     let started = Instant::now();
     let config = &shared.config;
     let protocol = match request.version() {
         http::Version::HTTP_2 => Protocol::Http2,
+        http::Version::HTTP_3 => Protocol::Http3,
         http::Version::HTTP_10 => Protocol::Http10,
         _ => Protocol::Http11,
     };
@@ -262,12 +287,12 @@ async fn handle(request: http::Request<Incoming>, connection: &Connection, share
     // larger than we accept.
     if head_size(&request) > config.max_header_bytes {
         let response = plain_response(http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request headers too large\n");
-        return finish(response, log, connection, config);
+        return finish(response, log, connection);
     }
     let declared = request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|length| length > config.max_body_bytes) {
         let body = format!("request body too large: the limit is {} bytes\n", config.max_body_bytes);
-        return finish(plain_response(http::StatusCode::PAYLOAD_TOO_LARGE, &body), log, connection, config);
+        return finish(plain_response(http::StatusCode::PAYLOAD_TOO_LARGE, &body), log, connection);
     }
     let scheme = if connection.tls.is_some() { "https" } else { "http" };
     let url = format!("{scheme}://{host}{path_and_query}");
@@ -294,23 +319,16 @@ async fn handle(request: http::Request<Incoming>, connection: &Connection, share
         Ok(response) => response,
         Err(err) => error_response(&err, &request_id),
     };
-    finish(response, log, connection, config)
+    finish(response, log, connection)
 }
 
 /// Adds the headers every response gets and logs it once its body is done.
-fn finish(
-    mut response: http::Response<Body>,
-    log: AccessLog,
-    connection: &Connection,
-    config: &ServerConfig,
-) -> http::Response<Body> {
+fn finish(mut response: http::Response<Body>, log: AccessLog, connection: &Connection) -> http::Response<Body> {
     if let Ok(value) = HeaderValue::from_str(&log.request_id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }
-    if connection.tls.is_some() {
-        if let Some(alt_svc) = &config.alt_svc {
-            response.headers_mut().entry(http::header::ALT_SVC).or_insert_with(|| alt_svc.clone());
-        }
+    if let Some(alt_svc) = &connection.alt_svc {
+        response.headers_mut().entry(http::header::ALT_SVC).or_insert_with(|| alt_svc.clone());
     }
     let status = response.status().as_u16();
     response.map(|body| LoggedBody { body, bytes: 0, status, log: Some(log) }.boxed_unsync())
@@ -344,21 +362,25 @@ fn head_size<B>(request: &http::Request<B>) -> usize {
 /// A request body with a size limit and a read timeout: a client that
 /// sends too much, or stops sending, fails its own request without holding
 /// a worker forever.
-struct GuardedBody {
-    body: Incoming,
+struct GuardedBody<B> {
+    body: B,
     limit: u64,
     received: u64,
     timeout: Duration,
     deadline: Pin<Box<tokio::time::Sleep>>,
 }
 
-impl GuardedBody {
-    fn new(body: Incoming, limit: u64, timeout: Duration) -> Self {
+impl<B> GuardedBody<B> {
+    fn new(body: B, limit: u64, timeout: Duration) -> Self {
         GuardedBody { body, limit, received: 0, timeout, deadline: Box::pin(tokio::time::sleep(timeout)) }
     }
 }
 
-impl HttpBody for GuardedBody {
+impl<B> HttpBody for GuardedBody<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -376,7 +398,7 @@ impl HttpBody for GuardedBody {
                 self.deadline.as_mut().reset(tokio::time::Instant::now() + timeout);
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(Box::new(err)))),
+            Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(err.into()))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => match self.deadline.as_mut().poll(cx) {
                 Poll::Ready(()) => {

@@ -209,6 +209,38 @@ async fn https_get(
     (reply, leaf, alpn)
 }
 
+/// One HTTP/3 request with a quinn/h3 client.
+async fn h3_request(addr: SocketAddr, ca: &TestCa, server_name: &str, method: &str, path: &str, body: &[u8]) -> Reply {
+    let crypto = ca.client_config(&[b"h3"]);
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+    let connection = endpoint.connect(addr, server_name).unwrap().await.expect("a QUIC handshake the client trusts");
+    let (mut driver, mut sender) = h3::client::new(h3_quinn::Connection::new(connection)).await.unwrap();
+    let drive = tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+    let request = http::Request::builder().method(method).uri(format!("https://{server_name}{path}")).body(()).unwrap();
+    let mut stream = sender.send_request(request).await.unwrap();
+    if !body.is_empty() {
+        stream.send_data(Bytes::copy_from_slice(body)).await.unwrap();
+    }
+    stream.finish().await.unwrap();
+    let response = stream.recv_response().await.unwrap();
+    let mut bytes = Vec::new();
+    while let Some(mut chunk) = stream.recv_data().await.unwrap() {
+        use bytes::Buf as _;
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            bytes.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
+    drop(sender);
+    drive.abort();
+    endpoint.close(0u32.into(), b"done");
+    Reply { status: response.status().as_u16(), headers: response.headers().clone(), body: Bytes::from(bytes) }
+}
+
 fn tls_node(ca: &TestCa) -> (Node, Vec<u8>, Vec<u8>) {
     let (a_chain, a_key, a_der) = ca.issue(&["a.test"]);
     let (b_chain, b_key, b_der) = ca.issue(&["*.b.test"]);
@@ -281,7 +313,28 @@ async fn https_serves_http1_and_http2_with_certificates_chosen_by_sni() {
     // The most specific route wins.
     let (reply, _, _) = https_get(addr, ca.client_config(&[b"h2"]), "shop.b.test", "/alpha/1").await;
     assert_eq!(json(&reply)["worker"], "alpha");
+    // HTTPS responses advertise HTTP/3 on the same port.
+    assert_eq!(reply.header("alt-svc"), Some(format!("h3=\":{}\"; ma=86400", addr.port()).as_str()));
     drop(node);
+}
+
+#[tokio::test]
+async fn http3_serves_the_same_workers_over_quic() {
+    let ca = TestCa::new();
+    let (node, _, _) = tls_node(&ca);
+    let addr = node.https.expect("a TLS listener");
+    let reply = h3_request(addr, &ca, "a.test", "GET", "/over/quic", b"").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let body = json(&reply);
+    assert_eq!(body["worker"], "alpha");
+    assert_eq!(body["protocol"], "HTTP/3");
+    assert_eq!(body["tls"], "TLSv1.3");
+    assert_eq!(body["url"], "https://a.test/over/quic");
+    assert!(reply.header("x-request-id").is_some());
+    // A request body streams in.
+    let reply = h3_request(addr, &ca, "x.b.test", "POST", "/upload", &[7u8; 100_000]).await;
+    let body = json(&reply);
+    assert_eq!((body["worker"].as_str(), body["bytes"].as_u64()), (Some("beta"), Some(100_000)));
 }
 
 #[tokio::test]
