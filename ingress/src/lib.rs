@@ -23,4 +23,4 @@ mod server;
 pub mod tls;
 
 pub use handler::{Body, BoxError, Handler, HandlerError, Protocol, RequestContext, TlsInfo};
-pub use server::{serve, Listener, ServeError, ServerConfig};
+pub use server::{serve, Listener, ServeError, ServerConfig, UpgradePipe};

@@ -69,6 +69,11 @@ pub enum ServeError {
 
 const REQUEST_ID: &str = "x-request-id";
 
+/// A handler that answers `101 Switching Protocols` puts one end of an
+/// in-memory pipe in the response's extensions, in this slot; the front
+/// joins it to the upgraded connection and moves bytes both ways.
+pub type UpgradePipe = Arc<std::sync::Mutex<Option<tokio::io::DuplexStream>>>;
+
 /// A bound TCP socket and, for HTTPS, its TLS settings.
 pub struct Listener {
     tcp: TcpListener,
@@ -299,6 +304,9 @@ where
     let span = tracing::info_span!("ingress.request", request_id = %request_id);
     let limit = config.max_body_bytes;
     let timeout = config.body_read_timeout;
+    let mut request = request;
+    // The upgraded connection, if the handler answers 101 (a WebSocket).
+    let upgrade = is_websocket_upgrade(&request).then(|| hyper::upgrade::on(&mut request));
     let mut request = request.map(|body| GuardedBody::new(body, limit, timeout).boxed_unsync());
     // What Cloudflare's edge tells a worker about the client; a client's own
     // values for these headers are replaced, never passed on.
@@ -315,11 +323,50 @@ where
         protocol,
         tls: connection.tls.clone(),
     };
-    let response = match shared.handler.handle(request, context).instrument(span.clone()).await {
+    let mut response = match shared.handler.handle(request, context).instrument(span.clone()).await {
         Ok(response) => response,
         Err(err) => error_response(&err, &request_id),
     };
+    if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        let pipe = response.extensions_mut().remove::<UpgradePipe>().and_then(|slot| slot.lock().unwrap().take());
+        response = match (upgrade, pipe) {
+            (Some(upgrade), Some(pipe)) => {
+                tokio::spawn(join_upgraded(upgrade, pipe, connection.client).instrument(span));
+                response
+            }
+            _ => plain_response(
+                http::StatusCode::BAD_GATEWAY,
+                &format!("the worker answered 101 to a request that cannot be upgraded (request id {request_id})\n"),
+            ),
+        };
+    }
     finish(response, log, connection)
+}
+
+fn is_websocket_upgrade<B>(request: &http::Request<B>) -> bool {
+    let has =
+        |name: http::header::HeaderName, token: &str| {
+            request.headers().get_all(name).iter().any(|value| {
+                value.to_str().is_ok_and(|v| v.split(',').any(|part| part.trim().eq_ignore_ascii_case(token)))
+            })
+        };
+    request.version() <= http::Version::HTTP_11
+        && has(http::header::UPGRADE, "websocket")
+        && has(http::header::CONNECTION, "upgrade")
+}
+
+/// Moves bytes between the upgraded connection and the worker's socket
+/// until either side closes.
+async fn join_upgraded(upgrade: hyper::upgrade::OnUpgrade, mut pipe: tokio::io::DuplexStream, client: SocketAddr) {
+    match upgrade.await {
+        Ok(upgraded) => {
+            let mut upgraded = TokioIo::new(upgraded);
+            if let Err(err) = tokio::io::copy_bidirectional(&mut upgraded, &mut pipe).await {
+                tracing::debug!(%client, "WebSocket connection ended: {err}");
+            }
+        }
+        Err(err) => tracing::debug!(%client, "the upgrade failed: {err}"),
+    }
 }
 
 /// Adds the headers every response gets and logs it once its body is done.

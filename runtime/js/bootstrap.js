@@ -7,6 +7,11 @@
 
 import { core, internals, primordials } from "ext:core/mod.js";
 import {
+  op_outpost_respond_websocket,
+  op_outpost_ws_close,
+  op_outpost_ws_next,
+  op_outpost_ws_send_binary,
+  op_outpost_ws_send_text,
   op_outpost_do_alarm_get,
   op_outpost_do_alarm_set,
   op_outpost_do_id,
@@ -31,6 +36,11 @@ import {
 } from "ext:core/ops";
 
 const {
+  ReflectConstruct,
+  SafeWeakMap,
+  TypedArrayPrototypeSlice,
+  WeakMapPrototypeGet,
+  WeakMapPrototypeSet,
   ArrayIsArray,
   ArrayPrototypeFind,
   ArrayPrototypeReverse,
@@ -247,6 +257,211 @@ core.setUnhandledPromiseRejectionHandler((promise, reason) => {
   return true;
 });
 
+// --- WebSockets ------------------------------------------------------------------
+//
+// Cloudflare's server-side WebSockets: `new WebSocketPair()` gives a client
+// end, returned in `new Response(null, { status: 101, webSocket: client })`,
+// and a server end the worker `accept()`s and talks on. Frames are handled
+// in Rust; the front joins the socket to the upgraded connection.
+
+const wsKey = SymbolFor("outpost.webSocket");
+const kAttach = SymbolFor("outpost.webSocket.attach");
+const WS_CONNECTING = 0;
+const WS_OPEN = 1;
+const WS_CLOSING = 2;
+const WS_CLOSED = 3;
+
+class WebSocket extends event.EventTarget {
+  #state = WS_CONNECTING;
+  #accepted = false;
+  #rid = null;
+  #pending = [];
+  #peer = null;
+  #client = false;
+  #closed;
+  #onClosed;
+
+  constructor(key) {
+    if (key !== wsKey) {
+      throw new TypeError("WebSocket clients are not available in workers; use new WebSocketPair() to accept one");
+    }
+    super();
+    this[webidl.brand] = webidl.brand;
+    this.#closed = new Promise((resolve) => {
+      this.#onClosed = resolve;
+    });
+  }
+
+  static pair() {
+    const client = new WebSocket(wsKey);
+    const server = new WebSocket(wsKey);
+    client.#peer = server;
+    client.#client = true;
+    server.#peer = client;
+    return [client, server];
+  }
+
+  get readyState() {
+    return this.#state;
+  }
+
+  get url() {
+    return null;
+  }
+
+  get protocol() {
+    return "";
+  }
+
+  get extensions() {
+    return "";
+  }
+
+  /** Starts delivering this end's messages to the worker. */
+  accept() {
+    if (this.#client) throw new TypeError("the client end of a WebSocketPair belongs in a Response");
+    if (this.#accepted) throw new TypeError("accept() was already called");
+    this.#accepted = true;
+    this.#state = WS_OPEN;
+  }
+
+  send(message) {
+    if (this.#client) throw new TypeError("the client end of a WebSocketPair belongs in a Response");
+    if (!this.#accepted) throw new TypeError("call accept() before send()");
+    if (this.#state !== WS_OPEN) throw new TypeError("the WebSocket is closed");
+    let payload;
+    if (typeof message === "string") {
+      payload = message;
+    } else if (ObjectPrototypeIsPrototypeOf(ArrayBufferPrototype, message)) {
+      payload = new Uint8Array(TypedArrayPrototypeSlice(new Uint8Array(message)));
+    } else if (ArrayBufferIsView(message)) {
+      payload = new Uint8Array(TypedArrayPrototypeSlice(new Uint8Array(message.buffer, message.byteOffset, message.byteLength)));
+    } else {
+      payload = String(message);
+    }
+    if (this.#rid === null) {
+      ArrayPrototypePush(this.#pending, payload);
+      return;
+    }
+    this.#transmit(payload);
+  }
+
+  close(code = 1000, reason = "") {
+    if (this.#client) throw new TypeError("the client end of a WebSocketPair belongs in a Response");
+    if (this.#state === WS_CLOSING || this.#state === WS_CLOSED) return;
+    this.#state = WS_CLOSING;
+    if (this.#rid === null) {
+      ArrayPrototypePush(this.#pending, { close: true, code, reason: String(reason) });
+      return;
+    }
+    this.#transmitClose(code, String(reason));
+  }
+
+  #transmit(payload) {
+    const sent = typeof payload === "string"
+      ? op_outpost_ws_send_text(this.#rid, payload)
+      : op_outpost_ws_send_binary(this.#rid, payload);
+    PromisePrototypeThen(sent, undefined, (error) => this.#fail(error));
+  }
+
+  #transmitClose(code, reason) {
+    PromisePrototypeThen(op_outpost_ws_close(this.#rid, code, reason), undefined, () => {});
+  }
+
+  #fail(error) {
+    if (this.#state === WS_CLOSED) return;
+    this.dispatchEvent(new event.ErrorEvent("error", { error, message: error?.message ?? String(error) }));
+  }
+
+  /** The client end went out in a response: the server end is live. */
+  [kAttach](rid) {
+    const server = this.#peer;
+    server.#rid = rid;
+    const pending = server.#pending;
+    server.#pending = [];
+    for (let i = 0; i < pending.length; i++) {
+      const item = pending[i];
+      if (typeof item === "object" && item !== null && item.close === true) server.#transmitClose(item.code, item.reason);
+      else server.#transmit(item);
+    }
+    server.#receive();
+    return server.#closed;
+  }
+
+  async #receive() {
+    while (true) {
+      let incoming;
+      try {
+        incoming = await op_outpost_ws_next(this.#rid);
+      } catch (error) {
+        incoming = { kind: "close", code: 1006, reason: String(error?.message ?? error), clean: false };
+      }
+      if (incoming.kind === "text" || incoming.kind === "binary") {
+        const data = incoming.kind === "text" ? incoming.data : TypedArrayPrototypeGetBuffer(incoming.data);
+        this.dispatchEvent(new event.MessageEvent("message", { data }));
+        continue;
+      }
+      const wasOpen = this.#state === WS_OPEN;
+      this.#state = WS_CLOSED;
+      // As browsers do: a close from the peer is answered with the same code.
+      if (wasOpen && incoming.clean) this.#transmitClose(incoming.code === 1005 ? 1000 : incoming.code, "");
+      this.dispatchEvent(
+        new event.CloseEvent("close", { code: incoming.code, reason: incoming.reason, wasClean: incoming.clean }),
+      );
+      core.tryClose(this.#rid);
+      this.#onClosed();
+      return;
+    }
+  }
+}
+
+event.defineEventHandler(WebSocket.prototype, "message");
+event.defineEventHandler(WebSocket.prototype, "close");
+event.defineEventHandler(WebSocket.prototype, "error");
+ObjectDefineProperties(WebSocket, {
+  CONNECTING: { value: WS_CONNECTING },
+  OPEN: { value: WS_OPEN },
+  CLOSING: { value: WS_CLOSING },
+  CLOSED: { value: WS_CLOSED },
+});
+
+class WebSocketPair {
+  constructor() {
+    const [client, server] = WebSocket.pair();
+    this[0] = client;
+    this[1] = server;
+  }
+}
+
+/** Responses that carry a WebSocket (status 101), by response. */
+const webSocketResponses = new SafeWeakMap();
+
+// Cloudflare's Response takes `{ status: 101, webSocket }`, which the
+// standard constructor refuses (101 is outside 200-599): such a response
+// is made with status 200 and remembered here.
+const BaseResponse = response.Response;
+const Response = new Proxy(BaseResponse, {
+  construct(target, args, newTarget) {
+    const init = args[1];
+    const webSocket = init?.webSocket;
+    if (webSocket === undefined || webSocket === null) return ReflectConstruct(target, args, newTarget);
+    if (!ObjectPrototypeIsPrototypeOf(WebSocket.prototype, webSocket)) {
+      throw new TypeError("webSocket must be the client end of a WebSocketPair");
+    }
+    if (init.status !== 101) throw new RangeError("a Response with a webSocket must have status 101");
+    const made = ReflectConstruct(target, [null, { headers: init.headers, statusText: init.statusText }], newTarget);
+    WeakMapPrototypeSet(webSocketResponses, made, webSocket);
+    return made;
+  },
+});
+ObjectDefineProperty(BaseResponse.prototype, "webSocket", {
+  get() {
+    return WeakMapPrototypeGet(webSocketResponses, this) ?? null;
+  },
+  configurable: true,
+  enumerable: true,
+});
+
 // --- the global scope --------------------------------------------------------
 
 class ServiceWorkerGlobalScope extends event.EventTarget {
@@ -293,7 +508,7 @@ const globalScope = {
   ReadableStreamDefaultController: core.propNonEnumerable(streams.ReadableStreamDefaultController),
   ReadableStreamDefaultReader: core.propNonEnumerable(streams.ReadableStreamDefaultReader),
   Request: core.propNonEnumerable(request.Request),
-  Response: core.propNonEnumerable(response.Response),
+  Response: core.propNonEnumerable(Response),
   ServiceWorkerGlobalScope: core.propNonEnumerable(ServiceWorkerGlobalScope),
   SubtleCrypto: core.propNonEnumerable(crypto.SubtleCrypto),
   TextDecoder: core.propNonEnumerable(encoding.TextDecoder),
@@ -308,6 +523,10 @@ const globalScope = {
   WritableStream: core.propNonEnumerable(streams.WritableStream),
   WritableStreamDefaultController: core.propNonEnumerable(streams.WritableStreamDefaultController),
   WritableStreamDefaultWriter: core.propNonEnumerable(streams.WritableStreamDefaultWriter),
+  WebSocket: core.propNonEnumerable(WebSocket),
+  WebSocketPair: core.propNonEnumerable(WebSocketPair),
+  MessageEvent: core.propNonEnumerable(event.MessageEvent),
+  CloseEvent: core.propNonEnumerable(event.CloseEvent),
   atob: core.propWritable(base64.atob),
   btoa: core.propWritable(base64.btoa),
   clearInterval: core.propWritable(timers.clearInterval),
@@ -1137,7 +1356,7 @@ async function handleObjectEvent(next) {
         FunctionPrototypeCall(handlerOf(instance, "fetch", target.className), instance, req)
       );
       await object.storage.flushed();
-      await sendResponse(next.rid, result);
+      await sendResponse(next.rid, result, req);
     } else if (target.kind === "alarm") {
       const info = { retryCount: target.retryCount, isRetry: target.retryCount > 0 };
       await object.run((instance) =>
@@ -1304,12 +1523,22 @@ async function pumpBody(stream, writerRid) {
   }
 }
 
-/** Sends the response; for a streamed body, resolves once it is sent. */
-function sendResponse(rid, value) {
+/**
+ * Sends the response; for a streamed body, resolves once it is sent, and
+ * for a WebSocket, once the socket has closed. `req` is the request it
+ * answers.
+ */
+function sendResponse(rid, value, req) {
   if (!ObjectPrototypeIsPrototypeOf(response.ResponsePrototype, value)) {
     throw new TypeError("Incorrect type for Promise: the Promise did not resolve to 'Response'.");
   }
   const inner = response.toInnerResponse(value);
+  const webSocket = WeakMapPrototypeGet(webSocketResponses, value);
+  if (webSocket !== undefined) {
+    const key = req?.headers.get("sec-websocket-key") ?? "";
+    const upgraded = op_outpost_respond_websocket(rid, response.wireHeaderList(inner), key);
+    return PromisePrototypeThen(upgraded, (socketRid) => webSocket[kAttach](socketRid));
+  }
   if (inner.type === "error") {
     throw new TypeError("the worker returned Response.error()");
   }
@@ -1342,7 +1571,7 @@ async function handleRequest(next, handler) {
   try {
     const req = buildRequest(next);
     const result = await handler(req, ctx);
-    await sendResponse(next.rid, result);
+    await sendResponse(next.rid, result, req);
   } catch (error) {
     const note = ctx[kPassThrough] ? " (passThroughOnException() was set, but there is no origin to pass to)" : "";
     op_outpost_respond_error(next.rid, describeError(error) + note);

@@ -456,3 +456,49 @@ async fn dev_https_serves_with_a_local_ca() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test]
+async fn websockets_the_cloudflare_way() {
+    use futures::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    let dir = support::worker(&[(
+        "worker.js",
+        r#"
+        export default {
+          fetch(request) {
+            if (request.headers.get("upgrade") !== "websocket") {
+              return new Response("expected a WebSocket", { status: 426 });
+            }
+            const [client, server] = Object.values(new WebSocketPair());
+            server.accept();
+            server.addEventListener("message", (event) => {
+              if (event.data === "bye") server.close(1000, "see you");
+              else server.send(typeof event.data === "string" ? `echo: ${event.data}` : event.data);
+            });
+            // Sent before the response: delivered once the client is there.
+            server.send("hello");
+            return new Response(null, { status: 101, webSocket: client });
+          },
+        };
+        "#,
+    )]);
+    let dev = support::Dev::start(dir.path(), &[]);
+    let tcp = tokio::net::TcpStream::connect(dev.addr).await.unwrap();
+    let (mut socket, response) =
+        tokio_tungstenite::client_async(format!("ws://{}/chat", dev.addr), tcp).await.expect("the upgrade succeeds");
+    assert_eq!(response.status(), 101);
+    assert!(response.headers().get("x-request-id").is_some());
+    let next = |message: Option<Result<Message, _>>| message.expect("a message").expect("no error");
+    assert_eq!(next(socket.next().await), Message::text("hello"));
+    socket.send(Message::text("hi")).await.unwrap();
+    assert_eq!(next(socket.next().await), Message::text("echo: hi"));
+    socket.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
+    assert_eq!(next(socket.next().await), Message::binary(vec![1u8, 2, 3]));
+    socket.send(Message::text("bye")).await.unwrap();
+    match next(socket.next().await) {
+        Message::Close(Some(frame)) => assert_eq!((u16::from(frame.code), frame.reason.as_str()), (1000, "see you")),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    // An ordinary request to the same worker is not upgraded.
+    assert_eq!(support::get(dev.addr, "/").await.status, 426);
+}

@@ -11,6 +11,7 @@ pub mod http;
 pub mod kv;
 pub mod objects;
 pub mod ops;
+pub mod websocket;
 
 use std::sync::Arc;
 
@@ -50,6 +51,11 @@ deno_core::extension!(
         objects::op_outpost_do_storage_delete_all,
         objects::op_outpost_do_alarm_get,
         objects::op_outpost_do_alarm_set,
+        websocket::op_outpost_respond_websocket,
+        websocket::op_outpost_ws_next,
+        websocket::op_outpost_ws_send_text,
+        websocket::op_outpost_ws_send_binary,
+        websocket::op_outpost_ws_close,
     ],
     esm_entry_point = "ext:outpost_runtime/bootstrap.js",
     esm = [dir "js", "bootstrap.js"],

@@ -293,6 +293,12 @@ pub async fn op_outpost_do_send(
     let call = ObjectCall { class_name: binding.class_name.clone(), id, name: stub.name, event };
     let parts = WorkerRequestParts { request, url: stub.url, request_id: stub.request_id, cf: None };
     let response = router.route(&binding.script, call, parts).await.map_err(|err| dispatch_error(&binding, err))?;
+    if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        return Err(JsErrorBox::generic(format!(
+            "Durable Object {} answered with a WebSocket; passing WebSockets through stubs is not supported yet",
+            binding.class_name
+        )));
+    }
     let (head, body) = response.into_parts();
     let headers = head
         .headers

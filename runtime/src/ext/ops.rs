@@ -60,7 +60,7 @@ pub unsafe extern "C" fn allow_wasm_code_generation(
 pub struct AbortReason(pub Rc<RefCell<Option<DispatchError>>>);
 
 /// A request the worker has not answered yet.
-struct InFlight {
+pub(crate) struct InFlight {
     request_id: String,
     respond: RefCell<Option<Responder>>,
     abort: AbortReason,
@@ -83,7 +83,7 @@ impl Resource for InFlight {
 }
 
 impl InFlight {
-    fn send(&self, result: Result<http::Response<Body>, DispatchError>) {
+    pub(crate) fn send(&self, result: Result<http::Response<Body>, DispatchError>) {
         if let Some(respond) = self.respond.borrow_mut().take() {
             // The client may have gone away; nothing to do then.
             let _ = respond.send(result);
@@ -257,7 +257,7 @@ fn response_head(status: u32, headers: Vec<(ByteString, ByteString)>) -> Result<
     Ok(builder)
 }
 
-fn take_in_flight(state: &mut OpState, rid: ResourceId) -> Result<Rc<InFlight>, ResourceError> {
+pub(crate) fn take_in_flight(state: &mut OpState, rid: ResourceId) -> Result<Rc<InFlight>, ResourceError> {
     state.resource_table.take::<InFlight>(rid)
 }
 

@@ -1,0 +1,161 @@
+//! Ops behind the server end of a `WebSocketPair`.
+//!
+//! A worker answers `101` with the client end; the response carries one
+//! end of an in-memory byte pipe (`tokio::io::DuplexStream`, in the
+//! response's extensions) that the front joins to the upgraded connection.
+//! The WebSocket protocol runs here, on the other end of the pipe, so the
+//! front only moves bytes and knows nothing of frames.
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use deno_core::futures::stream::{SplitSink, SplitStream};
+use deno_core::futures::{SinkExt as _, StreamExt as _};
+use deno_core::{op2, ByteString, JsBuffer, OpState, Resource, ResourceId};
+use deno_error::JsErrorBox;
+use serde::Serialize;
+use tokio::io::DuplexStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use super::http::{empty_body, DispatchError};
+use super::ops::take_in_flight;
+
+/// How a 101 response hands the front its end of the pipe (the front's
+/// `outpost_ingress` names the same type): extensions must be `Clone`, so
+/// the end travels in a shared slot and is taken out once.
+pub type UpgradePipe = std::sync::Arc<std::sync::Mutex<Option<DuplexStream>>>;
+
+/// Bytes the pipe between the front and the socket buffers each way.
+const PIPE_BYTES: usize = 64 * 1024;
+/// Largest message a worker is sent (as on Cloudflare: 1 MiB).
+const MAX_MESSAGE_BYTES: usize = 1 << 20;
+
+struct ServerSocket {
+    sink: tokio::sync::Mutex<SplitSink<WebSocketStream<DuplexStream>, Message>>,
+    stream: tokio::sync::Mutex<SplitStream<WebSocketStream<DuplexStream>>>,
+}
+
+impl Resource for ServerSocket {
+    fn name(&self) -> Cow<'_, str> {
+        "outpostWebSocket".into()
+    }
+}
+
+/// Answers a request with `101 Switching Protocols` and returns the rid of
+/// the server end of the socket.
+#[op2]
+#[smi]
+pub async fn op_outpost_respond_websocket(
+    state: Rc<RefCell<OpState>>,
+    #[smi] rid: ResourceId,
+    #[serde] headers: Vec<(ByteString, ByteString)>,
+    #[string] key: String,
+) -> Result<ResourceId, JsErrorBox> {
+    let in_flight = take_in_flight(&mut state.borrow_mut(), rid).map_err(JsErrorBox::from_err)?;
+    if key.is_empty() {
+        in_flight.send(Err(DispatchError::WorkerThrew));
+        return Err(JsErrorBox::type_error("a WebSocket response needs a request with a Sec-WebSocket-Key header"));
+    }
+    let (front, ours) = tokio::io::duplex(PIPE_BYTES);
+    let mut builder = http::Response::builder().status(http::StatusCode::SWITCHING_PROTOCOLS);
+    let map = builder.headers_mut().expect("no error yet");
+    for (name, value) in headers {
+        if let (Ok(name), Ok(value)) = (http::HeaderName::from_bytes(&name), http::HeaderValue::from_bytes(&value)) {
+            map.append(name, value);
+        }
+    }
+    map.insert(http::header::UPGRADE, http::HeaderValue::from_static("websocket"));
+    map.insert(http::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    map.insert(
+        http::header::SEC_WEBSOCKET_ACCEPT,
+        http::HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
+    );
+    let mut response = builder.body(empty_body()).expect("a valid response");
+    let pipe: UpgradePipe = std::sync::Arc::new(std::sync::Mutex::new(Some(front)));
+    response.extensions_mut().insert(pipe);
+    in_flight.send(Ok(response));
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE_BYTES))
+        .max_frame_size(Some(MAX_MESSAGE_BYTES));
+    let socket = WebSocketStream::from_raw_socket(ours, Role::Server, Some(config)).await;
+    let (sink, stream) = socket.split();
+    let socket = ServerSocket { sink: tokio::sync::Mutex::new(sink), stream: tokio::sync::Mutex::new(stream) };
+    Ok(state.borrow_mut().resource_table.add(socket))
+}
+
+/// What arrived on a socket.
+#[derive(Serialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum Incoming {
+    Text { data: String },
+    Binary { data: deno_core::ToJsBuffer },
+    Close { code: u16, reason: String, clean: bool },
+}
+
+/// Waits for the next message (pings are answered underneath).
+#[op2]
+#[serde]
+pub async fn op_outpost_ws_next(state: Rc<RefCell<OpState>>, #[smi] rid: ResourceId) -> Result<Incoming, JsErrorBox> {
+    let socket = state.borrow().resource_table.get::<ServerSocket>(rid).map_err(JsErrorBox::from_err)?;
+    let mut stream = socket.stream.lock().await;
+    loop {
+        return Ok(match stream.next().await {
+            Some(Ok(Message::Text(text))) => Incoming::Text { data: text.to_string() },
+            Some(Ok(Message::Binary(bytes))) => Incoming::Binary { data: bytes.to_vec().into() },
+            Some(Ok(Message::Close(frame))) => match frame {
+                Some(frame) => {
+                    Incoming::Close { code: frame.code.into(), reason: frame.reason.to_string(), clean: true }
+                }
+                None => Incoming::Close { code: 1005, reason: String::new(), clean: true },
+            },
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+            Some(Err(err)) => Incoming::Close { code: 1006, reason: err.to_string(), clean: false },
+            None => Incoming::Close { code: 1006, reason: "the connection closed".into(), clean: false },
+        });
+    }
+}
+
+async fn send(state: &Rc<RefCell<OpState>>, rid: ResourceId, message: Message) -> Result<(), JsErrorBox> {
+    let socket = state.borrow().resource_table.get::<ServerSocket>(rid).map_err(JsErrorBox::from_err)?;
+    let mut sink = socket.sink.lock().await;
+    sink.send(message).await.map_err(|err| JsErrorBox::generic(format!("WebSocket send failed: {err}")))
+}
+
+#[op2]
+pub async fn op_outpost_ws_send_text(
+    state: Rc<RefCell<OpState>>,
+    #[smi] rid: ResourceId,
+    #[string] text: String,
+) -> Result<(), JsErrorBox> {
+    send(&state, rid, Message::text(text)).await
+}
+
+#[op2]
+pub async fn op_outpost_ws_send_binary(
+    state: Rc<RefCell<OpState>>,
+    #[smi] rid: ResourceId,
+    #[buffer] data: JsBuffer,
+) -> Result<(), JsErrorBox> {
+    send(&state, rid, Message::Binary(Bytes::copy_from_slice(&data))).await
+}
+
+/// Starts the closing handshake.
+#[op2]
+pub async fn op_outpost_ws_close(
+    state: Rc<RefCell<OpState>>,
+    #[smi] rid: ResourceId,
+    #[smi] code: u16,
+    #[string] reason: String,
+) -> Result<(), JsErrorBox> {
+    let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
+    match send(&state, rid, Message::Close(Some(frame))).await {
+        // Closing a socket the other side already closed is not an error.
+        Ok(()) | Err(_) => Ok(()),
+    }
+}
