@@ -502,3 +502,24 @@ async fn websockets_the_cloudflare_way() {
     // An ordinary request to the same worker is not upgraded.
     assert_eq!(support::get(dev.addr, "/").await.status, 426);
 }
+
+#[tokio::test]
+async fn connections_over_the_limit_wait_until_one_closes() {
+    let node = limits_node("max_connections = 2");
+    let addr = node.http.unwrap();
+    let mut first = support::connect(addr).await;
+    let mut second = support::connect(addr).await;
+    let empty = || http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync();
+    for sender in [&mut first, &mut second] {
+        let request = http::Request::get("/").header("host", "a.test").body(empty()).unwrap();
+        assert_eq!(sender.send_request(request).await.unwrap().status(), 200);
+    }
+    // Both connections stay open (keep-alive): a third waits in the backlog.
+    let third = tokio::spawn(async move { support::get(addr, "/").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!third.is_finished(), "a third connection was served while two were open");
+    drop(first);
+    let reply = tokio::time::timeout(Duration::from_secs(5), third).await.expect("served once one closed").unwrap();
+    assert_eq!(reply.status, 200);
+    drop(second);
+}
