@@ -43,7 +43,6 @@ impl PoolHandler {
     }
 
     /// Replaces the routing table (a node whose routes changed).
-    #[allow(dead_code)] // the deploy API of a later issue calls it
     pub fn replace_routes(&self, routes: Routes<String>) {
         if let Target::Routes(current) = &self.target {
             *current.write().unwrap() = Arc::new(routes);

@@ -139,7 +139,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         std::fs::read_to_string(&args.config).with_context(|| format!("cannot read {}", args.config.display()))?;
     let config = NodeConfig::parse(&text, &args.config)?;
     let base = args.config.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
-    let resolve = |path: &Path| if path.is_absolute() { path.to_path_buf() } else { base.join(path) };
+    let resolve = |path: &Path| resolve_in(&base, path);
 
     // Everything that can be wrong with the file is found before anything
     // listens: workers load, routes name them, certificates parse.
@@ -169,28 +169,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let kv_path = data_dir.join("kv.redb");
     let kv_store = outpost_kv::Store::open(&kv_path, outpost_kv::StoreConfig::default())
         .with_context(|| format!("cannot open the store {}", kv_path.display()))?;
-    let mut names = Vec::new();
-    for entry in &config.workers {
-        let worker = config::resolve(&resolve(&entry.path))?;
-        if names.contains(&worker.name) {
-            bail!("{}: two workers are named {:?}", args.config.display(), worker.name);
-        }
-        names.push(worker.name.clone());
-        let name = worker.name.clone();
-        pool.deploy(front::worker_spec(worker, &kv_store)?).with_context(|| format!("cannot load worker {name}"))?;
-    }
-    for route in &config.routes {
-        if !names.contains(&route.worker) {
-            bail!(
-                "{}: route {:?} names worker {:?}, which is not in [[workers]]",
-                args.config.display(),
-                route.pattern,
-                route.worker
-            );
-        }
-    }
-    let routes = Routes::new(config.routes.iter().map(|r| (r.pattern.clone(), r.worker.clone())))
-        .with_context(|| format!("invalid routes in {}", args.config.display()))?;
+    let (names, routes) = load_workers_and_routes(&args.config, &config, &base, &pool, &kv_store)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -222,11 +201,93 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         tokio::spawn(outpost_isolate_pool::run_alarms(pool.clone(), kv_store.clone()));
         let handler =
             Arc::new(PoolHandler { pool: pool.clone(), target: Target::Routes(RwLock::new(Arc::new(routes))) });
+        tokio::spawn(reload_on_sighup(args.config.clone(), base, pool.clone(), kv_store.clone(), handler.clone()));
         front::serve_until_signal(listeners, config.limits.server_config(), handler).await?;
         pool.stop();
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// A path of the file, relative to its directory unless absolute.
+fn resolve_in(base: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base.join(path)
+    }
+}
+
+/// Resolves every worker of the file, checks the routes name them, then
+/// (re)deploys the workers; returns their names and the routing table.
+fn load_workers_and_routes(
+    path: &Path,
+    config: &NodeConfig,
+    base: &Path,
+    pool: &Pool,
+    kv_store: &outpost_kv::Store,
+) -> anyhow::Result<(Vec<String>, Routes<String>)> {
+    let resolve = |p: &Path| resolve_in(base, p);
+    let mut workers = Vec::new();
+    for entry in &config.workers {
+        let worker = config::resolve(&resolve(&entry.path))?;
+        if workers.iter().any(|w: &config::ResolvedWorker| w.name == worker.name) {
+            bail!("{}: two workers are named {:?}", path.display(), worker.name);
+        }
+        workers.push(worker);
+    }
+    let names: Vec<String> = workers.iter().map(|w| w.name.clone()).collect();
+    for route in &config.routes {
+        if !names.contains(&route.worker) {
+            bail!(
+                "{}: route {:?} names worker {:?}, which is not in [[workers]]",
+                path.display(),
+                route.pattern,
+                route.worker
+            );
+        }
+    }
+    let routes = Routes::new(config.routes.iter().map(|r| (r.pattern.clone(), r.worker.clone())))
+        .with_context(|| format!("invalid routes in {}", path.display()))?;
+    for worker in workers {
+        let name = worker.name.clone();
+        pool.deploy(front::worker_spec(worker, kv_store)?).with_context(|| format!("cannot load worker {name}"))?;
+    }
+    Ok((names, routes))
+}
+
+/// SIGHUP: read the file again, (re)deploy its workers (a new version of a
+/// worker takes new requests at once; the old one finishes what it has)
+/// and swap in its routes. Listeners, certificates and limits stay as they
+/// were started. A file that fails to load changes nothing.
+async fn reload_on_sighup(
+    path: PathBuf,
+    base: PathBuf,
+    pool: Pool,
+    kv_store: outpost_kv::Store,
+    handler: Arc<PoolHandler>,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else { return };
+    while hangups.recv().await.is_some() {
+        let (path, base, pool, kv_store) = (path.clone(), base.clone(), pool.clone(), kv_store.clone());
+        // Deploying loads workers (and may make snapshots): off the async threads.
+        let loaded = tokio::task::spawn_blocking(move || {
+            let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            let config = NodeConfig::parse(&text, &path)?;
+            load_workers_and_routes(&path, &config, &base, &pool, &kv_store)
+        })
+        .await;
+        match loaded {
+            Ok(Ok((names, routes))) => {
+                let count = routes.patterns().count();
+                handler.replace_routes(routes);
+                tracing::info!(workers = names.len(), routes = count, "reloaded the node's workers and routes");
+            }
+            Ok(Err(err)) => tracing::error!("reload failed, nothing changed: {err:#}"),
+            Err(err) => tracing::error!("reload failed: {err}"),
+        }
+    }
 }
 
 #[cfg(test)]

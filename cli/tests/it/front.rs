@@ -143,6 +143,10 @@ impl Node {
     fn pid(&self) -> i32 {
         self.child.as_ref().unwrap().id() as i32
     }
+
+    fn dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
 }
 
 impl Drop for Node {
@@ -522,4 +526,63 @@ async fn connections_over_the_limit_wait_until_one_closes() {
     let reply = tokio::time::timeout(Duration::from_secs(5), third).await.expect("served once one closed").unwrap();
     assert_eq!(reply.status, 200);
     drop(second);
+}
+
+#[tokio::test]
+async fn sighup_reloads_workers_and_routes_without_dropping_the_node() {
+    let node = limits_node("");
+    let addr = node.http.unwrap();
+    assert_eq!(json(&support::get(addr, "/").await)["worker"], "alpha");
+    for (name, text) in worker_files("beta") {
+        let path = node.dir().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    let routed_to_beta = "[[listeners]]\naddress = \"127.0.0.1:0\"\n[[workers]]\npath = \"workers/alpha\"\n[[workers]]\npath = \"workers/beta\"\n[[routes]]\npattern = \"*/*\"\nworker = \"beta\"\n";
+    std::fs::write(node.dir().join("node.toml"), routed_to_beta).unwrap();
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(node.pid(), libc::SIGHUP) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while json(&support::get(addr, "/").await)["worker"] != "beta" {
+        assert!(Instant::now() < deadline, "never routed to beta; logs:\n{}", node.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A broken file changes nothing.
+    std::fs::write(node.dir().join("node.toml"), "[[routes]]\npattern = \"*/*\"\nworker = \"nobody\"\n").unwrap();
+    unsafe { libc::kill(node.pid(), libc::SIGHUP) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !node.logs().contains("reload failed") {
+        assert!(Instant::now() < deadline, "the failed reload was not logged; logs:\n{}", node.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(json(&support::get(addr, "/").await)["worker"], "beta");
+}
+
+#[tokio::test]
+async fn a_body_that_stalls_fails_its_request_and_frees_the_worker() {
+    let node = limits_node("body_timeout_ms = 300");
+    let addr = node.http.unwrap();
+    let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stalled.write_all(b"POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 100\r\n\r\n0123456789").await.unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 1024];
+    // The body never completes: the worker's read fails after 300 ms and
+    // the request is answered (500), not held open.
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), stalled.read(&mut buffer)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => {
+                answer.extend_from_slice(&buffer[..n]);
+                if answer.windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+            Err(_) => panic!("the stalled request was never answered"),
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 500"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(support::get(addr, "/").await.status, 200);
 }
