@@ -169,6 +169,9 @@ struct State {
     by_worker: HashMap<String, Vec<IsolateId>>,
     /// Each worker's object-hosting isolate.
     object_hosts: HashMap<String, IsolateId>,
+    /// Hosts that start only once the isolate they replace is gone (it may
+    /// still be finishing events of the same objects): by the old one's id.
+    deferred_starts: HashMap<IsolateId, (usize, Box<StartIsolate>)>,
     generation: u64,
 }
 
@@ -320,14 +323,18 @@ impl Pool {
         let mut state = inner.state.lock().unwrap();
         let deployed =
             state.workers.get(worker).cloned().ok_or_else(|| FetchError::NoSuchWorker(worker.to_string()))?;
-        let current = state.object_hosts.get(worker).copied().filter(|id| {
+        let previous = state.object_hosts.get(worker).copied();
+        let current = previous.filter(|id| {
             state.isolates.get(id).is_some_and(|i| i.generation == deployed.generation && i.sender.is_some())
         });
         let id = match current {
             Some(id) => id,
             None => {
+                // An old host (evicted, or of the previous version) may still
+                // be finishing events: the new one starts after it is gone,
+                // so an object never has two live instances.
                 let thread = policy::quietest_thread(&inner.thread_load());
-                let id = inner.start_isolate(&mut state, &deployed, thread, None);
+                let id = inner.start_isolate_after(&mut state, &deployed, thread, None, previous);
                 state.isolates.get_mut(&id).expect("just started").hosts_objects = true;
                 state.object_hosts.insert(worker.to_string(), id);
                 id
@@ -464,6 +471,19 @@ impl Inner {
         thread: usize,
         loaded: Option<oneshot::Sender<Result<(), String>>>,
     ) -> IsolateId {
+        self.start_isolate_after(state, worker, thread, loaded, None)
+    }
+
+    /// Like `start_isolate`; with `after`, the isolate takes its queue (which
+    /// fills meanwhile) only once isolate `after` is gone.
+    fn start_isolate_after(
+        &self,
+        state: &mut State,
+        worker: &Arc<DeployedWorker>,
+        thread: usize,
+        loaded: Option<oneshot::Sender<Result<(), String>>>,
+        after: Option<IsolateId>,
+    ) -> IsolateId {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (sender, receiver) = mpsc::unbounded_channel();
         state.isolates.insert(
@@ -483,10 +503,14 @@ impl Inner {
         state.by_worker.entry(worker.spec.name.clone()).or_default().push(id);
         let in_flight = state.isolates[&id].in_flight.clone();
         let completed = state.isolates[&id].completed.clone();
-        let start = StartIsolate { id, worker: worker.clone(), receiver, in_flight, completed, loaded };
+        let start = Box::new(StartIsolate { id, worker: worker.clone(), receiver, in_flight, completed, loaded });
+        if let Some(after) = after.filter(|after| state.isolates.contains_key(after)) {
+            state.deferred_starts.insert(after, (thread, start));
+            return id;
+        }
         // A pool thread only goes away when the pool stops; until then the
         // send succeeds, and after it the isolate's queue is simply closed.
-        let _ = self.threads[thread].commands.send(Command::Start(Box::new(start)));
+        let _ = self.threads[thread].commands.send(Command::Start(start));
         id
     }
 
@@ -498,7 +522,11 @@ impl Inner {
 
     /// The isolate stopped (done, evicted, terminated or failed to load).
     pub(crate) fn isolate_gone(&self, id: IsolateId) {
-        self.state.lock().unwrap().remove_isolate(id);
+        let mut state = self.state.lock().unwrap();
+        state.remove_isolate(id);
+        if let Some((thread, start)) = state.deferred_starts.remove(&id) {
+            let _ = self.threads[thread].commands.send(Command::Start(start));
+        }
     }
 
     fn evict(&self, now: Instant, rules: EvictionRules) -> usize {

@@ -61,6 +61,7 @@ const {
   ObjectEntries,
   ObjectFreeze,
   PromiseReject,
+  PromiseResolve,
   Proxy,
   RangeError,
   ReflectApply,
@@ -95,6 +96,7 @@ const {
   SafeSetIterator,
   SetPrototypeAdd,
   SetPrototypeDelete,
+  SetPrototypeHas,
   String,
   StringPrototypeIncludes,
   StringPrototypeSplit,
@@ -712,6 +714,8 @@ const NULL_BODY_STATUSES = [101, 204, 205, 304];
 class DurableObjectStub {
   #binding;
   #id;
+  /** Settles once the latest call of this stub has been sent: calls leave in call order. */
+  #sent = PromiseResolve();
   constructor(key, binding, id) {
     if (key !== objectKey) throw new TypeError("Illegal constructor");
     this.#binding = binding;
@@ -736,10 +740,29 @@ class DurableObjectStub {
       requestId: currentRequestId.get() ?? "",
     }, body);
   }
+  /** Sends once every earlier call of this stub has been sent. */
+  #inOrder(prepare) {
+    const before = this.#sent;
+    let sent;
+    this.#sent = new Promise((resolve) => {
+      sent = resolve;
+    });
+    return (async () => {
+      try {
+        await before;
+        const [kind, method, req, body] = await prepare();
+        return this.#send(kind, method, req, body);
+      } finally {
+        sent();
+      }
+    })();
+  }
   async fetch(input, init = undefined) {
     const req = new request.Request(input, init);
-    const body = req.body === null ? null : new Uint8Array(await req.arrayBuffer());
-    const res = await this.#send("fetch", null, req, body);
+    const res = await this.#inOrder(async () => {
+      const body = req.body === null ? null : new Uint8Array(await req.arrayBuffer());
+      return ["fetch", null, req, body];
+    });
     let stream = res.bodyRid === null ? null : streams.readableStreamForRid(res.bodyRid);
     if (stream !== null && ArrayPrototypeIncludes(NULL_BODY_STATUSES, res.status)) {
       await stream.cancel();
@@ -749,7 +772,8 @@ class DurableObjectStub {
   }
   /** A method of the object, called by name (JS RPC). */
   async call(method, args) {
-    const res = await this.#send("call", method, null, core.serialize(args));
+    const payload = core.serialize(args);
+    const res = await this.#inOrder(() => ["call", method, null, payload]);
     const kind = ArrayPrototypeFind(res.headers, ([name]) => name === "outpost-rpc")?.[1];
     return rpcResult(await readAll(res.bodyRid), kind);
   }
@@ -936,41 +960,69 @@ function isUsageError(error) {
 
 class DurableObjectStorage {
   #object;
-  #pending = new SafeSet();
+  /** Write calls not yet handed to the store (waiting for their turn). */
+  #waiting = 0;
+  /** Settles when the latest write call has been handed to the store. */
+  #turn = PromiseResolve();
+  /** Writes handed to the store and not yet committed. */
+  #uncommitted = 0;
+  /** Settles (never rejects) once every write handed over so far is committed. */
+  #committed = PromiseResolve();
 
   constructor(key, object) {
     if (key !== objectKey) throw new TypeError("Illegal constructor");
     this.#object = object;
   }
 
-  /** Writes not yet committed have settled (reads must see them). */
-  async #settled() {
-    while (this.#pending.size > 0) {
-      await SafePromiseAllSettled([...new SafeSetIterator(this.#pending)]);
-    }
-  }
-
-  /** Commits `puts` and `deletes` together; holds the gate meanwhile. */
-  write(puts, deletes) {
+  /**
+   * Runs a write call in call order and holds the input gate until it is
+   * committed. `submit` hands the writes to the store (calls the op) and
+   * returns `{ commit, result }`; it runs at once when no earlier call is
+   * still waiting, otherwise after them, and with `reads`, only once every
+   * earlier write is committed (it reads first). The store commits writes
+   * in the order they are handed over.
+   */
+  #schedule(reads, submit) {
     const object = this.#object;
     object.gate.hold();
-    const committed = op_outpost_do_storage_write(object.className, object.hex, puts, deletes);
-    return this.#track(committed);
-  }
-
-  #track(committed) {
-    const object = this.#object;
-    const tracked = PromisePrototypeThen(committed, () => {
-      SetPrototypeDelete(this.#pending, tracked);
-      object.gate.release();
-    }, (error) => {
-      SetPrototypeDelete(this.#pending, tracked);
+    const turn = this.#waiting > 0 ? this.#turn : null;
+    this.#waiting++;
+    let handedOver;
+    this.#turn = new Promise((resolve) => {
+      handedOver = resolve;
+    });
+    const run = async () => {
+      let step;
+      try {
+        if (turn !== null) await turn;
+        while (reads && this.#uncommitted > 0) await this.#committed;
+        step = submit();
+      } finally {
+        this.#waiting--;
+        handedOver();
+      }
+      this.#uncommitted++;
+      const settled = PromisePrototypeThen(step.commit, () => {}, () => {});
+      this.#committed = PromisePrototypeThen(SafePromiseAll([this.#committed, settled]), () => {
+        this.#uncommitted--;
+      });
+      await step.commit;
+      return step.result;
+    };
+    const result = run();
+    PromisePrototypeThen(result, () => object.gate.release(), (error) => {
       object.gate.release();
       if (!isUsageError(error)) object.broken ??= error;
-      throw error;
     });
-    SetPrototypeAdd(this.#pending, tracked);
-    return tracked;
+    return result;
+  }
+
+  /** Writes handed over so far are committed (reads must see them). */
+  async #settled() {
+    while (this.#uncommitted > 0 || this.#waiting > 0) {
+      await this.#turn;
+      await this.#committed;
+    }
   }
 
   /** The output gate: resolves once every write so far is durable. */
@@ -979,8 +1031,17 @@ class DurableObjectStorage {
     if (this.#object.broken) throw this.#object.broken;
   }
 
+  /** Commits `puts` and `deletes` together. */
+  write(puts, deletes) {
+    const object = this.#object;
+    return this.#schedule(false, () => ({
+      commit: op_outpost_do_storage_write(object.className, object.hex, puts, deletes),
+      result: undefined,
+    }));
+  }
+
   async #read(read) {
-    if (this.#pending.size > 0) await this.#settled();
+    if (this.#uncommitted > 0 || this.#waiting > 0) await this.#settled();
     this.#object.gate.holdForTurn();
     return read();
   }
@@ -1021,25 +1082,43 @@ class DurableObjectStorage {
     }
   }
 
-  async delete(keys, _options = undefined) {
-    const many = ArrayIsArray(keys);
-    const names = many ? storageKeys(keys) : [storageKey(keys)];
+  delete(keys, _options = undefined) {
     const object = this.#object;
-    if (this.#pending.size > 0) await this.#settled();
-    const existing = op_outpost_do_storage_get(object.className, object.hex, names);
-    await this.write([], names);
-    const count = ArrayPrototypeFilter(existing, (value) => value !== null).length;
-    return many ? count : count > 0;
+    let many;
+    let names;
+    try {
+      many = ArrayIsArray(keys);
+      names = many ? storageKeys(keys) : [storageKey(keys)];
+    } catch (error) {
+      return PromiseReject(error);
+    }
+    // Reads which keys exist, after every earlier write, then deletes them.
+    return this.#schedule(true, () => {
+      const existing = op_outpost_do_storage_get(object.className, object.hex, names);
+      const count = ArrayPrototypeFilter(existing, (value) => value !== null).length;
+      return {
+        commit: op_outpost_do_storage_write(object.className, object.hex, [], names),
+        result: many ? count : count > 0,
+      };
+    });
   }
 
   deleteAll(_options = undefined) {
     const object = this.#object;
-    object.gate.hold();
-    return this.#track(op_outpost_do_storage_delete_all(object.className, object.hex));
+    // After every earlier write, so none of them survives it.
+    return this.#schedule(true, () => ({
+      commit: op_outpost_do_storage_delete_all(object.className, object.hex),
+      result: undefined,
+    }));
   }
 
   list(options = undefined) {
-    const checked = listOptions(options);
+    let checked;
+    try {
+      checked = listOptions(options);
+    } catch (error) {
+      return PromiseReject(error);
+    }
     const object = this.#object;
     return this.#read(() => {
       const entries = op_outpost_do_storage_list(object.className, object.hex, checked);
@@ -1051,11 +1130,14 @@ class DurableObjectStorage {
     });
   }
 
-  /** Everything `closure` writes through its `txn` commits together, or nothing does. */
+  /**
+   * Everything `closure` writes through its `txn` commits together, or
+   * nothing does. No other event reaches the object meanwhile.
+   */
   async transaction(closure) {
     if (typeof closure !== "function") throw new TypeError("transaction() takes a function");
     const object = this.#object;
-    if (this.#pending.size > 0) await this.#settled();
+    await this.#settled();
     object.gate.hold();
     const txn = new DurableObjectTransaction(objectKey, object);
     try {
@@ -1094,14 +1176,18 @@ class DurableObjectStorage {
         new TypeError(`Durable Object class ${object.className} must have an alarm() handler to call setAlarm()`),
       );
     }
-    object.gate.hold();
-    return this.#track(op_outpost_do_alarm_set(object.className, object.hex, MathMax(at, 0)));
+    return this.#schedule(false, () => ({
+      commit: op_outpost_do_alarm_set(object.className, object.hex, MathMax(at, 0)),
+      result: undefined,
+    }));
   }
 
   deleteAlarm(_options = undefined) {
     const object = this.#object;
-    object.gate.hold();
-    return this.#track(op_outpost_do_alarm_set(object.className, object.hex, null));
+    return this.#schedule(false, () => ({
+      commit: op_outpost_do_alarm_set(object.className, object.hex, null),
+      result: undefined,
+    }));
   }
 }
 
@@ -1263,6 +1349,8 @@ ObjectDefineProperty(globalThis, SymbolFor("outpost.cloudflareWorkers"), {
 /** The worker's module namespace and env, for the objects it hosts. */
 let hostModule = null;
 let hostEnv = null;
+/** The classes this worker declares as Durable Objects: the only ones it hosts. */
+const hostedClasses = new SafeSet();
 const liveObjects = new SafeMap();
 
 class LiveObject {
@@ -1326,10 +1414,12 @@ function sweepIdleObjects(now) {
 function liveObject(target) {
   const key = `${target.className}\0${target.id}`;
   const live = MapPrototypeGet(liveObjects, key);
-  if (live !== undefined && live.broken === null) return live;
-  const cls = hostModule?.[target.className];
+  // A broken object is replaced only once its last event has ended, so two
+  // instances of one object never run at once (its queued events fail).
+  if (live !== undefined && (live.broken === null || live.active > 0)) return live;
+  const cls = SetPrototypeHas(hostedClasses, target.className) ? hostModule?.[target.className] : undefined;
   if (typeof cls !== "function") {
-    throw new TypeError(`this worker exports no Durable Object class "${target.className}"`);
+    throw new TypeError(`this worker declares no Durable Object class "${target.className}"`);
   }
   const fresh = new LiveObject(target, cls);
   MapPrototypeSet(liveObjects, key, fresh);
@@ -1365,7 +1455,7 @@ async function handleObjectEvent(next) {
       await object.storage.flushed();
       op_outpost_respond(next.rid, 204, [], EMPTY);
     } else {
-      const args = core.deserialize(await readAll(next.bodyRid));
+      const args = core.deserialize(target.args);
       let kind = "value";
       let outcome;
       try {
@@ -1389,6 +1479,11 @@ async function handleObjectEvent(next) {
       op_outpost_respond(next.rid, 200, [["outpost-rpc", kind]], outcome);
     }
   } catch (error) {
+    // The output gate holds errors back too, until the writes made before
+    // them are durable (or failed).
+    try {
+      await MapPrototypeGet(liveObjects, `${target.className}\0${target.id}`)?.storage.flushed();
+    } catch { /* the error below is the answer */ }
     op_outpost_respond_error(next.rid, describeError(error));
   } finally {
     if (next.bodyRid !== null) core.tryClose(next.bodyRid);
@@ -1646,6 +1741,7 @@ function prepare(namespace, envJson, kvBindings, objectBindings) {
         `the Durable Object binding ${binding} names class ${className}, which the worker's main module does not export`,
       );
     }
+    if (hosted) SetPrototypeAdd(hostedClasses, className);
     env[binding] = new DurableObjectNamespace(objectKey, i, binding);
   }
   hostModule = namespace;

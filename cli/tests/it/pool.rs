@@ -259,3 +259,55 @@ async fn top_level_pending_work_falls_back_to_evaluating_in_each_isolate() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(support::get(dev.addr, "/").await.text(), "true");
 }
+
+/// A worker whose object takes 300 ms per event and reports when it ran.
+const SLOW_OBJECT: &str = r#"
+export class Slow {
+  async fetch() {
+    const start = Date.now();
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    return Response.json({ start, end: Date.now() });
+  }
+}
+export default {
+  fetch(request, env) {
+    return env.SLOW.get(env.SLOW.idFromName("one")).fetch(request);
+  },
+};
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redeploy_never_runs_an_object_twice_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = pool(dir.path());
+    let store = outpost_kv::Store::open(&dir.path().join("kv.redb"), Default::default()).unwrap();
+    let object_spec = || {
+        let mut spec =
+            spec("slow", write_worker(dir.path(), "slow", SLOW_OBJECT), Isolation::Shared, Limits::default());
+        spec.kv_store = Some(store.clone());
+        spec.durable_objects = vec![outpost_runtime::DurableObjectBinding {
+            binding: "SLOW".into(),
+            class_name: "Slow".into(),
+            script: "slow".into(),
+        }];
+        spec
+    };
+    deploy(&pool, object_spec()).await;
+    let first = tokio::spawn({
+        let pool = pool.clone();
+        async move { call(&pool, "slow", "/").await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A new version while the old one's object is mid-event.
+    deploy(&pool, object_spec()).await;
+    let (status, second) = call(&pool, "slow", "/").await.unwrap();
+    assert_eq!(status, 200, "{second}");
+    let (_, first) = first.await.unwrap().unwrap();
+    let first: serde_json::Value = serde_json::from_str(&first).unwrap();
+    let second: serde_json::Value = serde_json::from_str(&second).unwrap();
+    assert!(
+        second["start"].as_u64() >= first["end"].as_u64(),
+        "the new version's instance started before the old one finished: {first} {second}"
+    );
+    pool.stop();
+}

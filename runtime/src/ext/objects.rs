@@ -53,9 +53,10 @@ pub fn object_namespace(script: &str, class_name: &str) -> String {
 pub enum ObjectEvent {
     /// `stub.fetch(request)`.
     Fetch,
-    /// A call of a method by name (JS RPC); arguments and result travel as
-    /// structured-clone bytes in the bodies.
-    Call { method: String },
+    /// A call of a method by name (JS RPC): the arguments as structured-clone
+    /// bytes (in the event, so it is queued at once, in order); the result
+    /// comes back in the response body.
+    Call { method: String, args: Vec<u8> },
     /// The object's alarm is due; `retry_count` earlier runs failed.
     Alarm { retry_count: u32 },
 }
@@ -269,9 +270,11 @@ pub async fn op_outpost_do_send(
     let router = router.ok_or_else(|| JsErrorBox::generic("Durable Objects are not available on this node"))?;
     let id = parse_id(&binding.namespace(), &stub.id)
         .map_err(|err| JsErrorBox::type_error(format!("Invalid Durable Object ID: {err}")))?;
-    let event = match (stub.kind.as_str(), stub.method) {
-        ("fetch", _) => ObjectEvent::Fetch,
-        ("call", Some(method)) => ObjectEvent::Call { method },
+    let (event, body) = match (stub.kind.as_str(), stub.method) {
+        ("fetch", _) => (ObjectEvent::Fetch, body),
+        ("call", Some(method)) => {
+            (ObjectEvent::Call { method, args: body.map(|args| args.to_vec()).unwrap_or_default() }, None)
+        }
         _ => return Err(JsErrorBox::type_error("bad stub request")),
     };
     let method = http::Method::from_bytes(stub.http_method.as_bytes())

@@ -179,15 +179,17 @@ pub struct ObjectTarget {
     /// `"fetch"`, `"call"` or `"alarm"`.
     kind: &'static str,
     method: Option<String>,
+    /// The arguments of a call, structured-clone bytes.
+    args: Option<deno_core::ToJsBuffer>,
     retry_count: u32,
 }
 
 impl From<ObjectCall> for ObjectTarget {
     fn from(call: ObjectCall) -> Self {
-        let (kind, method, retry_count) = match call.event {
-            ObjectEvent::Fetch => ("fetch", None, 0),
-            ObjectEvent::Call { method } => ("call", Some(method), 0),
-            ObjectEvent::Alarm { retry_count } => ("alarm", None, retry_count),
+        let (kind, method, args, retry_count) = match call.event {
+            ObjectEvent::Fetch => ("fetch", None, None, 0),
+            ObjectEvent::Call { method, args } => ("call", Some(method), Some(args.into()), 0),
+            ObjectEvent::Alarm { retry_count } => ("alarm", None, None, retry_count),
         };
         ObjectTarget {
             class_name: call.class_name,
@@ -195,6 +197,7 @@ impl From<ObjectCall> for ObjectTarget {
             name: call.name,
             kind,
             method,
+            args,
             retry_count,
         }
     }
