@@ -259,7 +259,9 @@ fn load_workers_and_routes(
 /// SIGHUP: read the file again, (re)deploy its workers (a new version of a
 /// worker takes new requests at once; the old one finishes what it has)
 /// and swap in its routes. Listeners, certificates and limits stay as they
-/// were started. A file that fails to load changes nothing.
+/// were started. A file that does not parse, or whose routes name unknown
+/// workers, changes nothing; if a worker fails to load, the routes stay and
+/// that worker keeps its running version (those deployed before it do not).
 async fn reload_on_sighup(
     path: PathBuf,
     base: PathBuf,
@@ -284,7 +286,10 @@ async fn reload_on_sighup(
                 handler.replace_routes(routes);
                 tracing::info!(workers = names.len(), routes = count, "reloaded the node's workers and routes");
             }
-            Ok(Err(err)) => tracing::error!("reload failed, nothing changed: {err:#}"),
+            // The file is checked whole before any worker is deployed; a
+            // worker that then fails to load keeps its running version, but
+            // workers deployed before it already run their new one.
+            Ok(Err(err)) => tracing::error!("reload failed, routes unchanged: {err:#}"),
             Err(err) => tracing::error!("reload failed: {err}"),
         }
     }

@@ -107,7 +107,8 @@ async fn serve_connection(
         .and_then(|data| data.server_name);
     // QUIC is always TLS 1.3.
     let tls = TlsInfo { version: "TLSv1.3".into(), cipher: String::new(), server_name };
-    let connection = Arc::new(Connection { client, local, tls: Some(tls), alt_svc: None });
+    // QUIC connections are counted by the endpoint's loop, not by permits.
+    let connection = Arc::new(Connection { client, local, tls: Some(tls), alt_svc: None, _permit: None });
     let built = h3::server::builder()
         .max_field_section_size(u64::try_from(shared.config.max_header_bytes).unwrap_or(u64::MAX))
         .build::<_, Bytes>(h3_quinn::Connection::new(quic))
@@ -139,8 +140,10 @@ async fn serve_connection(
             },
             _ = async { stopped.wait_for(|stop| *stop).await.is_ok() }, if !going_away => {
                 going_away = true;
-                // GOAWAY: requests already accepted finish, no new ones.
-                if let Err(err) = h3.shutdown(0).await {
+                // GOAWAY naming the stream after the last accepted one:
+                // requests already accepted finish, and the client knows
+                // they were processed.
+                if let Err(err) = h3.shutdown(1).await {
                     tracing::debug!(%client, "HTTP/3 shutdown: {err}");
                 }
             }
@@ -154,7 +157,7 @@ type RequestStream<S> = h3::server::RequestStream<S, Bytes>;
 async fn serve_request(
     request: http::Request<()>,
     stream: RequestStream<h3_quinn::BidiStream<Bytes>>,
-    connection: &Connection,
+    connection: &Arc<Connection>,
     shared: &Shared,
 ) {
     let (mut send, recv) = stream.split();
@@ -164,6 +167,7 @@ async fn serve_request(
     } else {
         request_body(recv)
     };
+    let head_only = request.method() == http::Method::HEAD;
     let mut request = request.map(|()| body);
     *request.version_mut() = http::Version::HTTP_3;
     let response = handle(request, connection, shared).await;
@@ -171,7 +175,8 @@ async fn serve_request(
     if let Err(err) = send.send_response(http::Response::from_parts(parts, ())).await {
         return tracing::debug!("HTTP/3 response head failed: {err}");
     }
-    while let Some(frame) = body.frame().await {
+    // A response to HEAD has no body, whatever the handler made.
+    while let Some(frame) = if head_only { None } else { body.frame().await } {
         match frame {
             Ok(frame) => {
                 if let Ok(data) = frame.into_data() {

@@ -110,6 +110,9 @@ pub(crate) struct Connection {
     pub(crate) tls: Option<TlsInfo>,
     /// Sent on every response (advertises HTTP/3).
     pub(crate) alt_svc: Option<HeaderValue>,
+    /// The connection's place under `max_connections`, held as long as the
+    /// connection (or a WebSocket upgraded from it) lives.
+    pub(crate) _permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// What every connection of a listener shares.
@@ -157,14 +160,9 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
-        let tls = listener.tls.clone();
-        let alt_svc = listener.alt_svc.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let _permit = permit;
-            serve_stream(stream, client, local, tls, alt_svc, watcher, shared).await;
-        });
+        let accepted =
+            Accepted { stream, client, local, tls: listener.tls.clone(), alt_svc: listener.alt_svc.clone(), permit };
+        tokio::spawn(serve_stream(accepted, graceful.watcher(), shared.clone()));
     }
     drop(listener);
     let grace = shared.config.shutdown_grace;
@@ -174,17 +172,20 @@ pub async fn serve(
     Ok(())
 }
 
-async fn serve_stream(
+/// A connection just accepted, with what its listener gives it.
+struct Accepted {
     stream: TcpStream,
     client: SocketAddr,
     local: SocketAddr,
     tls: Option<tokio_rustls::TlsAcceptor>,
     alt_svc: Option<HeaderValue>,
-    watcher: Watcher,
-    shared: Arc<Shared>,
-) {
+    permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+async fn serve_stream(accepted: Accepted, watcher: Watcher, shared: Arc<Shared>) {
+    let Accepted { stream, client, local, tls, alt_svc, permit } = accepted;
     let Some(acceptor) = tls else {
-        let connection = Arc::new(Connection { client, local, tls: None, alt_svc });
+        let connection = Arc::new(Connection { client, local, tls: None, alt_svc, _permit: Some(permit) });
         return serve_io(TokioIo::new(stream), connection, watcher, shared).await;
     };
     let handshake = tokio::time::timeout(shared.config.tls_handshake_timeout, acceptor.accept(stream)).await;
@@ -204,7 +205,7 @@ async fn serve_stream(
             .to_string(),
         server_name: session.server_name().map(str::to_owned),
     };
-    let connection = Arc::new(Connection { client, local, tls: Some(tls), alt_svc });
+    let connection = Arc::new(Connection { client, local, tls: Some(tls), alt_svc, _permit: Some(permit) });
     serve_io(TokioIo::new(stream), connection, watcher, shared).await;
 }
 
@@ -249,7 +250,7 @@ fn is_transient(err: &std::io::Error) -> bool {
 /// client, the handler, the access log.
 pub(crate) async fn handle<B>(
     request: http::Request<B>,
-    connection: &Connection,
+    connection: &Arc<Connection>,
     shared: &Shared,
 ) -> http::Response<Body>
 where
@@ -331,7 +332,7 @@ where
         let pipe = response.extensions_mut().remove::<UpgradePipe>().and_then(|slot| slot.lock().unwrap().take());
         response = match (upgrade, pipe) {
             (Some(upgrade), Some(pipe)) => {
-                tokio::spawn(join_upgraded(upgrade, pipe, connection.client).instrument(span));
+                tokio::spawn(join_upgraded(upgrade, pipe, connection.clone()).instrument(span));
                 response
             }
             _ => plain_response(
@@ -357,7 +358,13 @@ fn is_websocket_upgrade<B>(request: &http::Request<B>) -> bool {
 
 /// Moves bytes between the upgraded connection and the worker's socket
 /// until either side closes.
-async fn join_upgraded(upgrade: hyper::upgrade::OnUpgrade, mut pipe: tokio::io::DuplexStream, client: SocketAddr) {
+/// The connection (and its place under `max_connections`) lives as long.
+async fn join_upgraded(
+    upgrade: hyper::upgrade::OnUpgrade,
+    mut pipe: tokio::io::DuplexStream,
+    connection: Arc<Connection>,
+) {
+    let client = connection.client;
     match upgrade.await {
         Ok(upgraded) => {
             let mut upgraded = TokioIo::new(upgraded);

@@ -96,9 +96,16 @@ pub async fn run_alarms(pool: Pool, store: Store) {
             }
             Err(err) => tracing::warn!("cannot read due alarms: {err}"),
         }
+        // Sleep until the next alarm, at most POLL. An alarm already due is
+        // running or cannot run (its worker is not deployed): wait POLL
+        // rather than spin on it.
+        let now = now_ms();
         let next = store.next_alarm().ok().flatten();
-        let wait = next.map_or(POLL, |at| Duration::from_millis(at.saturating_sub(now_ms())).min(POLL));
-        tokio::time::sleep(wait.max(Duration::from_millis(5))).await;
+        let wait = match next {
+            Some(at) if at > now => Duration::from_millis(at - now).min(POLL),
+            _ => POLL,
+        };
+        tokio::time::sleep(wait).await;
     }
 }
 
@@ -116,7 +123,7 @@ async fn fire(
     let request = http::Request::builder().method("POST").body(empty_body()).expect("a valid request");
     let parts =
         WorkerRequestParts { request, url: "http://alarm.invalid/".into(), request_id: request_id.clone(), cf: None };
-    let succeeded = match pool.fetch_object(&worker, call, parts).await {
+    let succeeded = match pool.run_alarm(&worker, call, parts).await {
         Ok(response) => response.status().is_success(),
         Err(err) => {
             tracing::warn!(worker = %worker, class = %class_name, request_id, "alarm failed: {err}");

@@ -297,7 +297,7 @@ impl Pool {
     /// Sends a request to a worker and waits for the response head.
     pub async fn fetch(&self, worker: &str, request: WorkerRequestParts) -> Result<http::Response<Body>, FetchError> {
         let placed = self.place(worker)?;
-        dispatch(placed, request, None).await
+        dispatch(placed, request, None, true).await
     }
 
     /// Sends a request to a Durable Object of `worker` (one of the classes
@@ -310,7 +310,20 @@ impl Pool {
         request: WorkerRequestParts,
     ) -> Result<http::Response<Body>, FetchError> {
         let placed = self.place_object(worker)?;
-        dispatch(placed, request, Some(call)).await
+        dispatch(placed, request, Some(call), true).await
+    }
+
+    /// Like [`fetch_object`](Self::fetch_object) without the wall-clock
+    /// limit: an alarm's handler is waited for until it ends (its CPU is
+    /// still limited), so a slow one is never run twice at once.
+    pub async fn run_alarm(
+        &self,
+        worker: &str,
+        call: ObjectCall,
+        request: WorkerRequestParts,
+    ) -> Result<http::Response<Body>, FetchError> {
+        let placed = self.place_object(worker)?;
+        dispatch(placed, request, Some(call), false).await
     }
 
     /// The router the worker's isolates send their stubs' calls through.
@@ -574,12 +587,14 @@ async fn dispatch(
     placed: Placed,
     parts: WorkerRequestParts,
     object: Option<ObjectCall>,
+    wall_limit: bool,
 ) -> Result<http::Response<Body>, FetchError> {
     let Placed { sender, guard, limits } = placed;
+    let wall_ms = if wall_limit { limits.wall_ms } else { None };
     let (respond, response) = oneshot::channel();
     sender.send(parts.into_request(object, respond)).map_err(|_| DispatchError::WorkerGone)?;
     drop(sender);
-    let response = match limits.wall_ms {
+    let response = match wall_ms {
         Some(limit_ms) => match tokio::time::timeout(Duration::from_millis(limit_ms), response).await {
             Ok(response) => response,
             Err(_) => return Err(DispatchError::WallLimitExceeded { limit_ms }.into()),

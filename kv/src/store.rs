@@ -328,7 +328,9 @@ impl Store {
             Some(bytes) => Some(Arc::new(decode_record(bytes.value()).ok_or(GetError::Corrupt)?)),
             None => None,
         };
-        self.inner.cache.insert(composite, record.clone());
+        // Only if absent: a write that committed (and cached its record)
+        // since this read began must not be replaced by what the read saw.
+        let _ = self.inner.cache.entry(composite).or_insert(record.clone());
         Ok(record.filter(|record| live(record, now)))
     }
 

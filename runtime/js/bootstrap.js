@@ -272,6 +272,8 @@ const WS_CONNECTING = 0;
 const WS_OPEN = 1;
 const WS_CLOSING = 2;
 const WS_CLOSED = 3;
+/** How long a close handshake may take before the socket is dropped. */
+const WS_CLOSE_TIMEOUT_MS = 5_000;
 
 class WebSocket extends event.EventTarget {
   #state = WS_CONNECTING;
@@ -350,6 +352,14 @@ class WebSocket extends event.EventTarget {
 
   close(code = 1000, reason = "") {
     if (this.#client) throw new TypeError("the client end of a WebSocketPair belongs in a Response");
+    // As browsers and workerd: only codes a peer may send, short reasons.
+    if (code !== 1000 && !(NumberIsInteger(code) && code >= 3000 && code <= 4999)) {
+      throw new DOMException(`close code ${code} is neither 1000 nor in 3000-4999`, "InvalidAccessError");
+    }
+    reason = String(reason);
+    if (core.encode(reason).byteLength > 123) {
+      throw new DOMException("a close reason is at most 123 bytes of UTF-8", "SyntaxError");
+    }
     if (this.#state === WS_CLOSING || this.#state === WS_CLOSED) return;
     this.#state = WS_CLOSING;
     if (this.#rid === null) {
@@ -368,6 +378,12 @@ class WebSocket extends event.EventTarget {
 
   #transmitClose(code, reason) {
     PromisePrototypeThen(op_outpost_ws_close(this.#rid, code, reason), undefined, () => {});
+    // A peer that never answers the close does not keep the socket (and
+    // its isolate) forever.
+    const rid = this.#rid;
+    setTimeout(() => {
+      if (this.#state !== WS_CLOSED) core.tryClose(rid);
+    }, WS_CLOSE_TIMEOUT_MS);
   }
 
   #fail(error) {

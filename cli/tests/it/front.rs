@@ -477,6 +477,9 @@ async fn websockets_the_cloudflare_way() {
             server.accept();
             server.addEventListener("message", (event) => {
               if (event.data === "bye") server.close(1000, "see you");
+              else if (event.data === "bad close") {
+                try { server.close(1006); } catch (error) { server.send(error.name); }
+              }
               else server.send(typeof event.data === "string" ? `echo: ${event.data}` : event.data);
             });
             // Sent before the response: delivered once the client is there.
@@ -498,6 +501,9 @@ async fn websockets_the_cloudflare_way() {
     assert_eq!(next(socket.next().await), Message::text("echo: hi"));
     socket.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
     assert_eq!(next(socket.next().await), Message::binary(vec![1u8, 2, 3]));
+    // 1006 is for the local side only: refused, the socket stays open.
+    socket.send(Message::text("bad close")).await.unwrap();
+    assert_eq!(next(socket.next().await), Message::text("InvalidAccessError"));
     socket.send(Message::text("bye")).await.unwrap();
     match next(socket.next().await) {
         Message::Close(Some(frame)) => assert_eq!((u16::from(frame.code), frame.reason.as_str()), (1000, "see you")),

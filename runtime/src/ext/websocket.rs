@@ -13,7 +13,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use deno_core::futures::stream::{SplitSink, SplitStream};
 use deno_core::futures::{SinkExt as _, StreamExt as _};
-use deno_core::{op2, ByteString, JsBuffer, OpState, Resource, ResourceId};
+use deno_core::{op2, ByteString, CancelFuture as _, JsBuffer, OpState, Resource, ResourceId};
 use deno_error::JsErrorBox;
 use serde::Serialize;
 use tokio::io::DuplexStream;
@@ -38,11 +38,17 @@ const MAX_MESSAGE_BYTES: usize = 1 << 20;
 struct ServerSocket {
     sink: tokio::sync::Mutex<SplitSink<WebSocketStream<DuplexStream>, Message>>,
     stream: tokio::sync::Mutex<SplitStream<WebSocketStream<DuplexStream>>>,
+    /// Closing the resource ends a wait for the next message.
+    cancel: deno_core::CancelHandle,
 }
 
 impl Resource for ServerSocket {
     fn name(&self) -> Cow<'_, str> {
         "outpostWebSocket".into()
+    }
+
+    fn close(self: Rc<Self>) {
+        self.cancel.cancel();
     }
 }
 
@@ -85,7 +91,11 @@ pub async fn op_outpost_respond_websocket(
         .max_frame_size(Some(MAX_MESSAGE_BYTES));
     let socket = WebSocketStream::from_raw_socket(ours, Role::Server, Some(config)).await;
     let (sink, stream) = socket.split();
-    let socket = ServerSocket { sink: tokio::sync::Mutex::new(sink), stream: tokio::sync::Mutex::new(stream) };
+    let socket = ServerSocket {
+        sink: tokio::sync::Mutex::new(sink),
+        stream: tokio::sync::Mutex::new(stream),
+        cancel: deno_core::CancelHandle::new(),
+    };
     Ok(state.borrow_mut().resource_table.add(socket))
 }
 
@@ -105,7 +115,11 @@ pub async fn op_outpost_ws_next(state: Rc<RefCell<OpState>>, #[smi] rid: Resourc
     let socket = state.borrow().resource_table.get::<ServerSocket>(rid).map_err(JsErrorBox::from_err)?;
     let mut stream = socket.stream.lock().await;
     loop {
-        return Ok(match stream.next().await {
+        let next = match stream.next().or_cancel(deno_core::RcRef::map(socket.clone(), |s| &s.cancel)).await {
+            Ok(next) => next,
+            Err(_) => return Ok(Incoming::Close { code: 1006, reason: "closed".into(), clean: false }),
+        };
+        return Ok(match next {
             Some(Ok(Message::Text(text))) => Incoming::Text { data: text.to_string() },
             Some(Ok(Message::Binary(bytes))) => Incoming::Binary { data: bytes.to_vec().into() },
             Some(Ok(Message::Close(frame))) => match frame {
