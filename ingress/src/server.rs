@@ -232,6 +232,8 @@ where
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(256)
+        // WebSockets over HTTP/2 (RFC 8441).
+        .enable_connect_protocol()
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(config.header_read_timeout);
     let served = builder.serve_connection_with_upgrades(io, service).into_owned();
@@ -307,7 +309,20 @@ where
     let timeout = config.body_read_timeout;
     let mut request = request;
     // The upgraded connection, if the handler answers 101 (a WebSocket).
-    let upgrade = is_websocket_upgrade(&request).then(|| hyper::upgrade::on(&mut request));
+    // A WebSocket over HTTP/2 (extended CONNECT) reaches the worker looking
+    // like an HTTP/1.1 upgrade, the form workers check for.
+    let h2_websocket = is_h2_websocket(&request);
+    if h2_websocket {
+        *request.method_mut() = http::Method::GET;
+        let headers = request.headers_mut();
+        headers.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
+        // The key only matters to an HTTP/1.1 handshake's accept header,
+        // which HTTP/2 does not send.
+        headers.insert(http::header::SEC_WEBSOCKET_KEY, HeaderValue::from_static("b3V0cG9zdC1oMi13ZWJzb2NrZXQ="));
+        headers.entry(http::header::SEC_WEBSOCKET_VERSION).or_insert(HeaderValue::from_static("13"));
+    }
+    let upgrade = (h2_websocket || is_websocket_upgrade(&request)).then(|| hyper::upgrade::on(&mut request));
     let mut request = request.map(|body| GuardedBody::new(body, limit, timeout).boxed_unsync());
     // What Cloudflare's edge tells a worker about the client; a client's own
     // values for these headers are replaced, never passed on.
@@ -333,6 +348,14 @@ where
         response = match (upgrade, pipe) {
             (Some(upgrade), Some(pipe)) => {
                 tokio::spawn(join_upgraded(upgrade, pipe, connection.clone()).instrument(span));
+                if h2_websocket {
+                    // HTTP/2 accepts an extended CONNECT with 200 and no
+                    // HTTP/1.1 handshake headers.
+                    *response.status_mut() = http::StatusCode::OK;
+                    for name in [http::header::UPGRADE, http::header::CONNECTION, http::header::SEC_WEBSOCKET_ACCEPT] {
+                        response.headers_mut().remove(name);
+                    }
+                }
                 response
             }
             _ => plain_response(
@@ -342,6 +365,15 @@ where
         };
     }
     finish(response, log, connection)
+}
+
+fn is_h2_websocket<B>(request: &http::Request<B>) -> bool {
+    request.version() == http::Version::HTTP_2
+        && request.method() == http::Method::CONNECT
+        && request
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
 }
 
 fn is_websocket_upgrade<B>(request: &http::Request<B>) -> bool {

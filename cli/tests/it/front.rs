@@ -511,6 +511,33 @@ async fn websockets_the_cloudflare_way() {
     }
     // An ordinary request to the same worker is not upgraded.
     assert_eq!(support::get(dev.addr, "/").await.status, 426);
+
+    // The same worker over HTTP/2 (extended CONNECT, h2c here).
+    let tcp = tokio::net::TcpStream::connect(dev.addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(connection);
+    // One ordinary request first: the server's settings (which allow
+    // extended CONNECT) have arrived once it is answered.
+    let warm = http::Request::get(format!("http://{}/", dev.addr)).body(http_body_util::Empty::<Bytes>::new()).unwrap();
+    assert_eq!(sender.send_request(warm).await.unwrap().status(), 426);
+    let mut connect = http::Request::connect(format!("http://{}/chat", dev.addr))
+        .header("sec-websocket-version", "13")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    connect.extensions_mut().insert(hyper::ext::Protocol::from_static("websocket"));
+    let response = sender.send_request(connect).await.unwrap();
+    assert_eq!(response.status(), 200, "extended CONNECT is accepted with 200");
+    let upgraded = hyper::upgrade::on(response).await.expect("an HTTP/2 tunnel");
+    let mut socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        TokioIo::new(upgraded),
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    assert_eq!(next(socket.next().await), Message::text("hello"));
+    socket.send(Message::text("over h2")).await.unwrap();
+    assert_eq!(next(socket.next().await), Message::text("echo: over h2"));
 }
 
 #[tokio::test]
