@@ -619,3 +619,25 @@ async fn a_body_that_stalls_fails_its_request_and_frees_the_worker() {
     assert!(started.elapsed() < Duration::from_secs(3));
     assert_eq!(support::get(addr, "/").await.status, 200);
 }
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed() {
+    let node = limits_node("header_timeout_ms = 400");
+    let addr = node.http.unwrap();
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n").await.unwrap();
+    let started = Instant::now();
+    let mut buffer = vec![0u8; 4096];
+    let mut answered = false;
+    // The answer, then nothing: the server closes the idle connection.
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buffer)).await {
+            Ok(Ok(0)) => break,
+            Ok(Ok(n)) => answered |= String::from_utf8_lossy(&buffer[..n]).starts_with("HTTP/1.1 200"),
+            Ok(Err(_)) => break,
+            Err(_) => panic!("an idle keep-alive connection stayed open"),
+        }
+    }
+    assert!(answered);
+    assert!(started.elapsed() < Duration::from_secs(3), "closed after {:?}", started.elapsed());
+}
