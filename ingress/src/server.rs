@@ -343,6 +343,14 @@ where
         Ok(response) => response,
         Err(err) => error_response(&err, &request_id),
     };
+    // HTTP/2 takes any 2xx to a CONNECT as an open tunnel: a worker that
+    // did not accept the WebSocket must not look as if it had.
+    if h2_websocket && response.status().is_success() {
+        response = plain_response(
+            http::StatusCode::BAD_GATEWAY,
+            &format!("the worker did not accept the WebSocket (request id {request_id})\n"),
+        );
+    }
     if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
         let pipe = response.extensions_mut().remove::<UpgradePipe>().and_then(|slot| slot.lock().unwrap().take());
         response = match (upgrade, pipe) {

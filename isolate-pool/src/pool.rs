@@ -171,7 +171,7 @@ struct State {
     object_hosts: HashMap<String, IsolateId>,
     /// Hosts that start only once the isolate they replace is gone (it may
     /// still be finishing events of the same objects): by the old one's id.
-    deferred_starts: HashMap<IsolateId, (usize, Box<StartIsolate>)>,
+    deferred_starts: HashMap<IsolateId, DeferredStart>,
     generation: u64,
 }
 
@@ -190,6 +190,20 @@ impl State {
         }
     }
 }
+
+/// A host waiting for the one it replaces to be gone.
+struct DeferredStart {
+    thread: usize,
+    start: Box<StartIsolate>,
+    since: Instant,
+}
+
+/// How long a new object host waits for the one it replaces. An old host
+/// can be kept busy indefinitely (a streamed response, or an object of it
+/// calling an object of the new host, which waits on it): after this the new
+/// one starts anyway, so calls never hang; objects still running on the old
+/// host may then briefly have a second instance.
+const HOST_DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
 pub(crate) struct Inner {
     /// This pool, for what must not keep it alive (in-flight guards, routers).
@@ -518,7 +532,7 @@ impl Inner {
         let completed = state.isolates[&id].completed.clone();
         let start = Box::new(StartIsolate { id, worker: worker.clone(), receiver, in_flight, completed, loaded });
         if let Some(after) = after.filter(|after| state.isolates.contains_key(after)) {
-            state.deferred_starts.insert(after, (thread, start));
+            state.deferred_starts.insert(after, DeferredStart { thread, start, since: Instant::now() });
             return id;
         }
         // A pool thread only goes away when the pool stops; until then the
@@ -537,8 +551,8 @@ impl Inner {
     pub(crate) fn isolate_gone(&self, id: IsolateId) {
         let mut state = self.state.lock().unwrap();
         state.remove_isolate(id);
-        if let Some((thread, start)) = state.deferred_starts.remove(&id) {
-            let _ = self.threads[thread].commands.send(Command::Start(start));
+        if let Some(deferred) = state.deferred_starts.remove(&id) {
+            let _ = self.threads[deferred.thread].commands.send(Command::Start(deferred.start));
         }
     }
 
@@ -570,7 +584,29 @@ impl Inner {
             return false;
         }
         self.evict(Instant::now(), self.config.eviction);
+        self.release_overdue_hosts(Instant::now());
         true
+    }
+
+    /// Starts the object hosts that waited past `HOST_DRAIN_DEADLINE`.
+    fn release_overdue_hosts(&self, now: Instant) {
+        let mut state = self.state.lock().unwrap();
+        let overdue: Vec<IsolateId> = state
+            .deferred_starts
+            .iter()
+            .filter(|(_, deferred)| now.duration_since(deferred.since) >= HOST_DRAIN_DEADLINE)
+            .map(|(old, _)| *old)
+            .collect();
+        for old in overdue {
+            if let Some(deferred) = state.deferred_starts.remove(&old) {
+                tracing::warn!(
+                    isolate = old,
+                    "an old object host is still busy after {} s; starting its replacement",
+                    HOST_DRAIN_DEADLINE.as_secs()
+                );
+                let _ = self.threads[deferred.thread].commands.send(Command::Start(deferred.start));
+            }
+        }
     }
 }
 

@@ -1486,6 +1486,10 @@ async function handleObjectEvent(next) {
         outcome = core.serialize(value);
       } catch (error) {
         kind = "error";
+        // The output gate holds a thrown error back too.
+        try {
+          await object.storage.flushed();
+        } catch { /* the method's error is the answer */ }
         try {
           outcome = core.serialize(error);
         } catch {

@@ -641,3 +641,21 @@ async fn idle_keep_alive_connections_are_closed() {
     assert!(answered);
     assert!(started.elapsed() < Duration::from_secs(3), "closed after {:?}", started.elapsed());
 }
+
+#[tokio::test]
+async fn an_http2_websocket_the_worker_does_not_accept_is_not_an_open_tunnel() {
+    let dir = support::worker(&[("worker.js", "export default { fetch() { return new Response('plain'); } };\n")]);
+    let dev = support::Dev::start(dir.path(), &[]);
+    let tcp = tokio::net::TcpStream::connect(dev.addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(connection);
+    let warm = http::Request::get(format!("http://{}/", dev.addr)).body(http_body_util::Empty::<Bytes>::new()).unwrap();
+    assert_eq!(sender.send_request(warm).await.unwrap().status(), 200);
+    let mut connect = http::Request::connect(format!("http://{}/chat", dev.addr))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    connect.extensions_mut().insert(hyper::ext::Protocol::from_static("websocket"));
+    let response = sender.send_request(connect).await.unwrap();
+    assert_eq!(response.status(), 502, "a 2xx would read as an accepted WebSocket");
+}

@@ -137,8 +137,18 @@ pub async fn op_outpost_ws_next(state: Rc<RefCell<OpState>>, #[smi] rid: Resourc
 
 async fn send(state: &Rc<RefCell<OpState>>, rid: ResourceId, message: Message) -> Result<(), JsErrorBox> {
     let socket = state.borrow().resource_table.get::<ServerSocket>(rid).map_err(JsErrorBox::from_err)?;
-    let mut sink = socket.sink.lock().await;
-    sink.send(message).await.map_err(|err| JsErrorBox::generic(format!("WebSocket send failed: {err}")))
+    let cancel = deno_core::RcRef::map(socket.clone(), |s| &s.cancel);
+    // Closing the socket also ends a send stuck on a client that stopped reading.
+    let sent = async {
+        let mut sink = socket.sink.lock().await;
+        sink.send(message).await
+    }
+    .or_cancel(cancel)
+    .await;
+    match sent {
+        Ok(result) => result.map_err(|err| JsErrorBox::generic(format!("WebSocket send failed: {err}"))),
+        Err(_) => Err(JsErrorBox::generic("WebSocket send failed: the socket is closed")),
+    }
 }
 
 #[op2]
