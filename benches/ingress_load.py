@@ -21,6 +21,7 @@ Needs wrk and h2load (Debian: apt-get install wrk nghttp2-client).
 import argparse
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -86,6 +87,9 @@ def main():
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
+    for tool in ("wrk", "h2load"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is not installed (Debian: apt-get install wrk nghttp2-client)")
     for tool in ("outpost", "bare-server", "h3-load"):
         if not os.path.exists(os.path.join(RELEASE, tool)):
             sys.exit(f"build first: cargo build --release -p outpost-cli -p outpost-benches --bins ({tool} missing)")
