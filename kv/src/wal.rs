@@ -11,7 +11,7 @@
 //! for one (measured on this machine: ~107 µs against ~360 µs).
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
@@ -90,14 +90,16 @@ impl Wal {
         if !exists {
             create(path)?;
         }
-        let mut contents = Vec::new();
-        File::open(path)?.read_to_end(&mut contents)?;
-        let generation = match contents.get(..16) {
-            Some(header) if &header[..8] == MAGIC => u64::from_le_bytes(header[8..16].try_into().expect("8 bytes")),
+        // Read record by record, not the whole file: after a clean close
+        // the first record is already of an older generation.
+        let file = File::open(path)?;
+        let mut header = [0u8; 16];
+        let generation = match file.read_exact_at(&mut header, 0) {
+            Ok(()) if &header[..8] == MAGIC => u64::from_le_bytes(header[8..16].try_into().expect("8 bytes")),
             // A log whose header never made it to disk holds nothing.
             _ => 0,
         };
-        let records = read_records(&contents, generation);
+        let records = read_records(&file, generation);
         let (file, direct) = open_for_appends(path)?;
         let wal = Wal { path: path.to_path_buf(), file, direct, generation, offset: BLOCK as u64 };
         Ok((wal, Recovered { records }))
@@ -193,27 +195,39 @@ fn open_for_appends(path: &Path) -> std::io::Result<(File, bool)> {
     }
 }
 
-fn read_records(contents: &[u8], generation: u64) -> Vec<(u64, Vec<Write>)> {
+fn read_records(file: &File, generation: u64) -> Vec<(u64, Vec<Write>)> {
     let mut records = Vec::new();
-    let mut offset = BLOCK;
+    let mut offset = BLOCK as u64;
     let mut previous: Option<u64> = None;
-    while offset + RECORD_HEADER <= contents.len() {
-        let header = &contents[offset..offset + RECORD_HEADER];
+    let mut header = [0u8; RECORD_HEADER];
+    while offset + RECORD_HEADER as u64 <= CAPACITY {
+        if file.read_exact_at(&mut header, offset).is_err() {
+            break;
+        }
         let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
         let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
         let record_generation = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
         let sequence = u64::from_le_bytes(header[16..24].try_into().expect("8 bytes"));
-        let Some(end) = offset.checked_add(RECORD_HEADER + len).filter(|end| *end <= contents.len()) else { break };
-        if record_generation != generation || crc32fast::hash(&contents[offset + 8..end]) != crc {
+        if record_generation != generation || offset + (RECORD_HEADER + len) as u64 > CAPACITY {
             break;
         }
         if previous.is_some_and(|previous| sequence != previous + 1) {
             break;
         }
-        let Some(writes) = decode_writes(&contents[offset + RECORD_HEADER..end]) else { break };
+        let mut payload = vec![0u8; len];
+        if file.read_exact_at(&mut payload, offset + RECORD_HEADER as u64).is_err() {
+            break;
+        }
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&header[8..]);
+        hasher.update(&payload);
+        if hasher.finalize() != crc {
+            break;
+        }
+        let Some(writes) = decode_writes(&payload) else { break };
         records.push((sequence, writes));
         previous = Some(sequence);
-        offset += round_up(RECORD_HEADER + len);
+        offset += round_up(RECORD_HEADER + len) as u64;
     }
     records
 }
