@@ -5,12 +5,18 @@
 //! built by `build.rs`, or a per-worker snapshot made by [`snapshot`]),
 //! loads a worker's bundle of modules into it, and serves the requests that
 //! arrive on the isolate's queue, streaming bodies both ways. The worker
-//! sees the WinterTC globals, `env` with its variables and a `ctx` with
-//! `waitUntil()`; nothing of Deno, the filesystem or processes.
+//! sees the WinterTC globals, `env` with its variables and bindings (KV
+//! namespaces, Durable Object namespaces) and a `ctx` with `waitUntil()`;
+//! nothing of Deno, the filesystem or processes. It hosts the Durable
+//! Objects of the classes a worker declares (one instance per id in the
+//! isolate, input and output gates, `state.storage` over `outpost-kv`) and
+//! runs server-side WebSockets (frames here, bytes through a pipe the front
+//! joins to the connection).
 //!
 //! What it does not do: speak HTTP (the `ingress` crate does, and hands
 //! requests over as [`WorkerRequest`]s), decide which thread or isolate
-//! serves a request, or watch CPU time (the isolate pool does both). It
+//! serves a request or hosts an object (the pool does, through the
+//! [`ObjectRouter`] it installs), or watch CPU time (the pool again). It
 //! does enforce the heap limit it is given, by terminating the isolate.
 
 mod ext;
