@@ -258,6 +258,7 @@ impl Pool {
     /// its first isolate, so that a broken worker fails here. Blocks while
     /// the snapshot is made; call it off the async threads.
     pub fn deploy(&self, spec: WorkerSpec) -> Result<(), DeployError> {
+        self.check_object_bindings(&spec)?;
         if self.inner.config.worker_snapshots {
             let state = self.inner.state.lock().unwrap();
             if let Some(existing) = state.workers.keys().next() {
@@ -305,6 +306,29 @@ impl Pool {
             isolate.sender = None;
         }
         state.workers.insert(name, worker);
+        Ok(())
+    }
+
+    /// A binding to a class of another worker (`script_name`) needs that
+    /// worker to declare the class itself: a worker hosts only the classes
+    /// its own bindings name. Checked when the other worker is deployed
+    /// already; otherwise the first call says so.
+    fn check_object_bindings(&self, spec: &WorkerSpec) -> Result<(), DeployError> {
+        let state = self.inner.state.lock().unwrap();
+        for binding in spec.durable_objects.iter().filter(|b| b.script != spec.name) {
+            let Some(host) = state.workers.get(&binding.script) else { continue };
+            let declared = host
+                .spec
+                .durable_objects
+                .iter()
+                .any(|own| own.script == binding.script && own.class_name == binding.class_name);
+            if !declared {
+                return Err(DeployError::Load(format!(
+                    "the Durable Object binding {} names class {} of worker {:?}, which that worker does not declare in its own [[durable_objects.bindings]]",
+                    binding.binding, binding.class_name, binding.script
+                )));
+            }
+        }
         Ok(())
     }
 

@@ -311,3 +311,40 @@ async fn a_redeploy_never_runs_an_object_twice_at_once() {
     );
     pool.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_of_another_worker_must_be_declared_by_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = pool(dir.path());
+    let store = outpost_kv::Store::open(&dir.path().join("kv.redb"), Default::default()).unwrap();
+    let binding = |binding: &str, class: &str, script: &str| outpost_runtime::DurableObjectBinding {
+        binding: binding.into(),
+        class_name: class.into(),
+        script: script.into(),
+    };
+    let mut host = spec("host", write_worker(dir.path(), "host", SLOW_OBJECT), Isolation::Shared, Limits::default());
+    host.kv_store = Some(store.clone());
+    host.durable_objects = vec![binding("SLOW", "Slow", "host")];
+    deploy(&pool, host).await;
+    let caller_code = "export default { fetch(request, env) { return env.REMOTE.get(env.REMOTE.idFromName('x')).fetch(request); } };\n";
+    // A class the host declares: reachable from another worker.
+    let mut caller =
+        spec("caller", write_worker(dir.path(), "caller", caller_code), Isolation::Shared, Limits::default());
+    caller.kv_store = Some(store.clone());
+    caller.durable_objects = vec![binding("REMOTE", "Slow", "host")];
+    deploy(&pool, caller).await;
+    let (status, body) = call(&pool, "caller", "/").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    // An export the host does not declare as a Durable Object: refused.
+    let mut sneaky =
+        spec("sneaky", write_worker(dir.path(), "sneaky", caller_code), Isolation::Shared, Limits::default());
+    sneaky.kv_store = Some(store);
+    sneaky.durable_objects = vec![binding("REMOTE", "default", "host")];
+    let refused = {
+        let pool = pool.clone();
+        tokio::task::spawn_blocking(move || pool.deploy(sneaky)).await.unwrap()
+    };
+    let message = refused.expect_err("an undeclared class is refused").to_string();
+    assert!(message.contains("does not declare"), "{message}");
+    pool.stop();
+}
