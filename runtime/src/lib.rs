@@ -21,6 +21,7 @@
 
 mod ext;
 mod loader;
+mod memory;
 pub mod snapshot;
 mod worker;
 

@@ -228,7 +228,13 @@ impl WorkerIsolate {
         };
         let mut runtime_options = runtime_options(&source.root, wasm.clone(), Some(snapshot));
         if let Some(limit) = options.heap_limit_bytes {
-            runtime_options.create_params = Some(v8::CreateParams::default().heap_limits(0, limit));
+            // ArrayBuffer contents live outside the heap: they get a budget
+            // of the same size of their own.
+            runtime_options.create_params = Some(
+                v8::CreateParams::default()
+                    .heap_limits(0, limit)
+                    .array_buffer_allocator(crate::memory::limited_allocator(limit)),
+            );
         }
         let mut runtime = JsRuntime::try_new(runtime_options).map_err(|err| LoadError::Runtime(err.to_string()))?;
         install_op_state(&mut runtime, &options.name, wasm, Some(queue));

@@ -167,3 +167,39 @@ async fn errors_outside_handlers_are_logged_and_not_fatal() {
     dev.wait_for_log("background failed");
     assert_eq!(support::get(dev.addr, "/").await.text(), "fine");
 }
+
+#[tokio::test]
+async fn array_buffers_past_the_memory_limit_fail_the_request_not_the_node() {
+    let dir = worker(&[
+        ("outpost.toml", "[limits]\nmemory_mb = 32\n"),
+        (
+            "worker.js",
+            r#"
+            export default {
+              fetch(request) {
+                if (new URL(request.url).pathname !== "/hoard") return new Response("still here");
+                // ArrayBuffer contents live outside the V8 heap: 100 MiB of
+                // them must still hit the worker's memory limit.
+                const kept = [];
+                try {
+                  for (let i = 0; i < 100; i++) kept.push(new ArrayBuffer(1 << 20));
+                  return new Response(`allocated ${kept.length} MiB`);
+                } catch (error) {
+                  return new Response(`${error.name} after ${kept.length} MiB`);
+                }
+              },
+            };
+            "#,
+        ),
+    ]);
+    let dev = Dev::start(dir.path(), &[]);
+    let reply = support::get(dev.addr, "/hoard").await;
+    // Refused buffers make V8 collect and then stop the isolate at its limit
+    // (or, with room left to unwind, throw a RangeError in the worker).
+    let text = reply.text();
+    let stopped = reply.status == 503 && text.contains("memory limit of 32 MiB");
+    let thrown = text.starts_with("RangeError after ");
+    assert!(stopped || thrown, "{} {text}", reply.status);
+    // The node goes on (a fresh isolate if the old one was stopped).
+    assert_eq!(support::get(dev.addr, "/").await.text(), "still here");
+}
