@@ -7,11 +7,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use outpost_ingress::{Listener, ServerConfig};
-use outpost_isolate_pool::{Pool, PoolConfig, Snapshotter};
+use outpost_ingress::ServerConfig;
 use outpost_runtime::WorkerSource;
 
-use crate::front::{self, AnyListener, PoolHandler, Target};
+use crate::front::{self, PoolHandler, Target};
 use crate::{config, dev_tls};
 
 #[derive(clap::Args)]
@@ -44,31 +43,13 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         worker.vars.insert(key, serde_json::Value::String(value));
     }
     let data_dir = args.data_dir.unwrap_or_else(|| worker.root.join(".outpost"));
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
-
-    outpost_runtime::init_v8();
     // A broken worker path fails before anything starts.
     WorkerSource::new(&worker.root, &worker.main)?;
-    let snapshotter =
-        Snapshotter::current_exe(crate::SNAPSHOT_SUBCOMMAND).context("cannot find the outpost executable")?;
-    let mut pool_config = PoolConfig::new(data_dir.join("snapshots"), snapshotter);
-    pool_config.worker_snapshots = !args.no_worker_snapshot;
-    // One core stays with the HTTP front (measured: on 2 cores, 1 isolate
-    // thread + 1 front thread serves more than 2 + 1).
-    pool_config.threads = pool_config.threads.saturating_sub(1).max(1);
-    let pool = Pool::start(pool_config);
-    let kv_path = data_dir.join("kv.redb");
-    let kv_store = outpost_kv::Store::open(&kv_path, outpost_kv::StoreConfig::default())
-        .with_context(|| format!("cannot open the KV store {}", kv_path.display()))?;
+    let (pool, kv_store) = front::start_pool_and_store(&data_dir, !args.no_worker_snapshot, None)?;
     let name = worker.name.clone();
     pool.deploy(front::worker_spec(worker, &kv_store)?).with_context(|| format!("cannot load worker {name}"))?;
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = front::front_runtime()?;
     let tls = if args.https {
         let certificate = dev_tls::ensure(&data_dir.join("tls"))?;
         let mut certificates = outpost_ingress::tls::Certificates::new();
@@ -91,16 +72,13 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
                 listeners
             }
             None => {
-                let tcp = tokio::net::TcpListener::bind(address)
-                    .await
-                    .with_context(|| format!("cannot listen on {address}"))?;
-                println!("outpost dev: serving worker {name:?} on http://{}", tcp.local_addr()?);
-                vec![AnyListener::Tcp(Listener::cleartext(tcp))]
+                let (listener, address) = front::bind_cleartext(address).await?;
+                println!("outpost dev: serving worker {name:?} on http://{address}");
+                vec![listener]
             }
         };
         std::io::stdout().flush()?;
-        kv_store.spawn_sweeper(std::time::Duration::from_secs(60));
-        tokio::spawn(outpost_isolate_pool::run_alarms(pool.clone(), kv_store.clone()));
+        front::spawn_store_tasks(&pool, &kv_store);
         let handler = Arc::new(PoolHandler { pool: pool.clone(), target: Target::One(name) });
         front::serve_until_signal(listeners, ServerConfig::default(), handler).await?;
         pool.stop();

@@ -3,13 +3,15 @@
 //! together, and shutting down on a signal.
 
 use std::future::Future;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 
+use anyhow::Context as _;
 use outpost_ingress::http3::H3Listener;
 use outpost_ingress::routes::Routes;
 use outpost_ingress::{Body, Handler, HandlerError, Listener, RequestContext, ServerConfig};
-use outpost_isolate_pool::{FetchError, Pool, WorkerSpec};
+use outpost_isolate_pool::{FetchError, Pool, PoolConfig, Snapshotter, WorkerSpec};
 use outpost_runtime::{DispatchError, WorkerRequestParts, WorkerSource};
 
 /// Which worker a request goes to.
@@ -96,6 +98,54 @@ pub fn handler_error(err: FetchError) -> HandlerError {
     }
 }
 
+/// Starts what `dev` and `serve` share under `data_dir`: the isolate pool
+/// (`threads` isolate threads, by default one per core but one, which stays
+/// with the HTTP front) and the store. Initialises V8.
+pub fn start_pool_and_store(
+    data_dir: &Path,
+    worker_snapshots: bool,
+    threads: Option<usize>,
+) -> anyhow::Result<(Pool, outpost_kv::Store)> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    outpost_runtime::init_v8();
+    let snapshotter =
+        Snapshotter::current_exe(crate::SNAPSHOT_SUBCOMMAND).context("cannot find the outpost executable")?;
+    let mut pool_config = PoolConfig::new(data_dir.join("snapshots"), snapshotter);
+    pool_config.worker_snapshots = worker_snapshots;
+    // Measured: on 2 cores, 1 isolate thread + 1 front thread serves more
+    // than 2 + 1.
+    pool_config.threads = threads.unwrap_or_else(|| pool_config.threads.saturating_sub(1).max(1));
+    let pool = Pool::start(pool_config);
+    let kv_path = data_dir.join("kv.redb");
+    let store = outpost_kv::Store::open(&kv_path, outpost_kv::StoreConfig::default())
+        .with_context(|| format!("cannot open the store {}", kv_path.display()))?;
+    Ok((pool, store))
+}
+
+/// The async runtime of the HTTP front: one thread.
+pub fn front_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// The store's background work: sweeping expired KV entries and firing
+/// Durable Object alarms. Call inside the runtime.
+pub fn spawn_store_tasks(pool: &Pool, store: &outpost_kv::Store) {
+    store.spawn_sweeper(std::time::Duration::from_secs(60));
+    tokio::spawn(outpost_isolate_pool::run_alarms(pool.clone(), store.clone()));
+}
+
+/// Binds a cleartext listener (HTTP/1.1 and h2c); returns the bound address.
+pub async fn bind_cleartext(address: std::net::SocketAddr) -> anyhow::Result<(AnyListener, std::net::SocketAddr)> {
+    let tcp = tokio::net::TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
+    let bound = tcp.local_addr()?;
+    Ok((AnyListener::Tcp(Listener::cleartext(tcp)), bound))
+}
+
 /// A TCP listener (HTTP/1.1, HTTP/2) or a QUIC one (HTTP/3).
 pub enum AnyListener {
     Tcp(Listener),
@@ -109,7 +159,6 @@ pub async fn bind_tls(
     certificates: Arc<outpost_ingress::tls::Certificates>,
     http3: bool,
 ) -> anyhow::Result<(Vec<AnyListener>, std::net::SocketAddr)> {
-    use anyhow::Context as _;
     use outpost_ingress::tls;
     let tcp = tokio::net::TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
     let bound = tcp.local_addr()?;

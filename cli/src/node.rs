@@ -11,12 +11,12 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use outpost_ingress::routes::Routes;
 use outpost_ingress::tls::Certificates;
-use outpost_ingress::{Listener, ServerConfig};
-use outpost_isolate_pool::{Pool, PoolConfig, Snapshotter};
+use outpost_ingress::ServerConfig;
+use outpost_isolate_pool::Pool;
 use serde::Deserialize;
 
 use crate::config;
-use crate::front::{self, AnyListener, PoolHandler, Target};
+use crate::front::{self, PoolHandler, Target};
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
@@ -155,27 +155,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
 
     let data_dir = resolve(config.data_dir.as_deref().unwrap_or(Path::new(".outpost-node")));
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
-    outpost_runtime::init_v8();
-    let snapshotter =
-        Snapshotter::current_exe(crate::SNAPSHOT_SUBCOMMAND).context("cannot find the outpost executable")?;
-    let mut pool_config = PoolConfig::new(data_dir.join("snapshots"), snapshotter);
     // Many workers in one process: every isolate from the bootstrap snapshot
     // (see ARCHITECTURE.md, "one snapshot blob per process").
-    pool_config.worker_snapshots = false;
-    pool_config.threads = config.threads.unwrap_or_else(|| pool_config.threads.saturating_sub(1).max(1));
-    let pool = Pool::start(pool_config);
-    let kv_path = data_dir.join("kv.redb");
-    let kv_store = outpost_kv::Store::open(&kv_path, outpost_kv::StoreConfig::default())
-        .with_context(|| format!("cannot open the store {}", kv_path.display()))?;
+    let (pool, kv_store) = front::start_pool_and_store(&data_dir, false, config.threads)?;
     let (names, routes) = load_workers_and_routes(&args.config, &config, &base, &pool, &kv_store)?;
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = front::front_runtime()?;
     runtime.block_on(async move {
         let mut listeners = Vec::new();
         for listener in &config.listeners {
@@ -188,17 +173,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 }
                 listeners.extend(bound);
             } else {
-                let tcp = tokio::net::TcpListener::bind(listener.address)
-                    .await
-                    .with_context(|| format!("cannot listen on {}", listener.address))?;
-                println!("outpost serve: listening on http://{}", tcp.local_addr()?);
-                listeners.push(AnyListener::Tcp(Listener::cleartext(tcp)));
+                let (bound, address) = front::bind_cleartext(listener.address).await?;
+                println!("outpost serve: listening on http://{address}");
+                listeners.push(bound);
             }
         }
         println!("outpost serve: {} workers, {} routes", names.len(), config.routes.len());
         std::io::stdout().flush()?;
-        kv_store.spawn_sweeper(Duration::from_secs(60));
-        tokio::spawn(outpost_isolate_pool::run_alarms(pool.clone(), kv_store.clone()));
+        front::spawn_store_tasks(&pool, &kv_store);
         let handler =
             Arc::new(PoolHandler { pool: pool.clone(), target: Target::Routes(RwLock::new(Arc::new(routes))) });
         tokio::spawn(reload_on_sighup(args.config.clone(), base, pool.clone(), kv_store.clone(), handler.clone()));

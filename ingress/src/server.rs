@@ -461,12 +461,14 @@ struct GuardedBody<B> {
     limit: u64,
     received: u64,
     timeout: Duration,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    /// Armed the first time the reader has to wait: a body nobody reads (a
+    /// GET's) costs no timer.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<B> GuardedBody<B> {
     fn new(body: B, limit: u64, timeout: Duration) -> Self {
-        GuardedBody { body, limit, received: 0, timeout, deadline: Box::pin(tokio::time::sleep(timeout)) }
+        GuardedBody { body, limit, received: 0, timeout, deadline: None }
     }
 }
 
@@ -489,18 +491,22 @@ where
                     }
                 }
                 let timeout = self.timeout;
-                self.deadline.as_mut().reset(tokio::time::Instant::now() + timeout);
+                if let Some(deadline) = self.deadline.as_mut() {
+                    deadline.as_mut().reset(tokio::time::Instant::now() + timeout);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(err.into()))),
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => match self.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => {
-                    let seconds = self.timeout.as_secs_f64();
-                    Poll::Ready(Some(Err(format!("request body: nothing received for {seconds} s").into())))
+            Poll::Pending => {
+                let timeout = self.timeout;
+                let deadline = self.deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if deadline.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
                 }
-                Poll::Pending => Poll::Pending,
-            },
+                let seconds = timeout.as_secs_f64();
+                Poll::Ready(Some(Err(format!("request body: nothing received for {seconds} s").into())))
+            }
         }
     }
 

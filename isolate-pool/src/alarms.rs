@@ -123,7 +123,7 @@ async fn fire(
     let request = http::Request::builder().method("POST").body(empty_body()).expect("a valid request");
     let parts =
         WorkerRequestParts { request, url: "http://alarm.invalid/".into(), request_id: request_id.clone(), cf: None };
-    let succeeded = match pool.run_alarm(&worker, call, parts).await {
+    let succeeded = match pool.fetch_object(&worker, call, parts).await {
         Ok(response) => response.status().is_success(),
         Err(err) => {
             tracing::warn!(worker = %worker, class = %class_name, request_id, "alarm failed: {err}");

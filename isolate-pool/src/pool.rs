@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use outpost_runtime::{
-    Body, BoxError, DispatchError, DurableObjectBinding, ObjectCall, ObjectRouter, RouteFuture, WorkerCode,
-    WorkerOptions, WorkerRequest, WorkerRequestParts, WorkerSource,
+    Body, BoxError, DispatchError, DurableObjectBinding, ObjectCall, ObjectEvent, ObjectRouter, RouteFuture,
+    WorkerCode, WorkerOptions, WorkerRequest, WorkerRequestParts, WorkerSource,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -152,7 +152,7 @@ struct LiveIsolate {
     in_flight: Arc<AtomicUsize>,
     /// Requests answered, for the CPU meter (a completion refills the budget).
     completed: Arc<AtomicU64>,
-    last_used: Instant,
+    last_used: LastUsed,
     memory_bytes: usize,
     /// The isolate hosting the worker's Durable Objects: it takes only
     /// object calls, and there is one per worker, so each object has one
@@ -206,8 +206,8 @@ struct DeferredStart {
 const HOST_DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
 pub(crate) struct Inner {
-    /// This pool, for what must not keep it alive (in-flight guards, routers).
-    this: Weak<Inner>,
+    /// The origin of `LastUsed` times.
+    epoch: Instant,
     config: PoolConfig,
     threads: Vec<ThreadHandle>,
     /// Requests in flight per thread, kept beside the per-isolate counts.
@@ -240,7 +240,7 @@ impl Pool {
             let threads: Vec<_> = (0..config.threads.max(1)).map(|index| thread::spawn(index, weak.clone())).collect();
             let thread_in_flight = threads.iter().map(|_| Arc::new(AtomicUsize::new(0))).collect();
             Inner {
-                this: weak.clone(),
+                epoch: Instant::now(),
                 config,
                 threads,
                 thread_in_flight,
@@ -340,33 +340,18 @@ impl Pool {
 
     /// Sends a request to a Durable Object of `worker` (one of the classes
     /// it exports) and waits for the response head. Every call for the
-    /// worker's objects goes to the one isolate hosting them.
+    /// worker's objects goes to the one isolate hosting them. An alarm is
+    /// not bound by the wall-clock limit: its handler is waited for until it
+    /// ends (its CPU is still limited), so a slow one never runs twice at once.
     pub async fn fetch_object(
         &self,
         worker: &str,
         call: ObjectCall,
         request: WorkerRequestParts,
     ) -> Result<http::Response<Body>, FetchError> {
+        let wall_limit = !matches!(call.event, ObjectEvent::Alarm { .. });
         let placed = self.place_object(worker)?;
-        dispatch(placed, request, Some(call), true).await
-    }
-
-    /// Like [`fetch_object`](Self::fetch_object) without the wall-clock
-    /// limit: an alarm's handler is waited for until it ends (its CPU is
-    /// still limited), so a slow one is never run twice at once.
-    pub async fn run_alarm(
-        &self,
-        worker: &str,
-        call: ObjectCall,
-        request: WorkerRequestParts,
-    ) -> Result<http::Response<Body>, FetchError> {
-        let placed = self.place_object(worker)?;
-        dispatch(placed, request, Some(call), false).await
-    }
-
-    /// The router the worker's isolates send their stubs' calls through.
-    fn object_router(inner: &Weak<Inner>) -> Arc<dyn ObjectRouter> {
-        Arc::new(PoolRouter(inner.clone()))
+        dispatch(placed, request, Some(call), wall_limit).await
     }
 
     fn place_object(&self, worker: &str) -> Result<Placed, FetchError> {
@@ -498,13 +483,12 @@ impl Inner {
         isolate.in_flight.fetch_add(1, Ordering::Relaxed);
         let thread_counter = self.thread_in_flight[isolate.thread].clone();
         thread_counter.fetch_add(1, Ordering::Relaxed);
-        isolate.last_used = Instant::now();
+        isolate.last_used.touch();
         let guard = InFlightGuard {
             counter: isolate.in_flight.clone(),
             thread_counter,
             completed: isolate.completed.clone(),
-            pool: self.this.clone(),
-            id,
+            last_used: isolate.last_used.clone(),
         };
         Placed { sender, guard, limits }
     }
@@ -546,7 +530,7 @@ impl Inner {
                 sender: Some(sender),
                 in_flight: Arc::new(AtomicUsize::new(0)),
                 completed: Arc::new(AtomicU64::new(0)),
-                last_used: Instant::now(),
+                last_used: LastUsed::new(self.epoch),
                 memory_bytes: 0,
                 hosts_objects: false,
             },
@@ -576,8 +560,13 @@ impl Inner {
         let mut state = self.state.lock().unwrap();
         state.remove_isolate(id);
         if let Some(deferred) = state.deferred_starts.remove(&id) {
-            let _ = self.threads[deferred.thread].commands.send(Command::Start(deferred.start));
+            self.start_deferred(deferred);
         }
+    }
+
+    /// Sends a host that waited for its predecessor to its thread.
+    fn start_deferred(&self, deferred: DeferredStart) {
+        let _ = self.threads[deferred.thread].commands.send(Command::Start(deferred.start));
     }
 
     fn evict(&self, now: Instant, rules: EvictionRules) -> usize {
@@ -588,7 +577,7 @@ impl Inner {
             .filter(|(_, i)| i.sender.is_some())
             .map(|(&id, i)| IsolateUse {
                 id,
-                last_used: i.last_used,
+                last_used: i.last_used.get(),
                 memory_bytes: i.memory_bytes,
                 in_flight: i.in_flight.load(Ordering::Relaxed),
             })
@@ -628,7 +617,7 @@ impl Inner {
                     "an old object host is still busy after {} s; starting its replacement",
                     HOST_DRAIN_DEADLINE.as_secs()
                 );
-                let _ = self.threads[deferred.thread].commands.send(Command::Start(deferred.start));
+                self.start_deferred(deferred);
             }
         }
     }
@@ -688,8 +677,7 @@ struct InFlightGuard {
     counter: Arc<AtomicUsize>,
     thread_counter: Arc<AtomicUsize>,
     completed: Arc<AtomicU64>,
-    pool: Weak<Inner>,
-    id: IsolateId,
+    last_used: LastUsed,
 }
 
 impl Drop for InFlightGuard {
@@ -697,11 +685,32 @@ impl Drop for InFlightGuard {
         self.completed.fetch_add(1, Ordering::Relaxed);
         self.counter.fetch_sub(1, Ordering::Relaxed);
         self.thread_counter.fetch_sub(1, Ordering::Relaxed);
-        if let Some(pool) = self.pool.upgrade() {
-            if let Some(isolate) = pool.state.lock().unwrap().isolates.get_mut(&self.id) {
-                isolate.last_used = Instant::now();
-            }
-        }
+        self.last_used.touch();
+    }
+}
+
+/// When an isolate last took or finished a request. Atomic, so finishing a
+/// request (every response) does not take the pool's lock.
+#[derive(Clone)]
+struct LastUsed {
+    epoch: Instant,
+    /// Milliseconds after `epoch`.
+    millis: Arc<AtomicU64>,
+}
+
+impl LastUsed {
+    fn new(epoch: Instant) -> Self {
+        let last_used = LastUsed { epoch, millis: Arc::new(AtomicU64::new(0)) };
+        last_used.touch();
+        last_used
+    }
+
+    fn touch(&self) {
+        self.millis.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> Instant {
+        self.epoch + Duration::from_millis(self.millis.load(Ordering::Relaxed))
     }
 }
 
@@ -731,7 +740,7 @@ impl HttpBody for GuardedBody {
 pub(crate) fn worker_options(worker: &DeployedWorker, pool: &Weak<Inner>) -> WorkerOptions {
     WorkerOptions {
         durable_objects: worker.spec.durable_objects.clone(),
-        object_router: Some(Pool::object_router(pool)),
+        object_router: Some(Arc::new(PoolRouter(pool.clone()))),
         name: worker.spec.name.clone(),
         vars: worker.spec.vars.clone(),
         heap_limit_bytes: Some((worker.spec.limits.memory_mb as usize) << 20),

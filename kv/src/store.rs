@@ -650,6 +650,27 @@ impl<'t> Tables<'t> {
     }
 }
 
+impl Tables<'_> {
+    /// Sets (or with `None` clears) an object's alarm, in both tables; with
+    /// `expected`, only if the alarm is still set to that time.
+    fn replace_alarm(&mut self, object: &[u8], expected: Option<u64>, new: Option<u64>) -> Result<(), redb::Error> {
+        let (alarms, alarm_times) = self.alarms()?;
+        let current = alarms.get(object)?.map(|at| at.value());
+        if expected.is_some() && current != expected {
+            return Ok(());
+        }
+        if let Some(old) = current {
+            alarms.remove(object)?;
+            alarm_times.remove(crate::objects::alarm_time_key(old, object).as_slice())?;
+        }
+        if let Some(at) = new {
+            alarms.insert(object, at)?;
+            alarm_times.insert(crate::objects::alarm_time_key(at, object).as_slice(), ())?;
+        }
+        Ok(())
+    }
+}
+
 /// Applies `writes` in one redb transaction. A durable one also records
 /// `sequence` as the last log record the tables hold (after a crash, redb
 /// opens at its last durable commit, so only those need it).
@@ -696,28 +717,9 @@ fn apply<'a>(
                 Write::ObjectDelete { key } => {
                     tables.objects()?.remove(key.as_slice())?;
                 }
-                Write::Alarm { object, at_ms } => {
-                    let (alarms, alarm_times) = tables.alarms()?;
-                    let old = alarms.remove(object.as_slice())?.map(|old| old.value());
-                    if let Some(old) = old {
-                        alarm_times.remove(crate::objects::alarm_time_key(old, object).as_slice())?;
-                    }
-                    if let Some(at) = at_ms {
-                        alarms.insert(object.as_slice(), *at)?;
-                        alarm_times.insert(crate::objects::alarm_time_key(*at, object).as_slice(), ())?;
-                    }
-                }
+                Write::Alarm { object, at_ms } => tables.replace_alarm(object, None, *at_ms)?,
                 Write::AlarmReplaceIf { object, expected_ms, new_ms } => {
-                    let (alarms, alarm_times) = tables.alarms()?;
-                    let current = alarms.get(object.as_slice())?.map(|at| at.value());
-                    if current == Some(*expected_ms) {
-                        alarms.remove(object.as_slice())?;
-                        alarm_times.remove(crate::objects::alarm_time_key(*expected_ms, object).as_slice())?;
-                        if let Some(at) = new_ms {
-                            alarms.insert(object.as_slice(), *at)?;
-                            alarm_times.insert(crate::objects::alarm_time_key(*at, object).as_slice(), ())?;
-                        }
-                    }
+                    tables.replace_alarm(object, Some(*expected_ms), *new_ms)?
                 }
             }
         }

@@ -143,8 +143,7 @@ impl Wal {
     pub(crate) fn reset(&mut self) -> std::io::Result<()> {
         self.generation += 1;
         let mut header = Aligned::zeroed(BLOCK);
-        header.as_mut()[..8].copy_from_slice(MAGIC);
-        header.as_mut()[8..16].copy_from_slice(&self.generation.to_le_bytes());
+        write_header(header.as_mut(), self.generation);
         self.file.write_all_at(header.as_mut(), 0)?;
         if !self.direct {
             self.file.sync_data()?;
@@ -158,6 +157,12 @@ impl Wal {
     }
 }
 
+/// Block 0: the magic and the generation whose records count.
+fn write_header(block: &mut [u8], generation: u64) {
+    block[..8].copy_from_slice(MAGIC);
+    block[8..16].copy_from_slice(&generation.to_le_bytes());
+}
+
 /// Writes the whole log once (zeros) so that appends never change the
 /// file's size or block map: the sync after an append then writes data
 /// only, no file system metadata.
@@ -166,8 +171,7 @@ fn create(path: &Path) -> std::io::Result<()> {
     {
         let mut file = File::create(&temporary)?;
         let mut header = vec![0u8; BLOCK];
-        header[..8].copy_from_slice(MAGIC);
-        header[8..16].copy_from_slice(&1u64.to_le_bytes());
+        write_header(&mut header, 1);
         file.write_all(&header)?;
         let zeros = vec![0u8; 1 << 20];
         let mut written = BLOCK as u64;

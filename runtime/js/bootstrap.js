@@ -16,6 +16,7 @@ import {
   op_outpost_do_alarm_set,
   op_outpost_do_id,
   op_outpost_do_send,
+  op_outpost_do_storage_delete,
   op_outpost_do_storage_delete_all,
   op_outpost_do_storage_get,
   op_outpost_do_storage_list,
@@ -45,6 +46,7 @@ const {
   ArrayPrototypeFind,
   ArrayPrototypeReverse,
   ArrayPrototypeShift,
+  ArrayPrototypeSlice,
   ArrayPrototypeSort,
   DateNow,
   DatePrototype,
@@ -337,9 +339,9 @@ class WebSocket extends event.EventTarget {
     if (typeof message === "string") {
       payload = message;
     } else if (ObjectPrototypeIsPrototypeOf(ArrayBufferPrototype, message)) {
-      payload = new Uint8Array(TypedArrayPrototypeSlice(new Uint8Array(message)));
+      payload = TypedArrayPrototypeSlice(new Uint8Array(message));
     } else if (ArrayBufferIsView(message)) {
-      payload = new Uint8Array(TypedArrayPrototypeSlice(new Uint8Array(message.buffer, message.byteOffset, message.byteLength)));
+      payload = TypedArrayPrototypeSlice(new Uint8Array(message.buffer, message.byteOffset, message.byteLength));
     } else {
       payload = String(message);
     }
@@ -612,6 +614,11 @@ function kvGetType(options) {
   return type;
 }
 
+/** Every byte of a stream. */
+async function streamBytes(stream) {
+  return new Uint8Array(await new response.Response(stream).arrayBuffer());
+}
+
 async function kvBytes(value) {
   if (typeof value === "string") return core.encode(value);
   if (ObjectPrototypeIsPrototypeOf(ArrayBufferPrototype, value)) return new Uint8Array(value);
@@ -619,7 +626,7 @@ async function kvBytes(value) {
     return new Uint8Array(value.buffer, value.byteOffset, value.byteLength);
   }
   if (ObjectPrototypeIsPrototypeOf(streams.ReadableStreamPrototype, value)) {
-    return new Uint8Array(await new response.Response(value).arrayBuffer());
+    return streamBytes(value);
   }
   throw new TypeError("KV put() accepts a string, ArrayBuffer, ArrayBufferView or ReadableStream");
 }
@@ -722,7 +729,7 @@ function rpcResult(bytes, kind) {
 
 async function readAll(bodyRid) {
   if (bodyRid === null) return new Uint8Array(0);
-  return new Uint8Array(await new response.Response(streams.readableStreamForRid(bodyRid)).arrayBuffer());
+  return streamBytes(streams.readableStreamForRid(bodyRid));
 }
 
 const NULL_BODY_STATUSES = [101, 204, 205, 304];
@@ -929,6 +936,45 @@ function deserializeValue(bytes) {
   return core.deserialize(bytes, { forStorage: true });
 }
 
+/** `get()`'s answer: a Map of the keys found, or one value (undefined if absent). */
+function gotten(many, names, values) {
+  if (!many) return values[0] === null ? undefined : deserializeValue(values[0]);
+  const found = new SafeMap();
+  for (let i = 0; i < names.length; i++) {
+    if (values[i] !== null) MapPrototypeSet(found, names[i], deserializeValue(values[i]));
+  }
+  return found;
+}
+
+/** `get()`/`delete()` arguments: one key or an array of them. */
+function keyArgument(keys) {
+  const many = ArrayIsArray(keys);
+  return { many, names: many ? storageKeys(keys) : [storageKey(keys)] };
+}
+
+/** A transaction's `delete()` answer from what existed: a count, or whether the one key did. */
+function deleted(many, existing) {
+  const count = ArrayPrototypeFilter(existing, (value) => value !== null).length;
+  return many ? count : count > 0;
+}
+
+/** `put()` arguments, `(key, value)` or `(entries)`, as serialized `[key, bytes]` pairs. */
+function putEntries(keyOrEntries, value) {
+  if (typeof keyOrEntries !== "object" || keyOrEntries === null) {
+    return [[storageKey(keyOrEntries), serializeValue(value)]];
+  }
+  const entries = ObjectEntries(keyOrEntries);
+  storageKeys(ArrayPrototypeMap(entries, (entry) => entry[0]));
+  return ArrayPrototypeMap(entries, ([key, entry]) => [key, serializeValue(entry)]);
+}
+
+/** `list()`'s answer from `[key, bytes]` pairs in order. */
+function listed(entries) {
+  const found = new SafeMap();
+  for (let i = 0; i < entries.length; i++) MapPrototypeSet(found, entries[i][0], deserializeValue(entries[i][1]));
+  return found;
+}
+
 /** Checks list() options, as Cloudflare does, into the op's shape. */
 function listOptions(options) {
   if (options === undefined || options === null) options = {};
@@ -993,7 +1039,7 @@ class DurableObjectStorage {
   /**
    * Runs a write call in call order and holds the input gate until it is
    * committed. `submit` hands the writes to the store (calls the op) and
-   * returns `{ commit, result }`; it runs at once when no earlier call is
+   * returns the op's promise; it runs at once when no earlier call is
    * still waiting, otherwise after them, and with `reads`, only once every
    * earlier write is committed (it reads first). The store commits writes
    * in the order they are handed over.
@@ -1008,22 +1054,21 @@ class DurableObjectStorage {
       handedOver = resolve;
     });
     const run = async () => {
-      let step;
+      let commit;
       try {
         if (turn !== null) await turn;
         while (reads && this.#uncommitted > 0) await this.#committed;
-        step = submit();
+        commit = submit();
       } finally {
         this.#waiting--;
         handedOver();
       }
       this.#uncommitted++;
-      const settled = PromisePrototypeThen(step.commit, () => {}, () => {});
+      const settled = PromisePrototypeThen(commit, () => {}, () => {});
       this.#committed = PromisePrototypeThen(SafePromiseAll([this.#committed, settled]), () => {
         this.#uncommitted--;
       });
-      await step.commit;
-      return step.result;
+      return await commit;
     };
     const result = run();
     PromisePrototypeThen(result, () => object.gate.release(), (error) => {
@@ -1050,10 +1095,7 @@ class DurableObjectStorage {
   /** Commits `puts` and `deletes` together. */
   write(puts, deletes) {
     const object = this.#object;
-    return this.#schedule(false, () => ({
-      commit: op_outpost_do_storage_write(object.className, object.hex, puts, deletes),
-      result: undefined,
-    }));
+    return this.#schedule(false, () => op_outpost_do_storage_write(object.className, object.hex, puts, deletes));
   }
 
   async #read(read) {
@@ -1064,35 +1106,19 @@ class DurableObjectStorage {
 
   get(keys, _options = undefined) {
     const object = this.#object;
-    if (ArrayIsArray(keys)) {
-      const names = storageKeys(keys);
-      return this.#read(() => {
-        const values = op_outpost_do_storage_get(object.className, object.hex, names);
-        const found = new SafeMap();
-        for (let i = 0; i < names.length; i++) {
-          if (values[i] !== null) MapPrototypeSet(found, names[i], deserializeValue(values[i]));
-        }
-        return found;
-      });
+    let argument;
+    try {
+      argument = keyArgument(keys);
+    } catch (error) {
+      return PromiseReject(error);
     }
-    const name = storageKey(keys);
-    return this.#read(() => {
-      const [value] = op_outpost_do_storage_get(object.className, object.hex, [name]);
-      return value === null ? undefined : deserializeValue(value);
-    });
+    const { many, names } = argument;
+    return this.#read(() => gotten(many, names, op_outpost_do_storage_get(object.className, object.hex, names)));
   }
 
   put(keyOrEntries, value = undefined, _options = undefined) {
     try {
-      let puts;
-      if (typeof keyOrEntries === "object" && keyOrEntries !== null) {
-        const entries = ObjectEntries(keyOrEntries);
-        storageKeys(ArrayPrototypeMap(entries, (entry) => entry[0]));
-        puts = ArrayPrototypeMap(entries, ([key, entry]) => [key, serializeValue(entry)]);
-      } else {
-        puts = [[storageKey(keyOrEntries), serializeValue(value)]];
-      }
-      return this.write(puts, []);
+      return this.write(putEntries(keyOrEntries, value), []);
     } catch (error) {
       return PromiseReject(error);
     }
@@ -1100,32 +1126,22 @@ class DurableObjectStorage {
 
   delete(keys, _options = undefined) {
     const object = this.#object;
-    let many;
-    let names;
+    let argument;
     try {
-      many = ArrayIsArray(keys);
-      names = many ? storageKeys(keys) : [storageKey(keys)];
+      argument = keyArgument(keys);
     } catch (error) {
       return PromiseReject(error);
     }
-    // Reads which keys exist, after every earlier write, then deletes them.
-    return this.#schedule(true, () => {
-      const existing = op_outpost_do_storage_get(object.className, object.hex, names);
-      const count = ArrayPrototypeFilter(existing, (value) => value !== null).length;
-      return {
-        commit: op_outpost_do_storage_write(object.className, object.hex, [], names),
-        result: many ? count : count > 0,
-      };
-    });
+    const { many, names } = argument;
+    // After every earlier write: the count is of keys that existed then.
+    const removed = this.#schedule(true, () => op_outpost_do_storage_delete(object.className, object.hex, names));
+    return PromisePrototypeThen(removed, (count) => many ? count : count > 0);
   }
 
   deleteAll(_options = undefined) {
     const object = this.#object;
     // After every earlier write, so none of them survives it.
-    return this.#schedule(true, () => ({
-      commit: op_outpost_do_storage_delete_all(object.className, object.hex),
-      result: undefined,
-    }));
+    return this.#schedule(true, () => op_outpost_do_storage_delete_all(object.className, object.hex));
   }
 
   list(options = undefined) {
@@ -1136,14 +1152,7 @@ class DurableObjectStorage {
       return PromiseReject(error);
     }
     const object = this.#object;
-    return this.#read(() => {
-      const entries = op_outpost_do_storage_list(object.className, object.hex, checked);
-      const found = new SafeMap();
-      for (let i = 0; i < entries.length; i++) {
-        MapPrototypeSet(found, entries[i][0], deserializeValue(entries[i][1]));
-      }
-      return found;
-    });
+    return this.#read(() => listed(op_outpost_do_storage_list(object.className, object.hex, checked)));
   }
 
   /**
@@ -1192,18 +1201,12 @@ class DurableObjectStorage {
         new TypeError(`Durable Object class ${object.className} must have an alarm() handler to call setAlarm()`),
       );
     }
-    return this.#schedule(false, () => ({
-      commit: op_outpost_do_alarm_set(object.className, object.hex, MathMax(at, 0)),
-      result: undefined,
-    }));
+    return this.#schedule(false, () => op_outpost_do_alarm_set(object.className, object.hex, MathMax(at, 0)));
   }
 
   deleteAlarm(_options = undefined) {
     const object = this.#object;
-    return this.#schedule(false, () => ({
-      commit: op_outpost_do_alarm_set(object.className, object.hex, null),
-      result: undefined,
-    }));
+    return this.#schedule(false, () => op_outpost_do_alarm_set(object.className, object.hex, null));
   }
 }
 
@@ -1231,40 +1234,23 @@ class DurableObjectTransaction {
 
   async get(keys, _options = undefined) {
     this.#check();
-    if (ArrayIsArray(keys)) {
-      const names = storageKeys(keys);
-      const values = this.#stored(names);
-      const found = new SafeMap();
-      for (let i = 0; i < names.length; i++) {
-        if (values[i] !== null) MapPrototypeSet(found, names[i], deserializeValue(values[i]));
-      }
-      return found;
-    }
-    const [value] = this.#stored([storageKey(keys)]);
-    return value === null ? undefined : deserializeValue(value);
+    const { many, names } = keyArgument(keys);
+    return gotten(many, names, this.#stored(names));
   }
 
   async put(keyOrEntries, value = undefined, _options = undefined) {
     this.#check();
-    if (typeof keyOrEntries === "object" && keyOrEntries !== null) {
-      const entries = ObjectEntries(keyOrEntries);
-      storageKeys(ArrayPrototypeMap(entries, (entry) => entry[0]));
-      for (const { 0: key, 1: entry } of new SafeArrayIterator(entries)) {
-        MapPrototypeSet(this.#writes, key, serializeValue(entry));
-      }
-      return;
+    for (const { 0: key, 1: bytes } of new SafeArrayIterator(putEntries(keyOrEntries, value))) {
+      MapPrototypeSet(this.#writes, key, bytes);
     }
-    MapPrototypeSet(this.#writes, storageKey(keyOrEntries), serializeValue(value));
   }
 
   async delete(keys, _options = undefined) {
     this.#check();
-    const many = ArrayIsArray(keys);
-    const names = many ? storageKeys(keys) : [storageKey(keys)];
+    const { many, names } = keyArgument(keys);
     const existing = this.#stored(names);
     for (let i = 0; i < names.length; i++) MapPrototypeSet(this.#writes, names[i], null);
-    const count = ArrayPrototypeFilter(existing, (value) => value !== null).length;
-    return many ? count : count > 0;
+    return deleted(many, existing);
   }
 
   async list(options = undefined) {
@@ -1282,10 +1268,8 @@ class DurableObjectTransaction {
     }
     const keys = ArrayPrototypeSort(ArrayPrototypeMap([...new SafeMapIterator(merged)], (entry) => entry[0]), compareKeys);
     if (checked.reverse) ArrayPrototypeReverse(keys);
-    const found = new SafeMap();
     const count = checked.limit === null ? keys.length : MathMin(checked.limit, keys.length);
-    for (let i = 0; i < count; i++) MapPrototypeSet(found, keys[i], deserializeValue(MapPrototypeGet(merged, keys[i])));
-    return found;
+    return listed(ArrayPrototypeMap(ArrayPrototypeSlice(keys, 0, count), (key) => [key, MapPrototypeGet(merged, key)]));
   }
 
   rollback() {
@@ -1386,6 +1370,24 @@ class LiveObject {
     this.lastUsed = DateNow();
   }
 
+  /**
+   * Runs `use(instance)` as the object's next event and holds its outcome,
+   * value or error, until the object's writes are durable (the output gate).
+   */
+  async runGated(use) {
+    let value;
+    try {
+      value = await this.run(use);
+    } catch (error) {
+      try {
+        await this.storage.flushed();
+      } catch { /* the event's own error is the answer */ }
+      throw error;
+    }
+    await this.storage.flushed();
+    return value;
+  }
+
   /** Runs `use(instance)` as the object's next event. */
   run(use) {
     if (this.instance === null && !this.constructing) {
@@ -1458,38 +1460,31 @@ async function handleObjectEvent(next) {
     const object = liveObject(target);
     if (target.kind === "fetch") {
       const req = buildRequest(next);
-      const result = await object.run((instance) =>
+      const result = await object.runGated((instance) =>
         FunctionPrototypeCall(handlerOf(instance, "fetch", target.className), instance, req)
       );
-      await object.storage.flushed();
       await sendResponse(next.rid, result, req);
     } else if (target.kind === "alarm") {
       const info = { retryCount: target.retryCount, isRetry: target.retryCount > 0 };
-      await object.run((instance) =>
+      await object.runGated((instance) =>
         FunctionPrototypeCall(handlerOf(instance, "alarm", target.className), instance, info)
       );
-      await object.storage.flushed();
       op_outpost_respond(next.rid, 204, [], EMPTY);
     } else {
       const args = core.deserialize(target.args);
       let kind = "value";
       let outcome;
       try {
-        const value = await object.run((instance) => {
+        const value = await object.runGated((instance) => {
           const method = target.method === "constructor" ? undefined : instance[target.method];
           if (typeof method !== "function") {
             throw new TypeError(`The RPC receiver does not implement the method "${target.method}".`);
           }
           return ReflectApply(method, instance, args);
         });
-        await object.storage.flushed();
         outcome = core.serialize(value);
       } catch (error) {
         kind = "error";
-        // The output gate holds a thrown error back too.
-        try {
-          await object.storage.flushed();
-        } catch { /* the method's error is the answer */ }
         try {
           outcome = core.serialize(error);
         } catch {
@@ -1499,11 +1494,6 @@ async function handleObjectEvent(next) {
       op_outpost_respond(next.rid, 200, [["outpost-rpc", kind]], outcome);
     }
   } catch (error) {
-    // The output gate holds errors back too, until the writes made before
-    // them are durable (or failed).
-    try {
-      await MapPrototypeGet(liveObjects, `${target.className}\0${target.id}`)?.storage.flushed();
-    } catch { /* the error below is the answer */ }
     op_outpost_respond_error(next.rid, describeError(error));
   } finally {
     if (next.bodyRid !== null) core.tryClose(next.bodyRid);
@@ -1600,9 +1590,12 @@ function buildRequest(next) {
   const headerList = next.headers;
   const inner = request.newInnerRequest(next.method, next.url, () => headerList, requestBody, false);
   const req = request.fromInnerRequest(inner, "immutable");
-  // What the front knows of the connection, as Cloudflare's `request.cf`.
+  // What the front knows of the connection, as Cloudflare's `request.cf`,
+  // parsed only if the worker looks.
   if (next.cf !== null) {
-    ObjectDefineProperty(req, "cf", { value: JSONParse(next.cf), enumerable: false, configurable: true });
+    const json = next.cf;
+    let cf;
+    ObjectDefineProperty(req, "cf", { get: () => (cf ??= JSONParse(json)), enumerable: false, configurable: true });
   }
   return req;
 }

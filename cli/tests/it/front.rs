@@ -18,6 +18,30 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::{self, Reply};
 
+/// An HTTP/2 connection with prior knowledge (h2c).
+async fn h2c(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
+/// A WebSocket over HTTP/2 (extended CONNECT to `/chat`), after one plain
+/// request answered `warm_status`: once that is answered the server's
+/// settings (which allow extended CONNECT) have arrived.
+async fn h2_websocket_connect(addr: SocketAddr, warm_status: u16) -> http::Response<hyper::body::Incoming> {
+    let mut sender = h2c(addr).await;
+    let warm = http::Request::get(format!("http://{addr}/")).body(Full::new(Bytes::new())).unwrap();
+    assert_eq!(sender.send_request(warm).await.unwrap().status(), warm_status);
+    let mut connect = http::Request::connect(format!("http://{addr}/chat"))
+        .header("sec-websocket-version", "13")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    connect.extensions_mut().insert(hyper::ext::Protocol::from_static("websocket"));
+    sender.send_request(connect).await.unwrap()
+}
+
 /// An echo worker: says who it is and what it was told about the request.
 const ECHO: &str = r#"
 export default {
@@ -347,10 +371,7 @@ async fn cleartext_speaks_h2c_and_unrouted_hosts_get_404() {
     let (node, _, _) = tls_node(&ca);
     let addr = node.http.expect("a cleartext listener");
     // HTTP/2 with prior knowledge.
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await.unwrap();
-    tokio::spawn(connection);
+    let mut sender = h2c(addr).await;
     let h2 = http::Request::get("http://a.test/h2c").body(Full::new(Bytes::new())).unwrap();
     let reply = read_reply(sender.send_request(h2).await.unwrap()).await;
     let body = json(&reply);
@@ -513,20 +534,7 @@ async fn websockets_the_cloudflare_way() {
     assert_eq!(support::get(dev.addr, "/").await.status, 426);
 
     // The same worker over HTTP/2 (extended CONNECT, h2c here).
-    let tcp = tokio::net::TcpStream::connect(dev.addr).await.unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await.unwrap();
-    tokio::spawn(connection);
-    // One ordinary request first: the server's settings (which allow
-    // extended CONNECT) have arrived once it is answered.
-    let warm = http::Request::get(format!("http://{}/", dev.addr)).body(http_body_util::Empty::<Bytes>::new()).unwrap();
-    assert_eq!(sender.send_request(warm).await.unwrap().status(), 426);
-    let mut connect = http::Request::connect(format!("http://{}/chat", dev.addr))
-        .header("sec-websocket-version", "13")
-        .body(http_body_util::Empty::<Bytes>::new())
-        .unwrap();
-    connect.extensions_mut().insert(hyper::ext::Protocol::from_static("websocket"));
-    let response = sender.send_request(connect).await.unwrap();
+    let response = h2_websocket_connect(dev.addr, 426).await;
     assert_eq!(response.status(), 200, "extended CONNECT is accepted with 200");
     let upgraded = hyper::upgrade::on(response).await.expect("an HTTP/2 tunnel");
     let mut socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
@@ -646,16 +654,6 @@ async fn idle_keep_alive_connections_are_closed() {
 async fn an_http2_websocket_the_worker_does_not_accept_is_not_an_open_tunnel() {
     let dir = support::worker(&[("worker.js", "export default { fetch() { return new Response('plain'); } };\n")]);
     let dev = support::Dev::start(dir.path(), &[]);
-    let tcp = tokio::net::TcpStream::connect(dev.addr).await.unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await.unwrap();
-    tokio::spawn(connection);
-    let warm = http::Request::get(format!("http://{}/", dev.addr)).body(http_body_util::Empty::<Bytes>::new()).unwrap();
-    assert_eq!(sender.send_request(warm).await.unwrap().status(), 200);
-    let mut connect = http::Request::connect(format!("http://{}/chat", dev.addr))
-        .body(http_body_util::Empty::<Bytes>::new())
-        .unwrap();
-    connect.extensions_mut().insert(hyper::ext::Protocol::from_static("websocket"));
-    let response = sender.send_request(connect).await.unwrap();
+    let response = h2_websocket_connect(dev.addr, 200).await;
     assert_eq!(response.status(), 502, "a 2xx would read as an accepted WebSocket");
 }

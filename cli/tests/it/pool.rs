@@ -276,30 +276,39 @@ export default {
 };
 "#;
 
+/// A shared-isolation worker with one Durable Object binding
+/// `(binding, class, worker that exports it)`, on `store`.
+fn object_spec(
+    root: &Path,
+    name: &str,
+    code: &str,
+    store: &outpost_kv::Store,
+    (binding, class, script): (&str, &str, &str),
+) -> WorkerSpec {
+    let mut spec = spec(name, write_worker(root, name, code), Isolation::Shared, Limits::default());
+    spec.kv_store = Some(store.clone());
+    spec.durable_objects = vec![outpost_runtime::DurableObjectBinding {
+        binding: binding.into(),
+        class_name: class.into(),
+        script: script.into(),
+    }];
+    spec
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redeploy_never_runs_an_object_twice_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let pool = pool(dir.path());
     let store = outpost_kv::Store::open(&dir.path().join("kv.redb"), Default::default()).unwrap();
-    let object_spec = || {
-        let mut spec =
-            spec("slow", write_worker(dir.path(), "slow", SLOW_OBJECT), Isolation::Shared, Limits::default());
-        spec.kv_store = Some(store.clone());
-        spec.durable_objects = vec![outpost_runtime::DurableObjectBinding {
-            binding: "SLOW".into(),
-            class_name: "Slow".into(),
-            script: "slow".into(),
-        }];
-        spec
-    };
-    deploy(&pool, object_spec()).await;
+    let slow = || object_spec(dir.path(), "slow", SLOW_OBJECT, &store, ("SLOW", "Slow", "slow"));
+    deploy(&pool, slow()).await;
     let first = tokio::spawn({
         let pool = pool.clone();
         async move { call(&pool, "slow", "/").await }
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
     // A new version while the old one's object is mid-event.
-    deploy(&pool, object_spec()).await;
+    deploy(&pool, slow()).await;
     let (status, second) = call(&pool, "slow", "/").await.unwrap();
     assert_eq!(status, 200, "{second}");
     let (_, first) = first.await.unwrap().unwrap();
@@ -317,29 +326,14 @@ async fn objects_of_another_worker_must_be_declared_by_it() {
     let dir = tempfile::tempdir().unwrap();
     let pool = pool(dir.path());
     let store = outpost_kv::Store::open(&dir.path().join("kv.redb"), Default::default()).unwrap();
-    let binding = |binding: &str, class: &str, script: &str| outpost_runtime::DurableObjectBinding {
-        binding: binding.into(),
-        class_name: class.into(),
-        script: script.into(),
-    };
-    let mut host = spec("host", write_worker(dir.path(), "host", SLOW_OBJECT), Isolation::Shared, Limits::default());
-    host.kv_store = Some(store.clone());
-    host.durable_objects = vec![binding("SLOW", "Slow", "host")];
-    deploy(&pool, host).await;
+    deploy(&pool, object_spec(dir.path(), "host", SLOW_OBJECT, &store, ("SLOW", "Slow", "host"))).await;
     let caller_code = "export default { fetch(request, env) { return env.REMOTE.get(env.REMOTE.idFromName('x')).fetch(request); } };\n";
     // A class the host declares: reachable from another worker.
-    let mut caller =
-        spec("caller", write_worker(dir.path(), "caller", caller_code), Isolation::Shared, Limits::default());
-    caller.kv_store = Some(store.clone());
-    caller.durable_objects = vec![binding("REMOTE", "Slow", "host")];
-    deploy(&pool, caller).await;
+    deploy(&pool, object_spec(dir.path(), "caller", caller_code, &store, ("REMOTE", "Slow", "host"))).await;
     let (status, body) = call(&pool, "caller", "/").await.unwrap();
     assert_eq!(status, 200, "{body}");
     // An export the host does not declare as a Durable Object: refused.
-    let mut sneaky =
-        spec("sneaky", write_worker(dir.path(), "sneaky", caller_code), Isolation::Shared, Limits::default());
-    sneaky.kv_store = Some(store);
-    sneaky.durable_objects = vec![binding("REMOTE", "default", "host")];
+    let sneaky = object_spec(dir.path(), "sneaky", caller_code, &store, ("REMOTE", "default", "host"));
     let refused = {
         let pool = pool.clone();
         tokio::task::spawn_blocking(move || pool.deploy(sneaky)).await.unwrap()

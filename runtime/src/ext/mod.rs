@@ -48,6 +48,7 @@ deno_core::extension!(
         objects::op_outpost_do_storage_get,
         objects::op_outpost_do_storage_list,
         objects::op_outpost_do_storage_write,
+        objects::op_outpost_do_storage_delete,
         objects::op_outpost_do_storage_delete_all,
         objects::op_outpost_do_alarm_get,
         objects::op_outpost_do_alarm_set,

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::http::{full_body, Body, DispatchError, WorkerRequest};
-use super::ops::{incoming_body, WorkerName};
+use super::ops::{header_list, header_map, incoming_body, WorkerName};
 
 /// One `[[durable_objects.bindings]]` entry of a worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -280,14 +280,7 @@ pub async fn op_outpost_do_send(
     let method = http::Method::from_bytes(stub.http_method.as_bytes())
         .map_err(|_| JsErrorBox::type_error(format!("invalid method {}", stub.http_method)))?;
     let mut request = http::Request::builder().method(method);
-    let headers = request.headers_mut().expect("no error yet");
-    for (name, value) in stub.headers {
-        let name = http::HeaderName::from_bytes(&name)
-            .map_err(|err| JsErrorBox::type_error(format!("invalid header name: {err}")))?;
-        let value = http::HeaderValue::from_bytes(&value)
-            .map_err(|err| JsErrorBox::type_error(format!("invalid header value: {err}")))?;
-        headers.append(name, value);
-    }
+    *request.headers_mut().expect("no error yet") = header_map(stub.headers)?;
     let body = match body {
         Some(bytes) => full_body(Bytes::copy_from_slice(&bytes)),
         None => super::http::empty_body(),
@@ -303,11 +296,7 @@ pub async fn op_outpost_do_send(
         )));
     }
     let (head, body) = response.into_parts();
-    let headers = head
-        .headers
-        .iter()
-        .map(|(name, value)| (ByteString::from(name.as_str()), ByteString::from(value.as_bytes())))
-        .collect();
+    let headers = header_list(&head.headers);
     let body_rid = incoming_body(&mut state.borrow_mut(), body);
     Ok(StubResponse { status: head.status.as_u16(), headers, body_rid })
 }
@@ -405,6 +394,21 @@ pub async fn op_outpost_do_storage_write(
         puts.into_iter().map(|(key, value)| ObjectWrite::Put(key.into_bytes(), Bytes::copy_from_slice(&value))),
     );
     store.object_transaction(&object, writes).await.map_err(storage_error)
+}
+
+/// Deletes `keys`; resolves to how many existed.
+#[op2]
+#[smi]
+pub async fn op_outpost_do_storage_delete(
+    state: Rc<RefCell<OpState>>,
+    #[string] class_name: String,
+    #[string] id: String,
+    #[serde] keys: Vec<String>,
+) -> Result<u32, JsErrorBox> {
+    let (store, object) = object(&state.borrow(), &class_name, &id)?;
+    let keys: Vec<Vec<u8>> = keys.into_iter().map(String::into_bytes).collect();
+    let count = store.object_delete(&object, &keys).await.map_err(storage_error)?;
+    Ok(count as u32)
 }
 
 #[op2]

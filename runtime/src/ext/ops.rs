@@ -218,11 +218,7 @@ pub async fn op_outpost_next_request(state: Rc<RefCell<OpState>>) -> Option<Next
     let next = queue.0.lock().await.recv().await?;
     let WorkerRequest { request, url, request_id, respond, object, cf } = next;
     let (parts, body) = request.into_parts();
-    let headers = parts
-        .headers
-        .iter()
-        .map(|(name, value)| (ByteString::from(name.as_str()), ByteString::from(value.as_bytes())))
-        .collect();
+    let headers = header_list(&parts.headers);
     let mut state = state.borrow_mut();
     let body_rid = incoming_body(&mut state, body);
     let abort = state.borrow::<AbortReason>().clone();
@@ -243,13 +239,9 @@ pub async fn op_outpost_next_request(state: Rc<RefCell<OpState>>) -> Option<Next
     })
 }
 
-fn response_head(status: u32, headers: Vec<(ByteString, ByteString)>) -> Result<http::response::Builder, JsErrorBox> {
-    let status = u16::try_from(status)
-        .ok()
-        .and_then(|status| http::StatusCode::from_u16(status).ok())
-        .ok_or_else(|| JsErrorBox::range_error(format!("invalid response status {status}")))?;
-    let mut builder = http::Response::builder().status(status);
-    let map = builder.headers_mut().expect("builder has no error yet");
+/// Headers from JS `(name, value)` pairs; an invalid one is a `TypeError`.
+pub(crate) fn header_map(headers: Vec<(ByteString, ByteString)>) -> Result<http::HeaderMap, JsErrorBox> {
+    let mut map = http::HeaderMap::with_capacity(headers.len());
     for (name, value) in headers {
         let name = http::HeaderName::from_bytes(&name)
             .map_err(|err| JsErrorBox::type_error(format!("invalid header name: {err}")))?;
@@ -257,6 +249,21 @@ fn response_head(status: u32, headers: Vec<(ByteString, ByteString)>) -> Result<
             .map_err(|err| JsErrorBox::type_error(format!("invalid header value: {err}")))?;
         map.append(name, value);
     }
+    Ok(map)
+}
+
+/// Headers as JS takes them: `(name, value)` pairs.
+pub(crate) fn header_list(headers: &http::HeaderMap) -> Vec<(ByteString, ByteString)> {
+    headers.iter().map(|(name, value)| (ByteString::from(name.as_str()), ByteString::from(value.as_bytes()))).collect()
+}
+
+fn response_head(status: u32, headers: Vec<(ByteString, ByteString)>) -> Result<http::response::Builder, JsErrorBox> {
+    let status = u16::try_from(status)
+        .ok()
+        .and_then(|status| http::StatusCode::from_u16(status).ok())
+        .ok_or_else(|| JsErrorBox::range_error(format!("invalid response status {status}")))?;
+    let mut builder = http::Response::builder().status(status);
+    *builder.headers_mut().expect("builder has no error yet") = header_map(headers)?;
     Ok(builder)
 }
 

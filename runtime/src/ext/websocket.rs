@@ -23,7 +23,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use super::http::{empty_body, DispatchError};
-use super::ops::take_in_flight;
+use super::ops::{header_map, take_in_flight};
 
 /// How a 101 response hands the front its end of the pipe (the front's
 /// `outpost_ingress` names the same type): extensions must be `Clone`, so
@@ -67,14 +67,14 @@ pub async fn op_outpost_respond_websocket(
         in_flight.send(Err(DispatchError::WorkerThrew));
         return Err(JsErrorBox::type_error("a WebSocket response needs a request with a Sec-WebSocket-Key header"));
     }
-    let (front, ours) = tokio::io::duplex(PIPE_BYTES);
-    let mut builder = http::Response::builder().status(http::StatusCode::SWITCHING_PROTOCOLS);
-    let map = builder.headers_mut().expect("no error yet");
-    for (name, value) in headers {
-        if let (Ok(name), Ok(value)) = (http::HeaderName::from_bytes(&name), http::HeaderValue::from_bytes(&value)) {
-            map.append(name, value);
+    let mut map = match header_map(headers) {
+        Ok(map) => map,
+        Err(err) => {
+            in_flight.send(Err(DispatchError::WorkerThrew));
+            return Err(err);
         }
-    }
+    };
+    let (front, ours) = tokio::io::duplex(PIPE_BYTES);
     map.insert(http::header::UPGRADE, http::HeaderValue::from_static("websocket"));
     map.insert(http::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
@@ -82,7 +82,9 @@ pub async fn op_outpost_respond_websocket(
         http::header::SEC_WEBSOCKET_ACCEPT,
         http::HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
     );
-    let mut response = builder.body(empty_body()).expect("a valid response");
+    let mut response = http::Response::new(empty_body());
+    *response.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+    *response.headers_mut() = map;
     let pipe: UpgradePipe = std::sync::Arc::new(std::sync::Mutex::new(Some(front)));
     response.extensions_mut().insert(pipe);
     in_flight.send(Ok(response));
