@@ -123,6 +123,8 @@ async fn serve_connection(
         tokio::select! {
             accepted = h3.accept() => match accepted {
                 Ok(Some(resolver)) => {
+                    // Finished requests leave the set as new ones come.
+                    while requests.try_join_next().is_some() {}
                     let connection = connection.clone();
                     let shared = shared.clone();
                     requests.spawn(async move {

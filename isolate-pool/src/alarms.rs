@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use outpost_kv::objects::{alarm_retry_delay_ms, ObjectKey};
 use outpost_kv::Store;
-use outpost_runtime::{empty_body, ObjectCall, ObjectEvent, WorkerRequestParts};
+use outpost_runtime::{empty_body, split_object_namespace, ObjectCall, ObjectEvent, WorkerRequestParts};
 
 use crate::pool::Pool;
 
@@ -65,8 +65,7 @@ pub async fn run_alarms(pool: Pool, store: Store) {
         match store.due_alarms(now) {
             Ok(due) => {
                 for (object, at_ms) in due {
-                    // `<worker>:<class>`; class names have no colon.
-                    let Some((worker, class_name)) = object.class.rsplit_once(':') else { continue };
+                    let Some((worker, class_name)) = split_object_namespace(&object.class) else { continue };
                     if !pool.is_deployed(worker) {
                         continue;
                     }

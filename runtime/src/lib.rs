@@ -28,8 +28,8 @@ mod worker;
 pub use deno_core::v8;
 pub use ext::http::{empty_body, full_body, Body, BoxError, DispatchError, WorkerRequest};
 pub use ext::objects::{
-    id_from_name, object_namespace, DurableObjectBinding, ObjectCall, ObjectEvent, ObjectRouter, RouteFuture,
-    WorkerRequestParts,
+    id_from_name, object_namespace, split_object_namespace, DurableObjectBinding, ObjectCall, ObjectEvent,
+    ObjectRouter, RouteFuture, WorkerRequestParts,
 };
 pub use ext::ops::RequestQueue;
 pub use loader::ModuleKind;

@@ -48,6 +48,12 @@ pub fn object_namespace(script: &str, class_name: &str) -> String {
     format!("{script}:{class_name}")
 }
 
+/// The worker and the class of a storage namespace (class names have no
+/// colon; worker names may).
+pub fn split_object_namespace(namespace: &str) -> Option<(&str, &str)> {
+    namespace.rsplit_once(':')
+}
+
 /// What a stub asks of an object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ObjectEvent {
