@@ -130,6 +130,9 @@ impl NodeConfig {
         if config.listeners.iter().any(|l| l.tls) && config.certificates.is_empty() {
             bail!("{}: a TLS listener needs at least one [[certificates]] entry", path.display());
         }
+        if let Some(listener) = config.listeners.iter().find(|l| l.http3 == Some(true) && !l.tls) {
+            bail!("{}: listener {}: http3 needs tls = true", path.display(), listener.address);
+        }
         Ok(config)
     }
 }
@@ -148,11 +151,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         certificates.add_files(&certificate.hosts, &resolve(&certificate.cert), &resolve(&certificate.key))?;
     }
     let certificates = Arc::new(certificates);
-    for listener in &config.listeners {
-        if listener.http3 == Some(true) && !listener.tls {
-            bail!("{}: listener {}: http3 needs tls = true", args.config.display(), listener.address);
-        }
-    }
 
     let data_dir = resolve(config.data_dir.as_deref().unwrap_or(Path::new(".outpost-node")));
     // Many workers in one process: every isolate from the bootstrap snapshot
