@@ -1,6 +1,11 @@
 //! KV store against SQLite (rusqlite, WAL, synchronous=FULL) doing the same
 //! work in the same run: cached get, uncached get, durable put with 1 and 64
 //! concurrent writers, list of 1000 keys.
+//!
+//! Our writers are tasks on a current-thread tokio runtime, which is where a
+//! worker's writes come from (each isolate thread runs one, see
+//! `isolate-pool/src/thread.rs`); SQLite's writers are threads calling it
+//! synchronously, as SQLite is used.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -51,7 +56,7 @@ impl Sqlite {
 
 fn setup() -> (tempfile_dir::Dir, Store, Arc<Sqlite>, tokio::runtime::Runtime) {
     let dir = tempfile_dir::Dir::new();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let store = Store::open(&dir.path.join("kv.redb"), StoreConfig::default()).unwrap();
     let sqlite = Arc::new(Sqlite::open(&dir.path.join("kv.sqlite")));
     runtime.block_on(async {

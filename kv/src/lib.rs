@@ -26,6 +26,6 @@ mod wal;
 pub use encoding::Record;
 pub use limits::LimitError;
 pub use store::{
-    now_secs, Clock, GetError, ListError, ListOptions, ListPage, ListedKey, OpenError, PutError, PutOptions, Store,
-    StoreConfig,
+    now_secs, Clock, GetError, ListError, ListOptions, ListPage, ListedKey, OpenError, PutError, PutOptions, Stopped,
+    Store, StoreConfig,
 };

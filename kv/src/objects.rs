@@ -9,7 +9,7 @@ use bytes::Bytes;
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use crate::encoding::prefix_end;
-use crate::store::{PutError, Store, Write};
+use crate::store::{PutError, Stopped, Store, Write};
 
 pub(crate) const OBJECTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("objects");
 pub(crate) const ALARMS: TableDefinition<&[u8], u64> = TableDefinition::new("alarms");
@@ -122,6 +122,8 @@ pub enum ObjectError {
     Limit(#[from] ObjectLimitError),
     #[error(transparent)]
     Write(#[from] PutError),
+    #[error(transparent)]
+    Stopped(#[from] Stopped),
     #[error("storage failed: {0}")]
     Storage(#[from] redb::Error),
 }
@@ -132,6 +134,7 @@ impl Store {
         for key in keys {
             check(key, None)?;
         }
+        self.settled()?;
         let txn = self.db().begin_read().map_err(redb::Error::from)?;
         let table = txn.open_table(OBJECTS).map_err(redb::Error::from)?;
         keys.iter()
@@ -195,6 +198,7 @@ impl Store {
             let end = object.key(end);
             high = Some(high.map_or(end.clone(), |h| h.min(end)));
         }
+        self.settled()?;
         let txn = self.db().begin_read().map_err(redb::Error::from)?;
         let table = txn.open_table(OBJECTS).map_err(redb::Error::from)?;
         let range = match &high {
@@ -224,6 +228,7 @@ impl Store {
     }
 
     pub fn get_alarm(&self, object: &ObjectKey) -> Result<Option<u64>, ObjectError> {
+        self.settled()?;
         let txn = self.db().begin_read().map_err(redb::Error::from)?;
         let table = txn.open_table(ALARMS).map_err(redb::Error::from)?;
         Ok(table.get(object.prefix().as_slice()).map_err(redb::Error::from)?.map(|v| v.value()))
@@ -233,6 +238,7 @@ impl Store {
     /// caller clears (or moves) them after `alarm()` succeeded, so an alarm
     /// due before a crash still fires after it.
     pub fn due_alarms(&self, now_ms: u64) -> Result<Vec<(ObjectKey, u64)>, ObjectError> {
+        self.settled()?;
         let txn = self.db().begin_read().map_err(redb::Error::from)?;
         let table = txn.open_table(ALARM_TIMES).map_err(redb::Error::from)?;
         let end = now_ms.saturating_add(1).to_be_bytes();
@@ -250,6 +256,7 @@ impl Store {
 
     /// When the earliest alarm of the node is set for, if any.
     pub fn next_alarm(&self) -> Result<Option<u64>, ObjectError> {
+        self.settled()?;
         let txn = self.db().begin_read().map_err(redb::Error::from)?;
         let table = txn.open_table(ALARM_TIMES).map_err(redb::Error::from)?;
         let first = table.first().map_err(redb::Error::from)?;

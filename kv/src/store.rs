@@ -2,8 +2,9 @@
 //! commit), and a moka cache in front of reads.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -62,11 +63,19 @@ pub enum OpenError {
     Log { path: String, source: std::io::Error },
 }
 
+/// Reads fail once applying a logged write to redb failed: the tables may
+/// lack an acknowledged write, which only reopening (replaying the log) mends.
+#[derive(Debug, thiserror::Error)]
+#[error("the store stopped after a failed write; reopening it recovers the write from its log")]
+pub struct Stopped;
+
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum GetError {
     #[error(transparent)]
     Limit(#[from] LimitError),
+    #[error(transparent)]
+    Stopped(#[from] Stopped),
     #[error("storage failed: {0}")]
     Storage(#[from] redb::Error),
     #[error("a stored record is corrupt")]
@@ -91,6 +100,8 @@ pub enum ListError {
     Limit(#[from] LimitError),
     #[error("invalid cursor")]
     BadCursor,
+    #[error(transparent)]
+    Stopped(#[from] Stopped),
     #[error("storage failed: {0}")]
     Storage(#[from] redb::Error),
 }
@@ -165,7 +176,7 @@ impl ListPage {
 pub(crate) enum Write {
     Put {
         key: Vec<u8>,
-        record: Record,
+        record: Arc<Record>,
     },
     Delete {
         key: Vec<u8>,
@@ -216,6 +227,7 @@ impl std::fmt::Debug for Store {
 struct Inner {
     clock: Clock,
     db: Arc<Database>,
+    visibility: Arc<Visibility>,
     writes: Option<std_mpsc::Sender<Pending>>,
     committer: Option<std::thread::JoinHandle<()>>,
     cache: moka::sync::Cache<Vec<u8>, Option<Arc<Record>>>,
@@ -230,6 +242,92 @@ impl Drop for Inner {
         drop(self.writes.take());
         if let Some(committer) = self.committer.take() {
             let _ = committer.join();
+        }
+    }
+}
+
+/// Which commits readers can rely on. The commit thread acknowledges a
+/// commit as soon as its log record is durable; the apply thread brings it
+/// into redb (and the cache) meanwhile, so a writer never waits for the
+/// tables. A read first waits until every commit acknowledged before it is
+/// applied: at most the apply in progress, and nothing without concurrent
+/// writes.
+#[derive(Default)]
+struct Visibility {
+    /// The sequence of the last acknowledged commit.
+    acknowledged: AtomicU64,
+    /// The sequence of the last commit applied to redb and the cache.
+    applied: AtomicU64,
+    /// Applying failed: reads would miss an acknowledged write.
+    stopped: AtomicBool,
+    /// The first failure of the log, a checkpoint or an apply: no write
+    /// is taken after it, since the log may then hold a record the tables
+    /// do not (reopening sorts that out).
+    failure: Mutex<Option<String>>,
+    /// Readers blocked in [`Visibility::wait`]: the commit thread signals
+    /// only when there are some.
+    waiters: AtomicUsize,
+    lock: Mutex<()>,
+    changed: Condvar,
+}
+
+impl Visibility {
+    /// Returns once every commit acknowledged before the call is visible.
+    fn wait(&self) -> Result<(), Stopped> {
+        self.wait_for(self.acknowledged.load(Ordering::Acquire))
+    }
+
+    /// Returns once the commit `target` (and every one before) is applied.
+    fn wait_for(&self, target: u64) -> Result<(), Stopped> {
+        if self.applied.load(Ordering::Acquire) >= target {
+            return Ok(());
+        }
+        let mut guard = self.lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // SeqCst pairs with `publish`: either it sees this waiter or this
+        // check sees its sequence.
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        while self.applied.load(Ordering::SeqCst) < target && !self.stopped.load(Ordering::SeqCst) {
+            guard = self.changed.wait(guard).unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        drop(guard);
+        if self.stopped.load(Ordering::SeqCst) {
+            return Err(Stopped);
+        }
+        Ok(())
+    }
+
+    fn acknowledge(&self, sequence: u64) {
+        self.acknowledged.store(sequence, Ordering::Release);
+    }
+
+    fn publish(&self, sequence: u64) {
+        self.applied.store(sequence, Ordering::SeqCst);
+        self.wake_waiters();
+    }
+
+    /// Takes no more writes.
+    fn stop_writes(&self, why: &str) {
+        let mut failure = self.failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        failure.get_or_insert_with(|| why.to_owned());
+    }
+
+    /// Takes no more writes, and reads fail: the tables lack a write that
+    /// was acknowledged.
+    fn stop(&self, why: &str) {
+        self.stop_writes(why);
+        self.stopped.store(true, Ordering::SeqCst);
+        self.wake_waiters();
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    fn wake_waiters(&self) {
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            let _guard = self.lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            self.changed.notify_all();
         }
     }
 }
@@ -282,13 +380,7 @@ impl Store {
         }
         wal.reset().map_err(log_error)?;
         let db = Arc::new(db);
-        let (writes, queue) = std_mpsc::channel();
-        let commit_db = db.clone();
-        let committer = std::thread::Builder::new()
-            .name("kv-commit".into())
-            .spawn(move || Committer { db: commit_db, wal, sequence: last, failed: None }.run(&queue))
-            .expect("the commit thread starts");
-        let cache = moka::sync::Cache::builder()
+        let cache: moka::sync::Cache<Vec<u8>, Option<Arc<Record>>> = moka::sync::Cache::builder()
             .max_capacity(config.cache_bytes)
             .weigher(|key: &Vec<u8>, record: &Option<Arc<Record>>| {
                 let size =
@@ -296,10 +388,20 @@ impl Store {
                 u32::try_from(size + 64).unwrap_or(u32::MAX)
             })
             .build();
+        let visibility = Arc::new(Visibility::default());
+        visibility.acknowledge(last);
+        visibility.publish(last);
+        let (writes, queue) = std_mpsc::channel();
+        let committer = Committer::start(db.clone(), cache.clone(), visibility.clone(), wal, last);
+        let committer = std::thread::Builder::new()
+            .name("kv-commit".into())
+            .spawn(move || committer.run(&queue))
+            .expect("the commit thread starts");
         Ok(Store {
             inner: Arc::new(Inner {
                 clock: config.clock,
                 db,
+                visibility,
                 writes: Some(writes),
                 committer: Some(committer),
                 cache,
@@ -319,6 +421,7 @@ impl Store {
         limits::check_key(key)?;
         let composite = composite_key(namespace, key);
         let now = (self.inner.clock)();
+        self.settled()?;
         if let Some(cached) = self.inner.cache.get(&composite) {
             return Ok(cached.filter(|record| live(record, now)));
         }
@@ -342,20 +445,14 @@ impl Store {
             limits::check_metadata(metadata)?;
         }
         let expiration = limits::resolve_expiration((self.inner.clock)(), options.expiration, options.expiration_ttl)?;
-        let record = Record { value, expiration, metadata: options.metadata };
-        let composite = composite_key(namespace, key);
-        self.write(Write::Put { key: composite.clone(), record: record.clone() }).await?;
-        self.inner.cache.insert(composite, Some(Arc::new(record)));
-        Ok(())
+        let record = Arc::new(Record { value, expiration, metadata: options.metadata });
+        self.write(Write::Put { key: composite_key(namespace, key), record }).await
     }
 
     /// Removes `key`; returns once the removal is durable.
     pub async fn delete(&self, namespace: &str, key: &[u8]) -> Result<(), PutError> {
         limits::check_key(key)?;
-        let composite = composite_key(namespace, key);
-        self.write(Write::Delete { key: composite.clone() }).await?;
-        self.inner.cache.insert(composite, None);
-        Ok(())
+        self.write(Write::Delete { key: composite_key(namespace, key) }).await
     }
 
     async fn write(&self, write: Write) -> Result<(), PutError> {
@@ -368,6 +465,12 @@ impl Store {
         let queue = self.inner.writes.as_ref().ok_or(PutError::Closed)?;
         queue.send(Pending { writes, done }).map_err(|_| PutError::Closed)?;
         committed.await.map_err(|_| PutError::Closed)?.map_err(PutError::Storage)
+    }
+
+    /// Waits until every acknowledged write is visible to reads (see
+    /// [`Visibility`]); every read calls it first.
+    pub(crate) fn settled(&self) -> Result<(), Stopped> {
+        self.inner.visibility.wait()
     }
 
     pub(crate) fn db(&self) -> &Database {
@@ -390,6 +493,7 @@ impl Store {
         };
         let end = prefix_end(&composite_key(namespace, &options.prefix));
         let now = (self.inner.clock)();
+        self.settled()?;
         let txn = self.inner.db.begin_read().map_err(redb::Error::from)?;
         let table = txn.open_table(ENTRIES).map_err(redb::Error::from)?;
         let range = match &end {
@@ -430,6 +534,7 @@ impl Store {
     /// Returns how many went.
     pub async fn sweep_expired(&self) -> Result<usize, PutError> {
         let now = (self.inner.clock)();
+        self.settled().map_err(|err| PutError::Storage(err.to_string()))?;
         let expired: Vec<Vec<u8>> = {
             let run = || -> Result<Vec<Vec<u8>>, redb::Error> {
                 let txn = self.inner.db.begin_read()?;
@@ -450,11 +555,8 @@ impl Store {
         }
         // One commit for the whole sweep; the commit re-checks each record,
         // so a key put again since the scan above keeps its new value.
-        let writes = expired.iter().map(|key| Write::DeleteExpired { key: key.clone(), now }).collect();
+        let writes = expired.into_iter().map(|key| Write::DeleteExpired { key, now }).collect();
         self.write_all(writes).await?;
-        for key in &expired {
-            self.inner.cache.invalidate(key);
-        }
         Ok(count)
     }
 
@@ -486,18 +588,38 @@ fn decode_cursor(cursor: &str) -> Option<Vec<u8>> {
     (0..cursor.len()).step_by(2).map(|i| u8::from_str_radix(cursor.get(i..i + 2)?, 16).ok()).collect()
 }
 
-/// The commit thread's state.
+/// The commit thread's state: it makes batches durable in the log and
+/// acknowledges them; the apply thread ([`Applier`]) brings them into redb.
 struct Committer {
     db: Arc<Database>,
+    /// Updated here only for commits too large for the log.
+    cache: moka::sync::Cache<Vec<u8>, Option<Arc<Record>>>,
+    visibility: Arc<Visibility>,
     wal: Wal,
     /// The last log sequence number used.
     sequence: u64,
-    /// After a failure between the log and redb, nothing more is written:
-    /// the log may hold a record redb does not, and reopening sorts it out.
-    failed: Option<String>,
+    /// Logged commits, in order, to the apply thread.
+    to_apply: Option<std_mpsc::Sender<(u64, Vec<Write>)>>,
+    applier: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Committer {
+    fn start(
+        db: Arc<Database>,
+        cache: moka::sync::Cache<Vec<u8>, Option<Arc<Record>>>,
+        visibility: Arc<Visibility>,
+        wal: Wal,
+        sequence: u64,
+    ) -> Committer {
+        let (to_apply, logged) = std_mpsc::channel();
+        let applier = Applier { db: db.clone(), cache: cache.clone(), visibility: visibility.clone() };
+        let applier = std::thread::Builder::new()
+            .name("kv-apply".into())
+            .spawn(move || applier.run(&logged))
+            .expect("the apply thread starts");
+        Committer { db, cache, visibility, wal, sequence, to_apply: Some(to_apply), applier: Some(applier) }
+    }
+
     /// Takes every write waiting, commits them as one (one log record, one
     /// sync) and acknowledges them all: concurrent writers share the wait.
     fn run(mut self, queue: &std_mpsc::Receiver<Pending>) {
@@ -521,17 +643,38 @@ impl Committer {
             if let Err(err) = &result {
                 tracing::error!(writes = batch.len(), "KV commit failed: {err}");
             }
+            let logged = matches!(result, Ok(Commit::Logged));
+            let result = result.map(|_| ());
+            if result.is_ok() {
+                self.visibility.acknowledge(self.sequence);
+            }
+            let mut writes = Vec::with_capacity(batch.len());
             for pending in batch {
                 let _ = pending.done.send(result.clone());
+                writes.extend(pending.writes);
+            }
+            // The writers go on (and this thread takes the next batch) while
+            // the apply thread brings this one into the tables.
+            if logged {
+                if let Some(to_apply) = &self.to_apply {
+                    let _ = to_apply.send((self.sequence, writes));
+                }
             }
             // Off the writers' path: keep the log at most half full.
             self.checkpoint_if(|wal| wal.used() >= crate::wal::CAPACITY / 2);
         }
         self.checkpoint_if(|wal| wal.used() > 0);
+        drop(self.to_apply.take());
+        if let Some(applier) = self.applier.take() {
+            let _ = applier.join();
+        }
     }
 
-    fn commit(&mut self, batch: &[Pending]) -> Result<(), String> {
-        if let Some(failed) = &self.failed {
+    /// Makes the batch durable. A logged commit is acknowledged before it
+    /// is in redb (the apply thread's part); one too large for the log is
+    /// applied (durably) here.
+    fn commit(&mut self, batch: &[Pending]) -> Result<Commit, String> {
+        if let Some(failed) = self.visibility.failure() {
             return Err(format!("the store stopped writing after an earlier failure: {failed}"));
         }
         let writes = || batch.iter().flat_map(|pending| &pending.writes);
@@ -539,10 +682,14 @@ impl Committer {
         let sequence = self.sequence + 1;
         if !Wal::fits_at_all(payload.len()) {
             // Too large for the log: one durable redb commit, which also
-            // makes everything before it durable.
+            // makes everything before it durable, once the tables hold
+            // everything before it.
+            self.visibility.wait_for(self.sequence).map_err(|err| err.to_string())?;
             apply(&self.db, writes(), Durability::Immediate, sequence).map_err(|err| err.to_string())?;
             self.sequence = sequence;
-            return self.reset_log();
+            update_cache(&self.cache, writes());
+            self.visibility.publish(sequence);
+            return self.reset_log().map(|()| Commit::Applied);
         }
         if !self.wal.fits(payload.len()) {
             self.checkpoint()?;
@@ -551,16 +698,11 @@ impl Committer {
             return Err(format!("cannot write the log {}: {err}", self.wal.path().display()));
         }
         self.sequence = sequence;
-        apply(&self.db, writes(), Durability::None, sequence).map_err(|err| self.fail(err.to_string()))
-    }
-
-    fn fail(&mut self, message: String) -> String {
-        self.failed = Some(message.clone());
-        message
+        Ok(Commit::Logged)
     }
 
     fn checkpoint_if(&mut self, due: impl Fn(&Wal) -> bool) {
-        if self.failed.is_none() && due(&self.wal) {
+        if self.visibility.failure().is_none() && due(&self.wal) {
             if let Err(err) = self.checkpoint() {
                 tracing::error!("KV checkpoint failed: {err}");
             }
@@ -569,6 +711,7 @@ impl Committer {
 
     /// Makes redb durable up to the last record, then starts the log over.
     fn checkpoint(&mut self) -> Result<(), String> {
+        self.visibility.wait_for(self.sequence).map_err(|err| err.to_string())?;
         if let Err(err) = apply(&self.db, std::iter::empty(), Durability::Immediate, self.sequence) {
             return Err(self.fail(err.to_string()));
         }
@@ -582,6 +725,68 @@ impl Committer {
                 let message = format!("cannot reset {}: {err}", self.wal.path().display());
                 Err(self.fail(message))
             }
+        }
+    }
+
+    fn fail(&self, message: String) -> String {
+        self.visibility.stop_writes(&message);
+        message
+    }
+}
+
+/// How a successful commit reached stable storage.
+enum Commit {
+    /// In the log; still to be applied to redb.
+    Logged,
+    /// Straight into a durable redb commit (too large for the log).
+    Applied,
+}
+
+/// The apply thread: brings logged commits into redb (commits without an
+/// fsync: the log holds them) and the cache, in log order, then lets readers
+/// see them.
+struct Applier {
+    db: Arc<Database>,
+    cache: moka::sync::Cache<Vec<u8>, Option<Arc<Record>>>,
+    visibility: Arc<Visibility>,
+}
+
+impl Applier {
+    fn run(self, logged: &std_mpsc::Receiver<(u64, Vec<Write>)>) {
+        while let Ok((mut sequence, mut writes)) = logged.recv() {
+            // Commits that queued up meanwhile go into the same transaction.
+            while let Ok((next, more)) = logged.try_recv() {
+                sequence = next;
+                writes.extend(more);
+            }
+            if self.visibility.failure().is_some() {
+                continue;
+            }
+            update_cache(&self.cache, writes.iter());
+            match apply(&self.db, writes.iter(), Durability::None, sequence) {
+                Ok(()) => self.visibility.publish(sequence),
+                Err(err) => {
+                    let message = err.to_string();
+                    tracing::error!("applying a logged KV commit failed; the store stops: {message}");
+                    self.visibility.stop(&message);
+                }
+            }
+        }
+    }
+}
+
+/// The cache holds what the tables hold once a commit is applied. Object
+/// storage is not cached.
+fn update_cache<'a>(cache: &moka::sync::Cache<Vec<u8>, Option<Arc<Record>>>, writes: impl Iterator<Item = &'a Write>) {
+    for write in writes {
+        match write {
+            Write::Put { key, record } => cache.insert(key.clone(), Some(record.clone())),
+            Write::Delete { key } => cache.insert(key.clone(), None),
+            Write::DeleteExpired { key, .. } => cache.invalidate(key),
+            Write::ObjectPut { .. }
+            | Write::ObjectDelete { .. }
+            | Write::Alarm { .. }
+            | Write::AlarmReplaceIf { .. } => {}
         }
     }
 }

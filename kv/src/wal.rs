@@ -14,6 +14,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -334,7 +335,7 @@ pub(crate) fn decode_writes(payload: &[u8]) -> Option<Vec<Write>> {
     let mut writes = Vec::new();
     while !reader.0.is_empty() {
         let write = match reader.u8()? {
-            1 => Write::Put { key: reader.bytes()?.to_vec(), record: decode_record(reader.bytes()?)? },
+            1 => Write::Put { key: reader.bytes()?.to_vec(), record: Arc::new(decode_record(reader.bytes()?)?) },
             2 => Write::Delete { key: reader.bytes()?.to_vec() },
             3 => Write::DeleteExpired { key: reader.bytes()?.to_vec(), now: reader.u64()? },
             4 => Write::ObjectPut { key: reader.bytes()?.to_vec(), value: Bytes::copy_from_slice(reader.bytes()?) },
@@ -361,7 +362,11 @@ mod tests {
         vec![
             Write::Put {
                 key: b"k".to_vec(),
-                record: Record { value: Bytes::from_static(b"v"), expiration: Some(9), metadata: Some(b"{}".to_vec()) },
+                record: Arc::new(Record {
+                    value: Bytes::from_static(b"v"),
+                    expiration: Some(9),
+                    metadata: Some(b"{}".to_vec()),
+                }),
             },
             Write::Delete { key: b"d".to_vec() },
             Write::DeleteExpired { key: b"e".to_vec(), now: 5 },
