@@ -66,8 +66,10 @@ pub enum OpenError {
 /// Reads fail once applying a logged write to redb failed: the tables may
 /// lack an acknowledged write, which only reopening (replaying the log) mends.
 #[derive(Debug, thiserror::Error)]
-#[error("the store stopped after a failed write; reopening it recovers the write from its log")]
-pub struct Stopped;
+#[error("the store stopped after a failed write ({reason}); reopening it recovers the write from its log")]
+pub struct Stopped {
+    reason: String,
+}
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -248,15 +250,17 @@ impl Drop for Inner {
 
 /// Which commits readers can rely on. The commit thread acknowledges a
 /// commit as soon as its log record is durable; the apply thread brings it
-/// into redb (and the cache) meanwhile, so a writer never waits for the
+/// into redb and then the cache meanwhile, so a writer never waits for the
 /// tables. A read first waits until every commit acknowledged before it is
-/// applied: at most the apply in progress, and nothing without concurrent
+/// applied: at most the apply transaction in progress and the next one
+/// (which takes every commit queued meanwhile); nothing without concurrent
 /// writes.
 #[derive(Default)]
 struct Visibility {
     /// The sequence of the last acknowledged commit.
     acknowledged: AtomicU64,
-    /// The sequence of the last commit applied to redb and the cache.
+    /// The sequence of the last commit applied to redb and the cache;
+    /// changed only under `lock`.
     applied: AtomicU64,
     /// Applying failed: reads would miss an acknowledged write.
     stopped: AtomicBool,
@@ -264,14 +268,20 @@ struct Visibility {
     /// is taken after it, since the log may then hold a record the tables
     /// do not (reopening sorts that out).
     failure: Mutex<Option<String>>,
-    /// Readers blocked in [`Visibility::wait`]: the commit thread signals
-    /// only when there are some.
+    /// Readers blocked in [`Visibility::wait_for`]: a publish wakes them only
+    /// when there are some.
     waiters: AtomicUsize,
+    /// Held to publish (with the cache update that goes with it), to fill
+    /// the cache after a read, and by waiters between checks.
     lock: Mutex<()>,
     changed: Condvar,
 }
 
 impl Visibility {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Returns once every commit acknowledged before the call is visible.
     fn wait(&self) -> Result<(), Stopped> {
         self.wait_for(self.acknowledged.load(Ordering::Acquire))
@@ -282,17 +292,15 @@ impl Visibility {
         if self.applied.load(Ordering::Acquire) >= target {
             return Ok(());
         }
-        let mut guard = self.lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        // SeqCst pairs with `publish`: either it sees this waiter or this
-        // check sees its sequence.
-        self.waiters.fetch_add(1, Ordering::SeqCst);
-        while self.applied.load(Ordering::SeqCst) < target && !self.stopped.load(Ordering::SeqCst) {
+        let mut guard = self.lock();
+        self.waiters.fetch_add(1, Ordering::Relaxed);
+        while self.applied.load(Ordering::Acquire) < target && !self.stopped.load(Ordering::Acquire) {
             guard = self.changed.wait(guard).unwrap_or_else(|poisoned| poisoned.into_inner());
         }
-        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        self.waiters.fetch_sub(1, Ordering::Relaxed);
         drop(guard);
-        if self.stopped.load(Ordering::SeqCst) {
-            return Err(Stopped);
+        if self.applied.load(Ordering::Acquire) < target {
+            return Err(Stopped { reason: self.failure().unwrap_or_default() });
         }
         Ok(())
     }
@@ -301,9 +309,31 @@ impl Visibility {
         self.acknowledged.store(sequence, Ordering::Release);
     }
 
-    fn publish(&self, sequence: u64) {
-        self.applied.store(sequence, Ordering::SeqCst);
-        self.wake_waiters();
+    /// The last applied sequence, to pass to [`Visibility::fill`].
+    fn applied(&self) -> u64 {
+        self.applied.load(Ordering::Acquire)
+    }
+
+    /// Runs `update_cache` and makes `sequence` visible, as one step for
+    /// readers filling the cache.
+    fn publish(&self, sequence: u64, update_cache: impl FnOnce()) {
+        let _guard = self.lock();
+        update_cache();
+        self.applied.store(sequence, Ordering::Release);
+        if self.waiters.load(Ordering::Relaxed) > 0 {
+            self.changed.notify_all();
+        }
+    }
+
+    /// Runs `fill` (a cache insert of what a read found in redb) unless a
+    /// commit was applied since `seen`: the read may have missed it, and
+    /// the publish of that commit has already put the newer value (or none)
+    /// in the cache, which `fill` must not replace.
+    fn fill(&self, seen: u64, fill: impl FnOnce()) {
+        let _guard = self.lock();
+        if self.applied.load(Ordering::Acquire) == seen {
+            fill();
+        }
     }
 
     /// Takes no more writes.
@@ -316,19 +346,13 @@ impl Visibility {
     /// was acknowledged.
     fn stop(&self, why: &str) {
         self.stop_writes(why);
-        self.stopped.store(true, Ordering::SeqCst);
-        self.wake_waiters();
+        let _guard = self.lock();
+        self.stopped.store(true, Ordering::Release);
+        self.changed.notify_all();
     }
 
     fn failure(&self) -> Option<String> {
         self.failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
-    }
-
-    fn wake_waiters(&self) {
-        if self.waiters.load(Ordering::SeqCst) > 0 {
-            let _guard = self.lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            self.changed.notify_all();
-        }
     }
 }
 
@@ -390,7 +414,7 @@ impl Store {
             .build();
         let visibility = Arc::new(Visibility::default());
         visibility.acknowledge(last);
-        visibility.publish(last);
+        visibility.publish(last, || {});
         let (writes, queue) = std_mpsc::channel();
         let committer = Committer::start(db.clone(), cache.clone(), visibility.clone(), wal, last);
         let committer = std::thread::Builder::new()
@@ -425,15 +449,14 @@ impl Store {
         if let Some(cached) = self.inner.cache.get(&composite) {
             return Ok(cached.filter(|record| live(record, now)));
         }
+        let seen = self.inner.visibility.applied();
         let txn = self.inner.db.begin_read().map_err(redb::Error::from)?;
         let table = txn.open_table(ENTRIES).map_err(redb::Error::from)?;
         let record = match table.get(composite.as_slice()).map_err(redb::Error::from)? {
             Some(bytes) => Some(Arc::new(decode_record(bytes.value()).ok_or(GetError::Corrupt)?)),
             None => None,
         };
-        // Only if absent: a write that committed (and cached its record)
-        // since this read began must not be replaced by what the read saw.
-        let _ = self.inner.cache.entry(composite).or_insert(record.clone());
+        self.inner.visibility.fill(seen, || self.inner.cache.insert(composite, record.clone()));
         Ok(record.filter(|record| live(record, now)))
     }
 
@@ -656,8 +679,10 @@ impl Committer {
             // The writers go on (and this thread takes the next batch) while
             // the apply thread brings this one into the tables.
             if logged {
-                if let Some(to_apply) = &self.to_apply {
-                    let _ = to_apply.send((self.sequence, writes));
+                let sent =
+                    self.to_apply.as_ref().is_some_and(|to_apply| to_apply.send((self.sequence, writes)).is_ok());
+                if !sent {
+                    self.visibility.stop("the apply thread is gone");
                 }
             }
             // Off the writers' path: keep the log at most half full.
@@ -687,15 +712,21 @@ impl Committer {
             self.visibility.wait_for(self.sequence).map_err(|err| err.to_string())?;
             apply(&self.db, writes(), Durability::Immediate, sequence).map_err(|err| err.to_string())?;
             self.sequence = sequence;
-            update_cache(&self.cache, writes());
-            self.visibility.publish(sequence);
-            return self.reset_log().map(|()| Commit::Applied);
+            self.visibility.publish(sequence, || update_cache(&self.cache, writes()));
+            // The writes are durable whatever happens to the log now; a
+            // failed reset stops later writes only.
+            if let Err(err) = self.reset_log() {
+                tracing::error!("KV log reset failed; the store takes no more writes: {err}");
+            }
+            return Ok(Commit::Applied);
         }
         if !self.wal.fits(payload.len()) {
             self.checkpoint()?;
         }
         if let Err(err) = self.wal.append(sequence, &payload) {
-            return Err(format!("cannot write the log {}: {err}", self.wal.path().display()));
+            // After a failed synchronous write, what reached the disk is
+            // unknown: no later record may follow it.
+            return Err(self.fail(format!("cannot write the log {}: {err}", self.wal.path().display())));
         }
         self.sequence = sequence;
         Ok(Commit::Logged)
@@ -753,24 +784,38 @@ struct Applier {
 
 impl Applier {
     fn run(self, logged: &std_mpsc::Receiver<(u64, Vec<Write>)>) {
+        let _guard = StopOnPanic(self.visibility.clone());
         while let Ok((mut sequence, mut writes)) = logged.recv() {
             // Commits that queued up meanwhile go into the same transaction.
             while let Ok((next, more)) = logged.try_recv() {
                 sequence = next;
                 writes.extend(more);
             }
-            if self.visibility.failure().is_some() {
+            if self.visibility.stopped.load(Ordering::Acquire) {
+                // An earlier apply failed: the tables stay as they were and
+                // reopening replays the log.
                 continue;
             }
-            update_cache(&self.cache, writes.iter());
             match apply(&self.db, writes.iter(), Durability::None, sequence) {
-                Ok(()) => self.visibility.publish(sequence),
+                Ok(()) => self.visibility.publish(sequence, || update_cache(&self.cache, writes.iter())),
                 Err(err) => {
                     let message = err.to_string();
                     tracing::error!("applying a logged KV commit failed; the store stops: {message}");
                     self.visibility.stop(&message);
                 }
             }
+        }
+    }
+}
+
+/// Stops the store if the apply thread unwinds: readers and checkpoints
+/// waiting for it would otherwise wait forever.
+struct StopOnPanic(Arc<Visibility>);
+
+impl Drop for StopOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.stop("the apply thread panicked");
         }
     }
 }
