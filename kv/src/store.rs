@@ -1,5 +1,6 @@
 //! The store: one redb file, a commit thread that batches writers (group
-//! commit), and a moka cache in front of reads.
+//! commit) into the log and acknowledges them, an apply thread that brings
+//! logged commits into redb, and a moka cache in front of reads.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -63,10 +64,10 @@ pub enum OpenError {
     Log { path: String, source: std::io::Error },
 }
 
-/// Reads fail once applying a logged write to redb failed: the tables may
+/// Reads fail once the apply thread failed (or a store thread panicked): the tables may
 /// lack an acknowledged write, which only reopening (replaying the log) mends.
 #[derive(Debug, thiserror::Error)]
-#[error("the store stopped after a failed write ({reason}); reopening it recovers the write from its log")]
+#[error("the store stopped: bringing a logged write into its tables failed ({reason}); reopening it replays the log")]
 pub struct Stopped {
     reason: String,
 }
@@ -252,9 +253,8 @@ impl Drop for Inner {
 /// commit as soon as its log record is durable; the apply thread brings it
 /// into redb and then the cache meanwhile, so a writer never waits for the
 /// tables. A read first waits until every commit acknowledged before it is
-/// applied: at most the apply transaction in progress and the next one
-/// (which takes every commit queued meanwhile); nothing without concurrent
-/// writes.
+/// applied: usually the apply in progress, a few at most (one per batch the
+/// commit thread acknowledged meanwhile); nothing without concurrent writes.
 #[derive(Default)]
 struct Visibility {
     /// The sequence of the last acknowledged commit.
@@ -262,17 +262,19 @@ struct Visibility {
     /// The sequence of the last commit applied to redb and the cache;
     /// changed only under `lock`.
     applied: AtomicU64,
-    /// Applying failed: reads would miss an acknowledged write.
+    /// The apply thread failed or is gone, or a store thread panicked:
+    /// reads would miss an acknowledged write.
     stopped: AtomicBool,
     /// The first failure of the log, a checkpoint or an apply: no write
     /// is taken after it, since the log may then hold a record the tables
     /// do not (reopening sorts that out).
     failure: Mutex<Option<String>>,
-    /// Readers blocked in [`Visibility::wait_for`]: a publish wakes them only
-    /// when there are some.
+    /// Threads blocked in [`Visibility::wait_for`] (readers, and the commit
+    /// thread before a checkpoint): a publish wakes them only when there
+    /// are some.
     waiters: AtomicUsize,
-    /// Held to publish (with the cache update that goes with it), to fill
-    /// the cache after a read, and by waiters between checks.
+    /// Held to publish (with the cache update that goes with it), to stop,
+    /// to fill the cache after a read, and by waiters between checks.
     lock: Mutex<()>,
     changed: Condvar,
 }
@@ -646,6 +648,7 @@ impl Committer {
     /// Takes every write waiting, commits them as one (one log record, one
     /// sync) and acknowledges them all: concurrent writers share the wait.
     fn run(mut self, queue: &std_mpsc::Receiver<Pending>) {
+        let _guard = StopOnPanic(self.visibility.clone(), "the commit thread panicked");
         loop {
             let first = match spin_recv(queue).map_or_else(|| queue.recv_timeout(IDLE_CHECKPOINT), Ok) {
                 Ok(first) => first,
@@ -784,7 +787,7 @@ struct Applier {
 
 impl Applier {
     fn run(self, logged: &std_mpsc::Receiver<(u64, Vec<Write>)>) {
-        let _guard = StopOnPanic(self.visibility.clone());
+        let _guard = StopOnPanic(self.visibility.clone(), "the apply thread panicked");
         while let Ok((mut sequence, mut writes)) = logged.recv() {
             // Commits that queued up meanwhile go into the same transaction.
             while let Ok((next, more)) = logged.try_recv() {
@@ -808,14 +811,15 @@ impl Applier {
     }
 }
 
-/// Stops the store if the apply thread unwinds: readers and checkpoints
-/// waiting for it would otherwise wait forever.
-struct StopOnPanic(Arc<Visibility>);
+/// Stops the store if the commit or apply thread unwinds: readers (and
+/// checkpoints) waiting for an acknowledged commit to be applied would
+/// otherwise wait forever.
+struct StopOnPanic(Arc<Visibility>, &'static str);
 
 impl Drop for StopOnPanic {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            self.0.stop("the apply thread panicked");
+            self.0.stop(self.1);
         }
     }
 }

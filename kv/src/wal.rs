@@ -1,8 +1,8 @@
 //! The write-ahead log in front of redb (see `kv/DESIGN.md`).
 //!
 //! A commit appends one record (every write of the group) to a preallocated
-//! log file with synchronous direct I/O, then applies the writes to redb
-//! without an fsync of its own. redb is made durable now and then (a
+//! log file with synchronous direct I/O; then the store's apply thread
+//! applies the writes to redb without an fsync of its own. redb is made durable now and then (a
 //! checkpoint), after which the log starts over. After a crash, redb opens at
 //! its last checkpoint and the records after it are applied again.
 //!
