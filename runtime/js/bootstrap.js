@@ -7,6 +7,7 @@
 
 import { core, internals, primordials } from "ext:core/mod.js";
 import {
+  op_outpost_respond_forwarded_websocket,
   op_outpost_respond_websocket,
   op_outpost_ws_close,
   op_outpost_ws_next,
@@ -38,6 +39,7 @@ import {
 
 const {
   ReflectConstruct,
+  SafeFinalizationRegistry,
   SafeWeakMap,
   TypedArrayPrototypeSlice,
   WeakMapPrototypeGet,
@@ -270,6 +272,9 @@ core.setUnhandledPromiseRejectionHandler((promise, reason) => {
 
 const wsKey = SymbolFor("outpost.webSocket");
 const kAttach = SymbolFor("outpost.webSocket.attach");
+const kTakeForwarded = SymbolFor("outpost.webSocket.takeForwarded");
+/** Closes the socket of a forwarded client end the worker dropped (made on first use: not in a snapshot). */
+let forwardedSockets = null;
 const WS_CONNECTING = 0;
 const WS_OPEN = 1;
 const WS_CLOSING = 2;
@@ -284,6 +289,8 @@ class WebSocket extends event.EventTarget {
   #pending = [];
   #peer = null;
   #client = false;
+  /** For a client end another isolate serves (a Durable Object's): the rid of its socket, until returned. */
+  #forwarded = null;
   #closed;
   #onClosed;
 
@@ -305,6 +312,30 @@ class WebSocket extends event.EventTarget {
     client.#client = true;
     server.#peer = client;
     return [client, server];
+  }
+
+  /** The client end of a socket a Durable Object serves, from a stub's fetch. */
+  static forwarded(rid) {
+    const client = new WebSocket(wsKey);
+    client.#client = true;
+    client.#forwarded = rid;
+    forwardedSockets ??= new SafeFinalizationRegistry((socketRid) => core.tryClose(socketRid));
+    forwardedSockets.register(client, rid, client);
+    return client;
+  }
+
+  /**
+   * `undefined` for an end of a local pair; otherwise the forwarded socket's
+   * rid, once (`null` after it went out in a response).
+   */
+  [kTakeForwarded]() {
+    if (!this.#client || this.#peer !== null) return undefined;
+    const rid = this.#forwarded;
+    if (rid !== null) {
+      this.#forwarded = null;
+      forwardedSockets.unregister(this);
+    }
+    return rid;
   }
 
   get readyState() {
@@ -470,6 +501,8 @@ const Response = new Proxy(BaseResponse, {
     }
     if (init.status !== 101) throw new RangeError("a Response with a webSocket must have status 101");
     const made = ReflectConstruct(target, [null, { headers: init.headers, statusText: init.statusText }], newTarget);
+    // What the worker reads is what the client gets.
+    ObjectDefineProperties(made, { status: { value: 101 }, ok: { value: false } });
     WeakMapPrototypeSet(webSocketResponses, made, webSocket);
     return made;
   },
@@ -786,6 +819,10 @@ class DurableObjectStub {
       const body = req.body === null ? null : new Uint8Array(await req.arrayBuffer());
       return ["fetch", null, req, body];
     });
+    if (res.webSocketRid !== null) {
+      // The object accepted a WebSocket: its client end, to return as is.
+      return new Response(null, { status: 101, webSocket: WebSocket.forwarded(res.webSocketRid), headers: res.headers });
+    }
     let stream = res.bodyRid === null ? null : streams.readableStreamForRid(res.bodyRid);
     if (stream !== null && ArrayPrototypeIncludes(NULL_BODY_STATUSES, res.status)) {
       await stream.cancel();
@@ -1644,6 +1681,12 @@ function sendResponse(rid, value, req) {
   const webSocket = WeakMapPrototypeGet(webSocketResponses, value);
   if (webSocket !== undefined) {
     const key = req?.headers.get("sec-websocket-key") ?? "";
+    const forwarded = webSocket[kTakeForwarded]();
+    if (forwarded === null) throw new TypeError("this WebSocket already went out in a response");
+    if (forwarded !== undefined) {
+      op_outpost_respond_forwarded_websocket(rid, forwarded, response.wireHeaderList(inner), key);
+      return;
+    }
     const upgraded = op_outpost_respond_websocket(rid, response.wireHeaderList(inner), key);
     return PromisePrototypeThen(upgraded, (socketRid) => webSocket[kAttach](socketRid));
   }

@@ -123,3 +123,75 @@ async fn an_alarm_set_before_a_crash_fires_after_the_restart() {
     .await;
     assert_eq!(status["runs"].as_array().unwrap().len(), 1);
 }
+
+/// The chat-room pattern: the worker passes WebSocket upgrades to one
+/// object through its stub, the object accepts them and talks to every
+/// client; the worker returns the stub's response as is, or rewraps its
+/// `webSocket` in a new Response.
+#[tokio::test]
+async fn websockets_pass_through_stubs_to_the_object_that_accepts_them() {
+    use futures::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    let dir = worker(&[
+        ("outpost.toml", "name = \"chat\"\n[[durable_objects.bindings]]\nname = \"ROOM\"\nclass_name = \"Room\"\n"),
+        (
+            "worker.js",
+            r#"
+            export class Room {
+              constructor() { this.sockets = new Set(); }
+              fetch(request) {
+                const url = new URL(request.url);
+                if (url.pathname === "/count") return Response.json({ sockets: this.sockets.size });
+                const [client, server] = Object.values(new WebSocketPair());
+                server.accept();
+                this.sockets.add(server);
+                const who = url.searchParams.get("who");
+                server.addEventListener("message", (event) => {
+                  for (const socket of this.sockets) socket.send(`${who}: ${event.data}`);
+                });
+                server.addEventListener("close", () => this.sockets.delete(server));
+                return new Response(null, { status: 101, webSocket: client });
+              }
+            }
+            export default {
+              async fetch(request, env) {
+                const stub = env.ROOM.get(env.ROOM.idFromName("lobby"));
+                if (new URL(request.url).searchParams.has("rewrap")) {
+                  const answer = await stub.fetch(request);
+                  if (answer.status !== 101 || answer.webSocket === null) return new Response("no socket", { status: 500 });
+                  return new Response(null, { status: 101, webSocket: answer.webSocket });
+                }
+                return stub.fetch(request);
+              },
+            };
+            "#,
+        ),
+    ]);
+    let dev = Dev::start(dir.path(), &[]);
+    let connect = |path: &'static str| {
+        let addr = dev.addr;
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (socket, response) =
+                tokio_tungstenite::client_async(format!("ws://{addr}{path}"), tcp).await.expect("the upgrade succeeds");
+            assert_eq!(response.status(), 101);
+            socket
+        }
+    };
+    let mut a = connect("/chat?who=a").await;
+    let mut b = connect("/chat?who=b&rewrap=1").await;
+    let next = |message: Option<Result<Message, _>>| message.expect("a message").expect("no error");
+    a.send(Message::text("hi")).await.unwrap();
+    assert_eq!(next(a.next().await), Message::text("a: hi"));
+    assert_eq!(next(b.next().await), Message::text("a: hi"));
+    b.send(Message::text("yo")).await.unwrap();
+    assert_eq!(next(a.next().await), Message::text("b: yo"));
+    assert_eq!(next(b.next().await), Message::text("b: yo"));
+    // The object keeps answering ordinary requests while sockets are open.
+    assert_eq!(json(&support::get(dev.addr, "/count").await)["sockets"], 2);
+    a.close(None).await.unwrap();
+    let after = poll_until(&dev, "/count", Duration::from_secs(10), |reply| reply["sockets"] == 1).await;
+    assert_eq!(after["sockets"], 1);
+    b.send(Message::text("alone")).await.unwrap();
+    assert_eq!(next(b.next().await), Message::text("b: alone"));
+}

@@ -57,6 +57,7 @@ deno_core::extension!(
         websocket::op_outpost_ws_send_text,
         websocket::op_outpost_ws_send_binary,
         websocket::op_outpost_ws_close,
+        websocket::op_outpost_respond_forwarded_websocket,
     ],
     esm_entry_point = "ext:outpost_runtime/bootstrap.js",
     esm = [dir "js", "bootstrap.js"],

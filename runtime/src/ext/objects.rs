@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 
 use super::http::{full_body, Body, DispatchError, WorkerRequest};
 use super::ops::{header_list, header_map, incoming_body, WorkerName};
+use super::websocket::{ForwardedSocket, UpgradePipe};
 
 /// One `[[durable_objects.bindings]]` entry of a worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -253,6 +254,8 @@ pub struct StubResponse {
     status: u16,
     headers: Vec<(ByteString, ByteString)>,
     body_rid: Option<ResourceId>,
+    /// A `101` answer: the object's socket, to return in a response.
+    web_socket_rid: Option<ResourceId>,
 }
 
 fn dispatch_error(binding: &DurableObjectBinding, err: DispatchError) -> JsErrorBox {
@@ -295,16 +298,17 @@ pub async fn op_outpost_do_send(
     let call = ObjectCall { class_name: binding.class_name.clone(), id, name: stub.name, event };
     let parts = WorkerRequestParts { request, url: stub.url, request_id: stub.request_id, cf: None };
     let response = router.route(&binding.script, call, parts).await.map_err(|err| dispatch_error(&binding, err))?;
-    if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-        return Err(JsErrorBox::generic(format!(
-            "Durable Object {} answered with a WebSocket; passing WebSockets through stubs is not supported yet",
-            binding.class_name
-        )));
-    }
-    let (head, body) = response.into_parts();
+    let (mut head, body) = response.into_parts();
     let headers = header_list(&head.headers);
+    if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
+        let pipe = head.extensions.remove::<UpgradePipe>().ok_or_else(|| {
+            JsErrorBox::generic(format!("Durable Object {} answered 101 without a WebSocket", binding.class_name))
+        })?;
+        let web_socket_rid = state.borrow_mut().resource_table.add(ForwardedSocket(pipe));
+        return Ok(StubResponse { status: 101, headers, body_rid: None, web_socket_rid: Some(web_socket_rid) });
+    }
     let body_rid = incoming_body(&mut state.borrow_mut(), body);
-    Ok(StubResponse { status: head.status.as_u16(), headers, body_rid })
+    Ok(StubResponse { status: head.status.as_u16(), headers, body_rid, web_socket_rid: None })
 }
 
 // --- the hosting side: state.storage -------------------------------------------

@@ -5,6 +5,11 @@
 //! response's extensions) that the front joins to the upgraded connection.
 //! The WebSocket protocol runs here, on the other end of the pipe, so the
 //! front only moves bytes and knows nothing of frames.
+//!
+//! A Durable Object can answer a stub's `fetch` with such a response; the
+//! calling worker then holds the pipe's front end as a [`ForwardedSocket`]
+//! and returns it in its own 101 response, so the client talks straight to
+//! the object's socket.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -67,26 +72,15 @@ pub async fn op_outpost_respond_websocket(
         in_flight.send(Err(DispatchError::WorkerThrew));
         return Err(JsErrorBox::type_error("a WebSocket response needs a request with a Sec-WebSocket-Key header"));
     }
-    let mut map = match header_map(headers) {
-        Ok(map) => map,
+    let (front, ours) = tokio::io::duplex(PIPE_BYTES);
+    let pipe: UpgradePipe = std::sync::Arc::new(std::sync::Mutex::new(Some(front)));
+    let response = match upgrade_response(headers, &key, pipe) {
+        Ok(response) => response,
         Err(err) => {
             in_flight.send(Err(DispatchError::WorkerThrew));
             return Err(err);
         }
     };
-    let (front, ours) = tokio::io::duplex(PIPE_BYTES);
-    map.insert(http::header::UPGRADE, http::HeaderValue::from_static("websocket"));
-    map.insert(http::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
-    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-    map.insert(
-        http::header::SEC_WEBSOCKET_ACCEPT,
-        http::HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
-    );
-    let mut response = http::Response::new(empty_body());
-    *response.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
-    *response.headers_mut() = map;
-    let pipe: UpgradePipe = std::sync::Arc::new(std::sync::Mutex::new(Some(front)));
-    response.extensions_mut().insert(pipe);
     in_flight.send(Ok(response));
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(MAX_MESSAGE_BYTES))
@@ -99,6 +93,74 @@ pub async fn op_outpost_respond_websocket(
         cancel: deno_core::CancelHandle::new(),
     };
     Ok(state.borrow_mut().resource_table.add(socket))
+}
+
+/// A `101` response carrying `pipe`. With `key` (the request's
+/// `Sec-WebSocket-Key`), the accept header is derived from it; without, the
+/// headers must already hold one (a forwarded response from an object).
+fn upgrade_response(
+    headers: Vec<(ByteString, ByteString)>,
+    key: &str,
+    pipe: UpgradePipe,
+) -> Result<http::Response<super::http::Body>, JsErrorBox> {
+    let mut map = header_map(headers)?;
+    map.insert(http::header::UPGRADE, http::HeaderValue::from_static("websocket"));
+    map.insert(http::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+    if !key.is_empty() {
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+        map.insert(
+            http::header::SEC_WEBSOCKET_ACCEPT,
+            http::HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
+        );
+    } else if !map.contains_key(http::header::SEC_WEBSOCKET_ACCEPT) {
+        return Err(JsErrorBox::type_error("a WebSocket response needs a request with a Sec-WebSocket-Key header"));
+    }
+    let mut response = http::Response::new(empty_body());
+    *response.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+    *response.headers_mut() = map;
+    response.extensions_mut().insert(pipe);
+    Ok(response)
+}
+
+/// The front end of a socket that another isolate serves: a Durable
+/// Object's answer to a stub's `fetch`, held until the worker returns it in
+/// a response (or drops it, which closes the object's socket).
+pub(crate) struct ForwardedSocket(pub(crate) UpgradePipe);
+
+impl Resource for ForwardedSocket {
+    fn name(&self) -> Cow<'_, str> {
+        "outpostForwardedWebSocket".into()
+    }
+}
+
+/// Answers a request with `101 Switching Protocols` joined to a socket a
+/// Durable Object serves (`socket`, from a stub's `fetch`).
+#[op2]
+pub fn op_outpost_respond_forwarded_websocket(
+    state: &mut OpState,
+    #[smi] rid: ResourceId,
+    #[smi] socket: ResourceId,
+    #[serde] headers: Vec<(ByteString, ByteString)>,
+    #[string] key: String,
+) -> Result<(), JsErrorBox> {
+    let in_flight = take_in_flight(state, rid).map_err(JsErrorBox::from_err)?;
+    let forwarded = match state.resource_table.take::<ForwardedSocket>(socket) {
+        Ok(forwarded) => forwarded,
+        Err(err) => {
+            in_flight.send(Err(DispatchError::WorkerThrew));
+            return Err(JsErrorBox::from_err(err));
+        }
+    };
+    match upgrade_response(headers, &key, forwarded.0.clone()) {
+        Ok(response) => {
+            in_flight.send(Ok(response));
+            Ok(())
+        }
+        Err(err) => {
+            in_flight.send(Err(DispatchError::WorkerThrew));
+            Err(err)
+        }
+    }
 }
 
 /// What arrived on a socket.
