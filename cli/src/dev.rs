@@ -80,7 +80,9 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         std::io::stdout().flush()?;
         front::spawn_store_tasks(&pool, &kv_store);
         let handler = Arc::new(PoolHandler { pool: pool.clone(), target: Target::One(name) });
-        front::serve_until_signal(listeners, ServerConfig::default(), handler).await?;
+        // Retiring the isolates closes their WebSockets (1001) while the
+        // front drains.
+        front::serve_until_signal(listeners, ServerConfig::default(), handler, || pool.retire_all()).await?;
         pool.stop();
         Ok(())
     })

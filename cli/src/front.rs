@@ -174,12 +174,14 @@ pub async fn bind_tls(
     Ok((listeners, bound))
 }
 
-/// Serves every listener until SIGTERM or SIGINT, then lets each finish its
-/// in-flight requests (up to the configured grace) and returns.
+/// Serves every listener until SIGTERM or SIGINT, then calls `on_shutdown`,
+/// lets each listener finish its in-flight requests and WebSockets (up to
+/// the configured grace) and returns.
 pub async fn serve_until_signal(
     listeners: Vec<AnyListener>,
     config: ServerConfig,
     handler: Arc<dyn Handler>,
+    on_shutdown: impl FnOnce(),
 ) -> anyhow::Result<()> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
@@ -201,6 +203,7 @@ pub async fn serve_until_signal(
         () = shutdown_signal() => {
             tracing::info!("shutting down: no new connections; finishing requests in flight");
             let _ = stop.send(true);
+            on_shutdown();
         }
         Some(result) = servers.join_next() => {
             // A listener failed on its own: stop the others too.

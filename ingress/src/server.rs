@@ -166,7 +166,16 @@ pub async fn serve(
     }
     drop(listener);
     let grace = shared.config.shutdown_grace;
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    let deadline = tokio::time::Instant::now() + grace;
+    // HTTP connections first; then upgraded ones (WebSockets), which hyper
+    // no longer tracks but which keep their connection permit: the worker
+    // side closes them as the pool retires its isolates.
+    let everyone = u32::try_from(shared.config.max_connections.max(1)).unwrap_or(u32::MAX);
+    let drained = async {
+        graceful.shutdown().await;
+        let _ = permits.acquire_many(everyone).await;
+    };
+    if tokio::time::timeout_at(deadline, drained).await.is_err() {
         tracing::warn!("connections still open {} s after shutdown began; closing them", grace.as_secs());
     }
     Ok(())
@@ -407,12 +416,42 @@ async fn join_upgraded(
     let client = connection.client;
     match upgrade.await {
         Ok(upgraded) => {
-            let mut upgraded = TokioIo::new(upgraded);
-            if let Err(err) = tokio::io::copy_bidirectional(&mut upgraded, &mut pipe).await {
+            if let Err(err) = relay(TokioIo::new(upgraded), &mut pipe).await {
                 tracing::debug!(%client, "WebSocket connection ended: {err}");
             }
         }
         Err(err) => tracing::debug!(%client, "the upgrade failed: {err}"),
+    }
+}
+
+/// Copies bytes both ways until the worker's side ends: then the connection
+/// ends too, even if the client stays silent (the socket is closed; nothing
+/// it sends could be delivered). A client that ends first still gets what
+/// the worker sends until the worker's side ends.
+async fn relay(
+    client: impl tokio::io::AsyncRead + tokio::io::AsyncWrite,
+    pipe: &mut tokio::io::DuplexStream,
+) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt as _;
+    let (mut client_read, mut client_write) = tokio::io::split(client);
+    let (mut pipe_read, mut pipe_write) = tokio::io::split(pipe);
+    let to_client = async {
+        let copied = tokio::io::copy(&mut pipe_read, &mut client_write).await;
+        let _ = client_write.shutdown().await;
+        copied
+    };
+    let to_worker = async {
+        let copied = tokio::io::copy(&mut client_read, &mut pipe_write).await;
+        let _ = pipe_write.shutdown().await;
+        copied
+    };
+    tokio::pin!(to_client, to_worker);
+    tokio::select! {
+        done = &mut to_client => done.map(drop),
+        done = &mut to_worker => {
+            done?;
+            to_client.await.map(drop)
+        }
     }
 }
 

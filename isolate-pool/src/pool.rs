@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use outpost_runtime::{
-    Body, BoxError, DispatchError, DurableObjectBinding, ObjectCall, ObjectEvent, ObjectRouter, RouteFuture,
-    WorkerCode, WorkerOptions, WorkerRequest, WorkerRequestParts, WorkerSource,
+    Body, BoxError, DispatchError, DurableObjectBinding, IsolateSignals, ObjectCall, ObjectEvent, ObjectRouter,
+    RouteFuture, WorkerCode, WorkerOptions, WorkerRequest, WorkerRequestParts, WorkerSource,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -152,12 +152,23 @@ struct LiveIsolate {
     in_flight: Arc<AtomicUsize>,
     /// Requests answered, for the CPU meter (a completion refills the budget).
     completed: Arc<AtomicU64>,
+    /// Open WebSockets (busy for eviction) and retirement, shared with the isolate.
+    signals: Arc<IsolateSignals>,
     last_used: LastUsed,
     memory_bytes: usize,
     /// The isolate hosting the worker's Durable Objects: it takes only
     /// object calls, and there is one per worker, so each object has one
     /// live instance on the node.
     hosts_objects: bool,
+}
+
+impl LiveIsolate {
+    /// Closes the queue for good: the isolate finishes what it has, closes
+    /// its WebSockets, and goes.
+    fn retire(&mut self) {
+        self.signals.retiring.store(true, Ordering::Relaxed);
+        self.sender = None;
+    }
 }
 
 #[derive(Default)]
@@ -303,7 +314,7 @@ impl Pool {
         let name = worker.spec.name.clone();
         // Older isolates of this worker finish what they have and stop.
         for isolate in state.isolates.values_mut().filter(|i| i.worker == name && i.generation != worker.generation) {
-            isolate.sender = None;
+            isolate.retire();
         }
         state.workers.insert(name, worker);
         Ok(())
@@ -460,12 +471,22 @@ impl Pool {
         self.inner.evict(Instant::now(), rules)
     }
 
+    /// Retires every isolate (each finishes its in-flight work and closes
+    /// its WebSockets as going away); later requests start fresh ones. For
+    /// the start of a shutdown, while in-flight requests still finish.
+    pub fn retire_all(&self) {
+        let mut state = self.inner.state.lock().unwrap();
+        for isolate in state.isolates.values_mut() {
+            isolate.retire();
+        }
+    }
+
     /// Stops every isolate after its in-flight work.
     pub fn stop(&self) {
         self.inner.stopping.store(true, Ordering::Relaxed);
         let mut state = self.inner.state.lock().unwrap();
         for isolate in state.isolates.values_mut() {
-            isolate.sender = None;
+            isolate.retire();
         }
         for thread in &self.inner.threads {
             let _ = thread.commands.send(Command::Stop);
@@ -530,6 +551,7 @@ impl Inner {
                 sender: Some(sender),
                 in_flight: Arc::new(AtomicUsize::new(0)),
                 completed: Arc::new(AtomicU64::new(0)),
+                signals: Arc::new(IsolateSignals::default()),
                 last_used: LastUsed::new(self.epoch),
                 memory_bytes: 0,
                 hosts_objects: false,
@@ -538,7 +560,9 @@ impl Inner {
         state.by_worker.entry(worker.spec.name.clone()).or_default().push(id);
         let in_flight = state.isolates[&id].in_flight.clone();
         let completed = state.isolates[&id].completed.clone();
-        let start = Box::new(StartIsolate { id, worker: worker.clone(), receiver, in_flight, completed, loaded });
+        let signals = state.isolates[&id].signals.clone();
+        let start =
+            Box::new(StartIsolate { id, worker: worker.clone(), receiver, in_flight, completed, signals, loaded });
         if let Some(after) = after.filter(|after| state.isolates.contains_key(after)) {
             state.deferred_starts.insert(after, DeferredStart { thread, start, since: Instant::now() });
             return id;
@@ -579,14 +603,15 @@ impl Inner {
                 id,
                 last_used: i.last_used.get(),
                 memory_bytes: i.memory_bytes,
-                in_flight: i.in_flight.load(Ordering::Relaxed),
+                // Open WebSockets keep an isolate as busy as requests do.
+                in_flight: i.in_flight.load(Ordering::Relaxed) + i.signals.open_sockets.load(Ordering::Relaxed),
             })
             .collect();
         let evicted = policy::evict(now, &usage, rules);
         for id in &evicted {
             if let Some(isolate) = state.isolates.get_mut(id) {
                 tracing::debug!(worker = %isolate.worker, isolate = id, "evicting an idle isolate");
-                isolate.sender = None;
+                isolate.retire();
             }
         }
         evicted.len()
@@ -737,8 +762,13 @@ impl HttpBody for GuardedBody {
     }
 }
 
-pub(crate) fn worker_options(worker: &DeployedWorker, pool: &Weak<Inner>) -> WorkerOptions {
+pub(crate) fn worker_options(
+    worker: &DeployedWorker,
+    pool: &Weak<Inner>,
+    signals: Arc<IsolateSignals>,
+) -> WorkerOptions {
     WorkerOptions {
+        signals,
         durable_objects: worker.spec.durable_objects.clone(),
         object_router: Some(Arc::new(PoolRouter(pool.clone()))),
         name: worker.spec.name.clone(),

@@ -9,7 +9,7 @@ use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use outpost_runtime::{DispatchError, RequestQueue, ServeError, WorkerIsolate, WorkerRequest};
+use outpost_runtime::{DispatchError, IsolateSignals, RequestQueue, ServeError, WorkerIsolate, WorkerRequest};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::policy::IsolateId;
@@ -22,6 +22,7 @@ pub(crate) struct StartIsolate {
     pub(crate) receiver: mpsc::UnboundedReceiver<WorkerRequest>,
     pub(crate) in_flight: Arc<AtomicUsize>,
     pub(crate) completed: Arc<AtomicU64>,
+    pub(crate) signals: Arc<IsolateSignals>,
     pub(crate) loaded: Option<oneshot::Sender<Result<(), String>>>,
 }
 
@@ -64,7 +65,7 @@ pub(crate) fn spawn(index: usize, pool: Weak<Inner>) -> ThreadHandle {
 
 /// Runs one isolate from creation to drop.
 async fn run_isolate(start: StartIsolate, slot: Arc<Slot>, pool: Weak<Inner>) {
-    let StartIsolate { id, worker, receiver, in_flight, completed, mut loaded } = start;
+    let StartIsolate { id, worker, receiver, in_flight, completed, signals, mut loaded } = start;
     let name = worker.spec.name.clone();
     let limits = worker.spec.limits;
     let report_load = |loaded: &mut Option<oneshot::Sender<Result<(), String>>>, result: Result<(), String>| {
@@ -75,15 +76,15 @@ async fn run_isolate(start: StartIsolate, slot: Arc<Slot>, pool: Weak<Inner>) {
         }
     };
     let queue = Rc::new(RequestQueue::new(receiver));
-    let mut isolate = match WorkerIsolate::new(&worker.spec.source, worker.code, &worker_options(&worker, &pool), queue)
-    {
-        Ok(isolate) => isolate,
-        Err(err) => {
-            report_load(&mut loaded, Err(err.to_string()));
-            gone(&pool, id);
-            return;
-        }
-    };
+    let mut isolate =
+        match WorkerIsolate::new(&worker.spec.source, worker.code, &worker_options(&worker, &pool, signals), queue) {
+            Ok(isolate) => isolate,
+            Err(err) => {
+                report_load(&mut loaded, Err(err.to_string()));
+                gone(&pool, id);
+                return;
+            }
+        };
     let meter =
         Meter::new(slot, isolate.thread_safe_handle(), in_flight, completed, Duration::from_millis(limits.cpu_ms));
     let load = meter.run(isolate.load()).await;

@@ -9,6 +9,7 @@ import { core, internals, primordials } from "ext:core/mod.js";
 import {
   op_outpost_respond_forwarded_websocket,
   op_outpost_respond_websocket,
+  op_outpost_retiring,
   op_outpost_ws_close,
   op_outpost_ws_next,
   op_outpost_ws_send_binary,
@@ -272,9 +273,16 @@ core.setUnhandledPromiseRejectionHandler((promise, reason) => {
 
 const wsKey = SymbolFor("outpost.webSocket");
 const kAttach = SymbolFor("outpost.webSocket.attach");
-const kTakeForwarded = SymbolFor("outpost.webSocket.takeForwarded");
-/** Closes the socket of a forwarded client end the worker dropped (made on first use: not in a snapshot). */
+/** Closes the socket of a forwarded client end that was dropped (made on first use). */
 let forwardedSockets = null;
+/** The sockets of forwarded client ends made during the current request, closed when it ends unless returned. */
+const requestSockets = new core.AsyncVariable();
+/** Server ends attached to a client, until closed: closed (1001) when the isolate is retired. */
+const openServerSockets = new SafeSet();
+// Module-private access to WebSocket internals (set in its static block).
+let makeForwarded;
+let takeForwarded;
+let goAway;
 const WS_CONNECTING = 0;
 const WS_OPEN = 1;
 const WS_CLOSING = 2;
@@ -314,28 +322,36 @@ class WebSocket extends event.EventTarget {
     return [client, server];
   }
 
-  /** The client end of a socket a Durable Object serves, from a stub's fetch. */
-  static forwarded(rid) {
-    const client = new WebSocket(wsKey);
-    client.#client = true;
-    client.#forwarded = rid;
-    forwardedSockets ??= new SafeFinalizationRegistry((socketRid) => core.tryClose(socketRid));
-    forwardedSockets.register(client, rid, client);
-    return client;
-  }
-
-  /**
-   * `undefined` for an end of a local pair; otherwise the forwarded socket's
-   * rid, once (`null` after it went out in a response).
-   */
-  [kTakeForwarded]() {
-    if (!this.#client || this.#peer !== null) return undefined;
-    const rid = this.#forwarded;
-    if (rid !== null) {
-      this.#forwarded = null;
-      forwardedSockets.unregister(this);
-    }
-    return rid;
+  static {
+    /** The client end of a socket a Durable Object serves, from a stub's fetch. */
+    makeForwarded = (rid) => {
+      const client = new WebSocket(wsKey);
+      client.#client = true;
+      client.#forwarded = rid;
+      forwardedSockets ??= new SafeFinalizationRegistry((socketRid) => core.tryClose(socketRid));
+      forwardedSockets.register(client, rid, client);
+      ArrayPrototypePush(requestSockets.get() ?? [], rid);
+      return client;
+    };
+    /**
+     * `undefined` for an end of a local pair; otherwise the forwarded
+     * socket's rid, once (`null` after it went out in a response).
+     */
+    takeForwarded = (socket) => {
+      if (!socket.#client || socket.#peer !== null) return undefined;
+      const rid = socket.#forwarded;
+      if (rid !== null) {
+        socket.#forwarded = null;
+        forwardedSockets.unregister(socket);
+      }
+      return rid;
+    };
+    /** Closes a server end because its isolate is going away. */
+    goAway = (socket) => {
+      if (socket.#rid === null || socket.#state === WS_CLOSING || socket.#state === WS_CLOSED) return;
+      socket.#state = WS_CLOSING;
+      socket.#transmitClose(1001, "the worker is going away");
+    };
   }
 
   get readyState() {
@@ -356,6 +372,9 @@ class WebSocket extends event.EventTarget {
 
   /** Starts delivering this end's messages to the worker. */
   accept() {
+    if (this.#client && this.#peer === null) {
+      throw new TypeError("this WebSocket is served by the Durable Object that accepted it; return it in a Response");
+    }
     if (this.#client) throw new TypeError("the client end of a WebSocketPair belongs in a Response");
     if (this.#accepted) throw new TypeError("accept() was already called");
     this.#accepted = true;
@@ -428,6 +447,7 @@ class WebSocket extends event.EventTarget {
   [kAttach](rid) {
     const server = this.#peer;
     server.#rid = rid;
+    SetPrototypeAdd(openServerSockets, server);
     const pending = server.#pending;
     server.#pending = [];
     for (let i = 0; i < pending.length; i++) {
@@ -460,6 +480,7 @@ class WebSocket extends event.EventTarget {
         new event.CloseEvent("close", { code: incoming.code, reason: incoming.reason, wasClean: incoming.clean }),
       );
       core.tryClose(this.#rid);
+      SetPrototypeDelete(openServerSockets, this);
       this.#onClosed();
       return;
     }
@@ -821,7 +842,7 @@ class DurableObjectStub {
     });
     if (res.webSocketRid !== null) {
       // The object accepted a WebSocket: its client end, to return as is.
-      return new Response(null, { status: 101, webSocket: WebSocket.forwarded(res.webSocketRid), headers: res.headers });
+      return new Response(null, { status: 101, webSocket: makeForwarded(res.webSocketRid), headers: res.headers });
     }
     let stream = res.bodyRid === null ? null : streams.readableStreamForRid(res.bodyRid);
     if (stream !== null && ArrayPrototypeIncludes(NULL_BODY_STATUSES, res.status)) {
@@ -1491,6 +1512,8 @@ function handlerOf(instance, name, className) {
 
 async function handleObjectEvent(next) {
   const prev = currentRequestId.enter(next.requestId);
+  const sockets = [];
+  requestSockets.enter(sockets);
   const target = next.object;
   try {
     sweepIdleObjects(DateNow());
@@ -1500,7 +1523,15 @@ async function handleObjectEvent(next) {
       const result = await object.runGated((instance) =>
         FunctionPrototypeCall(handlerOf(instance, "fetch", target.className), instance, req)
       );
-      await sendResponse(next.rid, result, req);
+      // A WebSocket answer keeps the object alive (not swept as idle)
+      // until the socket closes.
+      object.active++;
+      try {
+        await sendResponse(next.rid, result, req);
+      } finally {
+        object.active--;
+        object.lastUsed = DateNow();
+      }
     } else if (target.kind === "alarm") {
       const info = { retryCount: target.retryCount, isRetry: target.retryCount > 0 };
       await object.runGated((instance) =>
@@ -1534,6 +1565,7 @@ async function handleObjectEvent(next) {
     op_outpost_respond_error(next.rid, describeError(error));
   } finally {
     if (next.bodyRid !== null) core.tryClose(next.bodyRid);
+    closeUnreturnedSockets(sockets);
     core.setAsyncContext(prev);
   }
 }
@@ -1681,7 +1713,7 @@ function sendResponse(rid, value, req) {
   const webSocket = WeakMapPrototypeGet(webSocketResponses, value);
   if (webSocket !== undefined) {
     const key = req?.headers.get("sec-websocket-key") ?? "";
-    const forwarded = webSocket[kTakeForwarded]();
+    const forwarded = takeForwarded(webSocket);
     if (forwarded === null) throw new TypeError("this WebSocket already went out in a response");
     if (forwarded !== undefined) {
       op_outpost_respond_forwarded_websocket(rid, forwarded, response.wireHeaderList(inner), key);
@@ -1716,8 +1748,15 @@ function sendResponse(rid, value, req) {
   return pumpBody(source, writerRid);
 }
 
+/** Closes the sockets of forwarded WebSockets the request made but did not return. */
+function closeUnreturnedSockets(sockets) {
+  for (let i = 0; i < sockets.length; i++) core.tryClose(sockets[i]);
+}
+
 async function handleRequest(next, handler) {
   const prev = currentRequestId.enter(next.requestId);
+  const sockets = [];
+  requestSockets.enter(sockets);
   const ctx = new ExecutionContext(next.requestId);
   try {
     const req = buildRequest(next);
@@ -1730,6 +1769,7 @@ async function handleRequest(next, handler) {
     // The response is complete: a request body the worker left unread is
     // released now rather than held by the isolate forever.
     if (next.bodyRid !== null) core.tryClose(next.bodyRid);
+    closeUnreturnedSockets(sockets);
     core.setAsyncContext(prev);
   }
 }
@@ -1812,7 +1852,13 @@ async function serve(handler) {
   const handling = new SafeSet();
   while (true) {
     const next = await op_outpost_next_request();
-    if (next === null) break;
+    if (next === null) {
+      // Retired (not merely out of requests): WebSockets close so it can go.
+      if (op_outpost_retiring()) {
+        for (const socket of new SafeSetIterator(openServerSockets)) goAway(socket);
+      }
+      break;
+    }
     const handled = next.object !== null ? handleObjectEvent(next) : handleRequest(next, handler);
     SetPrototypeAdd(handling, handled);
     PromisePrototypeThen(handled, () => SetPrototypeDelete(handling, handled));

@@ -20,6 +20,7 @@ use deno_core::{v8, JsRuntime, ModuleSpecifier, PollEventLoopOptions, RuntimeOpt
 use crate::ext::http::DispatchError;
 use crate::ext::objects::{DurableObjectBinding, ObjectBindings, ObjectRouter};
 use crate::ext::ops::{allow_wasm_code_generation, AbortReason, RequestQueue, WasmSources, WorkerName};
+use crate::ext::websocket::IsolateSignals;
 use crate::ext::{extensions, ExtensionOptions};
 use crate::loader::BundleLoader;
 
@@ -80,6 +81,9 @@ pub struct WorkerOptions {
     pub durable_objects: Vec<DurableObjectBinding>,
     /// Where the worker's stubs send their calls; without one, calls fail.
     pub object_router: Option<Arc<dyn ObjectRouter>>,
+    /// Shared with whoever runs the isolate (the pool): open WebSockets and
+    /// retirement.
+    pub signals: Arc<IsolateSignals>,
 }
 
 impl std::fmt::Debug for dyn ObjectRouter {
@@ -244,6 +248,7 @@ impl WorkerIsolate {
                 namespaces: options.kv_namespaces.iter().map(|b| b.id.clone()).collect(),
             });
         }
+        runtime.op_state().borrow_mut().put(options.signals.clone());
         runtime.op_state().borrow_mut().put(ObjectBindings {
             bindings: options.durable_objects.clone(),
             router: options.object_router.clone(),

@@ -657,3 +657,60 @@ async fn an_http2_websocket_the_worker_does_not_accept_is_not_an_open_tunnel() {
     let response = h2_websocket_connect(dev.addr, 200).await;
     assert_eq!(response.status(), 502, "a 2xx would read as an accepted WebSocket");
 }
+
+/// A redeploy retires the old isolates: an object's WebSockets are closed
+/// as going away (1001) so that the old instance ends and the new version's
+/// instance is the only one (new clients meet it, not an empty twin).
+#[tokio::test]
+async fn a_redeploy_closes_the_old_objects_websockets() {
+    use futures::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    let room = r#"
+        export class Room {
+          constructor() { this.sockets = new Set(); }
+          fetch(request) {
+            if (new URL(request.url).pathname === "/count") return Response.json({ sockets: this.sockets.size });
+            const [client, server] = Object.values(new WebSocketPair());
+            server.accept();
+            this.sockets.add(server);
+            server.addEventListener("message", (event) => server.send(`${VERSION}: ${event.data}`));
+            server.addEventListener("close", () => this.sockets.delete(server));
+            return new Response(null, { status: 101, webSocket: client });
+          }
+        }
+        export default {
+          fetch(request, env) { return env.ROOM.get(env.ROOM.idFromName("lobby")).fetch(request); },
+        };
+    "#;
+    let config = "name = \"chat\"\n[[durable_objects.bindings]]\nname = \"ROOM\"\nclass_name = \"Room\"\n";
+    let node = Node::start(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n[[workers]]\npath = \"workers/chat\"\n[[routes]]\npattern = \"*/*\"\nworker = \"chat\"\n",
+        &[
+            ("workers/chat/outpost.toml", config.to_string()),
+            ("workers/chat/worker.js", format!("const VERSION = \"v1\";\n{room}")),
+        ],
+    );
+    let addr = node.http.unwrap();
+    let connect = || async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tokio_tungstenite::client_async(format!("ws://{addr}/chat"), tcp).await.expect("the upgrade succeeds").0
+    };
+    let next = |message: Option<Result<Message, _>>| message.expect("a message").expect("no error");
+    let mut old = connect().await;
+    old.send(Message::text("hi")).await.unwrap();
+    assert_eq!(next(old.next().await), Message::text("v1: hi"));
+
+    std::fs::write(node.dir().join("workers/chat/worker.js"), format!("const VERSION = \"v2\";\n{room}")).unwrap();
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(node.pid(), libc::SIGHUP) };
+    match tokio::time::timeout(Duration::from_secs(10), old.next()).await.expect("a close frame in time") {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 1001),
+        other => panic!("expected a close frame, got {other:?}; logs:\n{}", node.logs()),
+    }
+    // Reading on sends the client's half of the close handshake.
+    let _ = old.next().await;
+    let mut new = connect().await;
+    new.send(Message::text("hi")).await.unwrap();
+    assert_eq!(next(new.next().await), Message::text("v2: hi"));
+    assert_eq!(json(&support::get(addr, "/count").await)["sockets"], 1, "one instance, with only the new socket");
+}

@@ -194,4 +194,16 @@ async fn websockets_pass_through_stubs_to_the_object_that_accepts_them() {
     assert_eq!(after["sockets"], 1);
     b.send(Message::text("alone")).await.unwrap();
     assert_eq!(next(b.next().await), Message::text("b: alone"));
+
+    // Shutting down closes the object's sockets as going away (1001), and
+    // the node exits without waiting for the client to leave.
+    let mut dev = dev;
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(dev.pid(), libc::SIGTERM) };
+    match tokio::time::timeout(Duration::from_secs(10), b.next()).await.expect("a close frame in time") {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 1001),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    let status = dev.wait_exit(Duration::from_secs(10)).expect("the node exits");
+    assert!(status.success(), "{status:?}; logs:\n{}", dev.logs());
 }

@@ -14,6 +14,8 @@
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use deno_core::futures::stream::{SplitSink, SplitStream};
@@ -35,6 +37,22 @@ use super::ops::{header_map, take_in_flight};
 /// the end travels in a shared slot and is taken out once.
 pub type UpgradePipe = std::sync::Arc<std::sync::Mutex<Option<DuplexStream>>>;
 
+/// What an isolate and the pool that runs it tell each other besides
+/// requests.
+#[derive(Debug, Default)]
+pub struct IsolateSignals {
+    /// WebSockets the isolate serves now. Their requests are answered (the
+    /// `101` went out), so they do not count as in flight, yet an isolate
+    /// with open sockets is busy: evicting it would cut them, and for an
+    /// object host would let a second instance of its objects start.
+    pub open_sockets: std::sync::atomic::AtomicUsize,
+    /// Set before the pool closes the isolate's queue to retire it (a
+    /// redeploy, an eviction, shutdown), as opposed to a per-request isolate
+    /// that got its one request: the isolate then closes its WebSockets
+    /// (1001, going away) instead of serving them until the clients leave.
+    pub retiring: std::sync::atomic::AtomicBool,
+}
+
 /// Bytes the pipe between the front and the socket buffers each way.
 const PIPE_BYTES: usize = 64 * 1024;
 /// Largest message a worker is sent (as on Cloudflare: 1 MiB).
@@ -45,6 +63,34 @@ struct ServerSocket {
     stream: tokio::sync::Mutex<SplitStream<WebSocketStream<DuplexStream>>>,
     /// Closing the resource ends a wait for the next message.
     cancel: deno_core::CancelHandle,
+    _open: OpenSocket,
+}
+
+/// Counts a socket in [`IsolateSignals::open_sockets`] while it lives.
+struct OpenSocket(Option<Arc<IsolateSignals>>);
+
+impl OpenSocket {
+    fn new(state: &OpState) -> OpenSocket {
+        let signals = state.try_borrow::<Arc<IsolateSignals>>().cloned();
+        if let Some(signals) = &signals {
+            signals.open_sockets.fetch_add(1, Ordering::Relaxed);
+        }
+        OpenSocket(signals)
+    }
+}
+
+impl Drop for OpenSocket {
+    fn drop(&mut self) {
+        if let Some(signals) = &self.0 {
+            signals.open_sockets.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Whether the isolate is being retired (see [`IsolateSignals::retiring`]).
+#[op2(fast)]
+pub fn op_outpost_retiring(state: &OpState) -> bool {
+    state.try_borrow::<Arc<IsolateSignals>>().is_some_and(|signals| signals.retiring.load(Ordering::Relaxed))
 }
 
 impl Resource for ServerSocket {
@@ -68,10 +114,6 @@ pub async fn op_outpost_respond_websocket(
     #[string] key: String,
 ) -> Result<ResourceId, JsErrorBox> {
     let in_flight = take_in_flight(&mut state.borrow_mut(), rid).map_err(JsErrorBox::from_err)?;
-    if key.is_empty() {
-        in_flight.send(Err(DispatchError::WorkerThrew));
-        return Err(JsErrorBox::type_error("a WebSocket response needs a request with a Sec-WebSocket-Key header"));
-    }
     let (front, ours) = tokio::io::duplex(PIPE_BYTES);
     let pipe: UpgradePipe = std::sync::Arc::new(std::sync::Mutex::new(Some(front)));
     let response = match upgrade_response(headers, &key, pipe) {
@@ -87,17 +129,19 @@ pub async fn op_outpost_respond_websocket(
         .max_frame_size(Some(MAX_MESSAGE_BYTES));
     let socket = WebSocketStream::from_raw_socket(ours, Role::Server, Some(config)).await;
     let (sink, stream) = socket.split();
+    let mut state = state.borrow_mut();
     let socket = ServerSocket {
         sink: tokio::sync::Mutex::new(sink),
         stream: tokio::sync::Mutex::new(stream),
         cancel: deno_core::CancelHandle::new(),
+        _open: OpenSocket::new(&state),
     };
-    Ok(state.borrow_mut().resource_table.add(socket))
+    Ok(state.resource_table.add(socket))
 }
 
-/// A `101` response carrying `pipe`. With `key` (the request's
-/// `Sec-WebSocket-Key`), the accept header is derived from it; without, the
-/// headers must already hold one (a forwarded response from an object).
+/// A `101` response carrying `pipe`, its accept header derived from `key`
+/// (the answered request's `Sec-WebSocket-Key`; the front makes one up for
+/// HTTP/2).
 fn upgrade_response(
     headers: Vec<(ByteString, ByteString)>,
     key: &str,
@@ -106,15 +150,14 @@ fn upgrade_response(
     let mut map = header_map(headers)?;
     map.insert(http::header::UPGRADE, http::HeaderValue::from_static("websocket"));
     map.insert(http::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
-    if !key.is_empty() {
-        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-        map.insert(
-            http::header::SEC_WEBSOCKET_ACCEPT,
-            http::HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
-        );
-    } else if !map.contains_key(http::header::SEC_WEBSOCKET_ACCEPT) {
+    if key.is_empty() {
         return Err(JsErrorBox::type_error("a WebSocket response needs a request with a Sec-WebSocket-Key header"));
     }
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    map.insert(
+        http::header::SEC_WEBSOCKET_ACCEPT,
+        http::HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
+    );
     let mut response = http::Response::new(empty_body());
     *response.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
     *response.headers_mut() = map;
@@ -143,14 +186,9 @@ pub fn op_outpost_respond_forwarded_websocket(
     #[serde] headers: Vec<(ByteString, ByteString)>,
     #[string] key: String,
 ) -> Result<(), JsErrorBox> {
+    // The socket first: whatever fails next, it is not left behind.
+    let forwarded = state.resource_table.take::<ForwardedSocket>(socket).map_err(JsErrorBox::from_err)?;
     let in_flight = take_in_flight(state, rid).map_err(JsErrorBox::from_err)?;
-    let forwarded = match state.resource_table.take::<ForwardedSocket>(socket) {
-        Ok(forwarded) => forwarded,
-        Err(err) => {
-            in_flight.send(Err(DispatchError::WorkerThrew));
-            return Err(JsErrorBox::from_err(err));
-        }
-    };
     match upgrade_response(headers, &key, forwarded.0.clone()) {
         Ok(response) => {
             in_flight.send(Ok(response));
