@@ -32,7 +32,7 @@ pub use ext::objects::{
     ObjectRouter, RouteFuture, WorkerRequestParts,
 };
 pub use ext::ops::RequestQueue;
-pub use ext::websocket::IsolateSignals;
+pub use ext::websocket::{IsolateSignals, UpgradePipe};
 pub use loader::ModuleKind;
 pub use worker::{
     init_v8, KvNamespaceBinding, LoadError, RequestReceiver, ServeError, WorkerCode, WorkerIsolate, WorkerOptions,

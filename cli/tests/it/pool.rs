@@ -342,3 +342,57 @@ async fn objects_of_another_worker_must_be_declared_by_it() {
     assert!(message.contains("does not declare"), "{message}");
     pool.stop();
 }
+
+/// An isolate serving a WebSocket is busy: idle eviction leaves it alone
+/// (for an object host, evicting it would let a second instance of its
+/// objects start) until the socket closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolate_with_an_open_websocket_is_not_evicted() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = pool(dir.path());
+    let source = write_worker(
+        dir.path(),
+        "sockets",
+        r#"export default {
+          fetch() {
+            const [client, server] = Object.values(new WebSocketPair());
+            server.accept();
+            return new Response(null, { status: 101, webSocket: client });
+          },
+        };"#,
+    );
+    deploy(&pool, spec("sockets", source, Isolation::Shared, Limits::default())).await;
+    let request = http::Request::get("/")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .body(outpost_runtime::empty_body())
+        .unwrap();
+    let parts = outpost_runtime::WorkerRequestParts {
+        request,
+        url: "http://sockets.test/".into(),
+        request_id: "test".into(),
+        cf: None,
+    };
+    let response = pool.fetch("sockets", parts).await.unwrap();
+    assert_eq!(response.status(), 101);
+    let pipe = response
+        .extensions()
+        .get::<outpost_runtime::UpgradePipe>()
+        .expect("a 101 carries the pipe")
+        .lock()
+        .unwrap()
+        .take()
+        .expect("the front end of the pipe");
+    // As the front does: the (empty) body goes, and with it the request's
+    // in-flight count; only the socket remains.
+    drop(response);
+    // The server end registers once the socket is set up.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(pool.evict_idle(Duration::ZERO), 0, "the socket is open");
+    drop(pipe);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while pool.evict_idle(Duration::ZERO) == 0 {
+        assert!(std::time::Instant::now() < deadline, "the isolate stayed busy after its socket closed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
