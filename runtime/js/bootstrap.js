@@ -185,10 +185,15 @@ core.registerErrorBuilder("CompileError", (message) => new WebAssembly.CompileEr
 
 // The request a piece of code runs on behalf of follows it across awaits, so
 // console lines of interleaved requests are attributed correctly.
-const currentRequestId = new core.AsyncVariable();
+/**
+ * The request being handled, across awaits: `{ id, sockets }`, `sockets`
+ * being the forwarded WebSockets it made (`null` until one is), closed when
+ * it ends unless returned.
+ */
+const currentRequest = new core.AsyncVariable();
 
 function log(level, message) {
-  op_outpost_log(level, message, currentRequestId.get() ?? "");
+  op_outpost_log(level, message, currentRequest.get()?.id ?? "");
 }
 
 // Log lines are data, not a terminal: no colour codes in them.
@@ -275,8 +280,6 @@ const wsKey = SymbolFor("outpost.webSocket");
 const kAttach = SymbolFor("outpost.webSocket.attach");
 /** Closes the socket of a forwarded client end that was dropped (made on first use). */
 let forwardedSockets = null;
-/** The sockets of forwarded client ends made during the current request, closed when it ends unless returned. */
-const requestSockets = new core.AsyncVariable();
 /** Server ends attached to a client, until closed: closed (1001) when the isolate is retired. */
 const openServerSockets = new SafeSet();
 // Module-private access to WebSocket internals (set in its static block).
@@ -330,7 +333,8 @@ class WebSocket extends event.EventTarget {
       client.#forwarded = rid;
       forwardedSockets ??= new SafeFinalizationRegistry((socketRid) => core.tryClose(socketRid));
       forwardedSockets.register(client, rid, client);
-      ArrayPrototypePush(requestSockets.get() ?? [], rid);
+      const request = currentRequest.get();
+      if (request !== undefined) ArrayPrototypePush(request.sockets ??= [], rid);
       return client;
     };
     /**
@@ -814,7 +818,7 @@ class DurableObjectStub {
       httpMethod: inner === null ? "POST" : inner.method,
       url: inner === null ? "http://durable-object.invalid/" : req.url,
       headers: inner === null ? [] : inner.headerList,
-      requestId: currentRequestId.get() ?? "",
+      requestId: currentRequest.get()?.id ?? "",
     }, body);
   }
   /** Sends once every earlier call of this stub has been sent. */
@@ -1378,7 +1382,7 @@ class DurableObjectState {
     }
   }
   waitUntil(promise) {
-    trackWaitUntil(promise, currentRequestId.get() ?? "");
+    trackWaitUntil(promise, currentRequest.get()?.id ?? "");
   }
 }
 
@@ -1511,9 +1515,8 @@ function handlerOf(instance, name, className) {
 }
 
 async function handleObjectEvent(next) {
-  const prev = currentRequestId.enter(next.requestId);
-  const sockets = [];
-  requestSockets.enter(sockets);
+  const request = { id: next.requestId, sockets: null };
+  const prev = currentRequest.enter(request);
   const target = next.object;
   try {
     sweepIdleObjects(DateNow());
@@ -1565,7 +1568,7 @@ async function handleObjectEvent(next) {
     op_outpost_respond_error(next.rid, describeError(error));
   } finally {
     if (next.bodyRid !== null) core.tryClose(next.bodyRid);
-    closeUnreturnedSockets(sockets);
+    closeUnreturnedSockets(request.sockets);
     core.setAsyncContext(prev);
   }
 }
@@ -1587,7 +1590,7 @@ function trackWaitUntil(promise, requestId) {
       resolve();
     };
     PromisePrototypeThen(promise, finish, (error) => {
-      const prev = currentRequestId.enter(requestId);
+      const prev = currentRequest.enter({ id: requestId, sockets: null });
       try {
         log(3, `waitUntil() promise rejected: ${describeError(error)}`);
       } finally {
@@ -1750,13 +1753,13 @@ function sendResponse(rid, value, req) {
 
 /** Closes the sockets of forwarded WebSockets the request made but did not return. */
 function closeUnreturnedSockets(sockets) {
+  if (sockets === null) return;
   for (let i = 0; i < sockets.length; i++) core.tryClose(sockets[i]);
 }
 
 async function handleRequest(next, handler) {
-  const prev = currentRequestId.enter(next.requestId);
-  const sockets = [];
-  requestSockets.enter(sockets);
+  const request = { id: next.requestId, sockets: null };
+  const prev = currentRequest.enter(request);
   const ctx = new ExecutionContext(next.requestId);
   try {
     const req = buildRequest(next);
@@ -1769,7 +1772,7 @@ async function handleRequest(next, handler) {
     // The response is complete: a request body the worker left unread is
     // released now rather than held by the isolate forever.
     if (next.bodyRid !== null) core.tryClose(next.bodyRid);
-    closeUnreturnedSockets(sockets);
+    closeUnreturnedSockets(request.sockets);
     core.setAsyncContext(prev);
   }
 }

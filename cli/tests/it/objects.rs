@@ -156,6 +156,11 @@ async fn websockets_pass_through_stubs_to_the_object_that_accepts_them() {
             export default {
               async fetch(request, env) {
                 const stub = env.ROOM.get(env.ROOM.idFromName("lobby"));
+                if (new URL(request.url).searchParams.has("drop")) {
+                  // Kept (so no garbage collection closes it), not returned.
+                  globalThis.kept = await stub.fetch(request);
+                  return new Response("dropped");
+                }
                 if (new URL(request.url).searchParams.has("rewrap")) {
                   const answer = await stub.fetch(request);
                   if (answer.status !== 101 || answer.webSocket === null) return new Response("no socket", { status: 500 });
@@ -194,6 +199,19 @@ async fn websockets_pass_through_stubs_to_the_object_that_accepts_them() {
     assert_eq!(after["sockets"], 1);
     b.send(Message::text("alone")).await.unwrap();
     assert_eq!(next(b.next().await), Message::text("b: alone"));
+
+    // A socket the worker got from the object but did not return is closed
+    // when its request ends: the object sees the close.
+    let upgrade = [
+        ("upgrade", "websocket"),
+        ("connection", "upgrade"),
+        ("sec-websocket-version", "13"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    let dropped = support::send(dev.addr, "GET", "/chat?who=c&drop=1", &upgrade, b"").await;
+    assert_eq!((dropped.status, dropped.text().as_str()), (200, "dropped"));
+    let after = poll_until(&dev, "/count", Duration::from_secs(10), |reply| reply["sockets"] == 1).await;
+    assert_eq!(after["sockets"], 1, "the dropped socket was closed");
 
     // Shutting down closes the object's sockets as going away (1001), and
     // the node exits without waiting for the client to leave.
