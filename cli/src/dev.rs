@@ -80,9 +80,8 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         std::io::stdout().flush()?;
         front::spawn_store_tasks(&pool, &kv_store);
         let handler = Arc::new(PoolHandler { pool: pool.clone(), target: Target::One(name) });
-        // Retiring the isolates closes their WebSockets (1001) while the
-        // front drains.
-        front::serve_until_signal(listeners, ServerConfig::default(), handler, || pool.retire_all()).await?;
+        // WebSockets close (1001) while the front drains.
+        front::serve_until_signal(listeners, ServerConfig::default(), handler, || pool.close_websockets()).await?;
         pool.stop();
         Ok(())
     })

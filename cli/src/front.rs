@@ -183,6 +183,12 @@ pub async fn serve_until_signal(
     handler: Arc<dyn Handler>,
     on_shutdown: impl FnOnce(),
 ) -> anyhow::Result<()> {
+    let mut on_shutdown = Some(on_shutdown);
+    let mut shut_down = move || {
+        if let Some(on_shutdown) = on_shutdown.take() {
+            on_shutdown();
+        }
+    };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
     for listener in listeners {
@@ -203,11 +209,12 @@ pub async fn serve_until_signal(
         () = shutdown_signal() => {
             tracing::info!("shutting down: no new connections; finishing requests in flight");
             let _ = stop.send(true);
-            on_shutdown();
+            shut_down();
         }
         Some(result) = servers.join_next() => {
             // A listener failed on its own: stop the others too.
             let _ = stop.send(true);
+            shut_down();
             result??;
         }
     }

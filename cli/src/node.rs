@@ -182,9 +182,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let handler =
             Arc::new(PoolHandler { pool: pool.clone(), target: Target::Routes(RwLock::new(Arc::new(routes))) });
         tokio::spawn(reload_on_sighup(args.config.clone(), base, pool.clone(), kv_store.clone(), handler.clone()));
-        // Retiring the isolates closes their WebSockets (1001) while the
-        // front drains.
-        front::serve_until_signal(listeners, config.limits.server_config(), handler, || pool.retire_all()).await?;
+        // WebSockets close (1001) while the front drains.
+        front::serve_until_signal(listeners, config.limits.server_config(), handler, || pool.close_websockets())
+            .await?;
         pool.stop();
         tracing::info!("stopped");
         Ok(())

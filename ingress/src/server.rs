@@ -449,8 +449,9 @@ async fn relay(
     tokio::select! {
         done = &mut to_client => done.map(drop),
         done = &mut to_worker => {
-            done?;
-            to_client.await.map(drop)
+            // The worker's last frames (its close) still go out.
+            let sent = to_client.await;
+            done.and(sent).map(drop)
         }
     }
 }

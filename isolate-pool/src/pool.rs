@@ -166,7 +166,7 @@ impl LiveIsolate {
     /// Closes the queue for good: the isolate finishes what it has, closes
     /// its WebSockets, and goes.
     fn retire(&mut self) {
-        self.signals.retiring.store(true, Ordering::Relaxed);
+        self.signals.go_away();
         self.sender = None;
     }
 }
@@ -227,6 +227,9 @@ pub(crate) struct Inner {
     store: SnapshotStore,
     next_id: AtomicU64,
     stopping: AtomicBool,
+    /// Set by [`Pool::close_websockets`]: isolates started later close
+    /// their WebSockets too.
+    closing_websockets: AtomicBool,
 }
 
 /// Runs workers' isolates on a fixed set of threads. Cheap to clone.
@@ -259,6 +262,7 @@ impl Pool {
                 store,
                 next_id: AtomicU64::new(1),
                 stopping: AtomicBool::new(false),
+                closing_websockets: AtomicBool::new(false),
             }
         });
         crate::watchdog::spawn(Arc::downgrade(&inner), inner.threads.iter().map(|t| t.slot.clone()).collect());
@@ -471,13 +475,14 @@ impl Pool {
         self.inner.evict(Instant::now(), rules)
     }
 
-    /// Retires every isolate (each finishes its in-flight work and closes
-    /// its WebSockets as going away); later requests start fresh ones. For
-    /// the start of a shutdown, while in-flight requests still finish.
-    pub fn retire_all(&self) {
-        let mut state = self.inner.state.lock().unwrap();
-        for isolate in state.isolates.values_mut() {
-            isolate.retire();
+    /// Has every isolate close its WebSockets as going away (1001), now
+    /// and for sockets opened later, while requests go on being served: for
+    /// the start of a shutdown, so the front can drain.
+    pub fn close_websockets(&self) {
+        self.inner.closing_websockets.store(true, Ordering::SeqCst);
+        let state = self.inner.state.lock().unwrap();
+        for isolate in state.isolates.values() {
+            isolate.signals.go_away();
         }
     }
 
@@ -561,6 +566,9 @@ impl Inner {
         let in_flight = state.isolates[&id].in_flight.clone();
         let completed = state.isolates[&id].completed.clone();
         let signals = state.isolates[&id].signals.clone();
+        if self.closing_websockets.load(Ordering::SeqCst) {
+            signals.go_away();
+        }
         let start =
             Box::new(StartIsolate { id, worker: worker.clone(), receiver, in_flight, completed, signals, loaded });
         if let Some(after) = after.filter(|after| state.isolates.contains_key(after)) {

@@ -9,7 +9,7 @@ import { core, internals, primordials } from "ext:core/mod.js";
 import {
   op_outpost_respond_forwarded_websocket,
   op_outpost_respond_websocket,
-  op_outpost_retiring,
+  op_outpost_going_away,
   op_outpost_ws_close,
   op_outpost_ws_next,
   op_outpost_ws_send_binary,
@@ -280,8 +280,10 @@ const wsKey = SymbolFor("outpost.webSocket");
 const kAttach = SymbolFor("outpost.webSocket.attach");
 /** Closes the socket of a forwarded client end that was dropped (made on first use). */
 let forwardedSockets = null;
-/** Server ends attached to a client, until closed: closed (1001) when the isolate is retired. */
+/** Server ends attached to a client, until closed: closed (1001) when the isolate goes away. */
 const openServerSockets = new SafeSet();
+/** Set once the isolate is going away (retired, or the node shuts down): sockets attached later close at once. */
+let goingAway = false;
 // Module-private access to WebSocket internals (set in its static block).
 let makeForwarded;
 let takeForwarded;
@@ -460,6 +462,7 @@ class WebSocket extends event.EventTarget {
       else server.#transmit(item);
     }
     server.#receive();
+    if (goingAway) goAway(server);
     return server.#closed;
   }
 
@@ -1429,6 +1432,8 @@ class LiveObject {
     this.broken = null;
     /** Events delivered or waiting, and when the last one ended. */
     this.active = 0;
+    /** Answers (streamed bodies, WebSockets) still going out. */
+    this.answering = 0;
     this.lastUsed = DateNow();
   }
 
@@ -1487,7 +1492,9 @@ function sweepIdleObjects(now) {
   if (now - lastObjectSweep < OBJECT_IDLE_MS / 4) return;
   lastObjectSweep = now;
   for (const { 0: key, 1: object } of new SafeMapIterator(liveObjects)) {
-    if (object.active === 0 && now - object.lastUsed > OBJECT_IDLE_MS) MapPrototypeDelete(liveObjects, key);
+    if (object.active === 0 && object.answering === 0 && now - object.lastUsed > OBJECT_IDLE_MS) {
+      MapPrototypeDelete(liveObjects, key);
+    }
   }
 }
 
@@ -1526,13 +1533,13 @@ async function handleObjectEvent(next) {
       const result = await object.runGated((instance) =>
         FunctionPrototypeCall(handlerOf(instance, "fetch", target.className), instance, req)
       );
-      // A WebSocket answer keeps the object alive (not swept as idle)
-      // until the socket closes.
-      object.active++;
+      // An answer still going out (a streamed body, a WebSocket) keeps the
+      // object from being swept as idle until it ends.
+      object.answering++;
       try {
         await sendResponse(next.rid, result, req);
       } finally {
-        object.active--;
+        object.answering--;
         object.lastUsed = DateNow();
       }
     } else if (target.kind === "alarm") {
@@ -1850,18 +1857,21 @@ function prepare(namespace, envJson, kvBindings, objectBindings) {
 }
 
 async function serve(handler) {
+  // Retired or shutting down (not merely out of requests, as a per-request
+  // isolate is): WebSockets close so that the isolate can go. The wait does
+  // not keep the isolate alive.
+  const away = op_outpost_going_away();
+  core.unrefOpPromise(away);
+  PromisePrototypeThen(away, () => {
+    goingAway = true;
+    for (const socket of new SafeSetIterator(openServerSockets)) goAway(socket);
+  });
   // Requests still being handled when the queue closes (an isolate that
   // served its one request, or was evicted) finish before the isolate goes.
   const handling = new SafeSet();
   while (true) {
     const next = await op_outpost_next_request();
-    if (next === null) {
-      // Retired (not merely out of requests): WebSockets close so it can go.
-      if (op_outpost_retiring()) {
-        for (const socket of new SafeSetIterator(openServerSockets)) goAway(socket);
-      }
-      break;
-    }
+    if (next === null) break;
     const handled = next.object !== null ? handleObjectEvent(next) : handleRequest(next, handler);
     SetPrototypeAdd(handling, handled);
     PromisePrototypeThen(handled, () => SetPrototypeDelete(handling, handled));

@@ -58,7 +58,7 @@ deno_core::extension!(
         websocket::op_outpost_ws_send_binary,
         websocket::op_outpost_ws_close,
         websocket::op_outpost_respond_forwarded_websocket,
-        websocket::op_outpost_retiring,
+        websocket::op_outpost_going_away,
     ],
     esm_entry_point = "ext:outpost_runtime/bootstrap.js",
     esm = [dir "js", "bootstrap.js"],

@@ -46,11 +46,36 @@ pub struct IsolateSignals {
     /// with open sockets is busy: evicting it would cut them, and for an
     /// object host would let a second instance of its objects start.
     pub open_sockets: std::sync::atomic::AtomicUsize,
-    /// Set before the pool closes the isolate's queue to retire it (a
-    /// redeploy, an eviction, shutdown), as opposed to a per-request isolate
-    /// that got its one request: the isolate then closes its WebSockets
-    /// (1001, going away) instead of serving them until the clients leave.
-    pub retiring: std::sync::atomic::AtomicBool,
+    /// Set (with [`IsolateSignals::go_away`]) when the isolate is retired
+    /// (a redeploy, an eviction) or the node shuts down, as opposed to a
+    /// per-request isolate that got its one request: the isolate then
+    /// closes its WebSockets (1001, going away), those open and any opened
+    /// later, instead of serving them until the clients leave.
+    going_away: std::sync::atomic::AtomicBool,
+    going_away_changed: tokio::sync::Notify,
+}
+
+impl IsolateSignals {
+    pub fn go_away(&self) {
+        self.going_away.store(true, Ordering::SeqCst);
+        self.going_away_changed.notify_waiters();
+    }
+
+    pub fn is_going_away(&self) -> bool {
+        self.going_away.load(Ordering::SeqCst)
+    }
+
+    async fn gone_away(&self) {
+        loop {
+            let changed = self.going_away_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.is_going_away() {
+                return;
+            }
+            changed.await;
+        }
+    }
 }
 
 /// Bytes the pipe between the front and the socket buffers each way.
@@ -87,10 +112,15 @@ impl Drop for OpenSocket {
     }
 }
 
-/// Whether the isolate is being retired (see [`IsolateSignals::retiring`]).
-#[op2(fast)]
-pub fn op_outpost_retiring(state: &OpState) -> bool {
-    state.try_borrow::<Arc<IsolateSignals>>().is_some_and(|signals| signals.retiring.load(Ordering::Relaxed))
+/// Resolves when the isolate must close its WebSockets (see
+/// [`IsolateSignals::go_away`]); never, without signals.
+#[op2]
+pub async fn op_outpost_going_away(state: Rc<RefCell<OpState>>) {
+    let signals = state.borrow().try_borrow::<Arc<IsolateSignals>>().cloned();
+    match signals {
+        Some(signals) => signals.gone_away().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Resource for ServerSocket {
@@ -116,6 +146,9 @@ pub async fn op_outpost_respond_websocket(
     let in_flight = take_in_flight(&mut state.borrow_mut(), rid).map_err(JsErrorBox::from_err)?;
     let (front, ours) = tokio::io::duplex(PIPE_BYTES);
     let pipe: UpgradePipe = std::sync::Arc::new(std::sync::Mutex::new(Some(front)));
+    // Counted before the 101 goes out: the request stops counting as in
+    // flight then, and the isolate must not look idle meanwhile.
+    let open = OpenSocket::new(&state.borrow());
     let response = match upgrade_response(headers, &key, pipe) {
         Ok(response) => response,
         Err(err) => {
@@ -134,7 +167,7 @@ pub async fn op_outpost_respond_websocket(
         sink: tokio::sync::Mutex::new(sink),
         stream: tokio::sync::Mutex::new(stream),
         cancel: deno_core::CancelHandle::new(),
-        _open: OpenSocket::new(&state),
+        _open: open,
     };
     Ok(state.resource_table.add(socket))
 }
