@@ -304,6 +304,8 @@ class WebSocket extends event.EventTarget {
   #client = false;
   /** For a client end another isolate serves (a Durable Object's): the rid of its socket, until returned. */
   #forwarded = null;
+  /** The client end went out in a response (it can only once). */
+  #inResponse = false;
   #closed;
   #onClosed;
 
@@ -340,16 +342,17 @@ class WebSocket extends event.EventTarget {
       return client;
     };
     /**
-     * `undefined` for an end of a local pair; otherwise the forwarded
-     * socket's rid, once (`null` after it went out in a response).
+     * Claims a client end for a response, once: `undefined` for an end of
+     * a local pair, the socket's rid for a forwarded one; `null` if it
+     * already went out in a response.
      */
     takeForwarded = (socket) => {
-      if (!socket.#client || socket.#peer !== null) return undefined;
+      if (socket.#inResponse) return null;
+      socket.#inResponse = true;
+      if (socket.#peer !== null) return undefined;
       const rid = socket.#forwarded;
-      if (rid !== null) {
-        socket.#forwarded = null;
-        forwardedSockets.unregister(socket);
-      }
+      socket.#forwarded = null;
+      forwardedSockets.unregister(socket);
       return rid;
     };
     /** Closes a server end because its isolate is going away. */

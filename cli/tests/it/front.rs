@@ -714,3 +714,39 @@ async fn a_redeploy_closes_the_old_objects_websockets() {
     assert_eq!(next(new.next().await), Message::text("v2: hi"));
     assert_eq!(json(&support::get(addr, "/count").await)["sockets"], 1, "one instance, with only the new socket");
 }
+
+/// A WebSocket's client end goes out in one response only: returning it
+/// again fails that request and leaves the first connection working.
+#[tokio::test]
+async fn a_websocket_goes_out_in_one_response_only() {
+    use futures::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    let dir = support::worker(&[(
+        "worker.js",
+        r#"
+        let sent = null;
+        export default {
+          fetch(request) {
+            if (sent !== null) return new Response(null, { status: 101, webSocket: sent });
+            const [client, server] = Object.values(new WebSocketPair());
+            server.accept();
+            server.addEventListener("message", (event) => server.send(`echo: ${event.data}`));
+            sent = client;
+            return new Response(null, { status: 101, webSocket: client });
+          },
+        };
+        "#,
+    )]);
+    let dev = support::Dev::start(dir.path(), &[]);
+    let tcp = tokio::net::TcpStream::connect(dev.addr).await.unwrap();
+    let (mut first, _) = tokio_tungstenite::client_async(format!("ws://{}/", dev.addr), tcp).await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(dev.addr).await.unwrap();
+    match tokio_tungstenite::client_async(format!("ws://{}/", dev.addr), tcp).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 500),
+        other => panic!("the second upgrade should fail with 500, got {:?}", other.map(|(_, r)| r.status())),
+    }
+    dev.wait_for_log("already went out in a response");
+    first.send(Message::text("still here")).await.unwrap();
+    let echoed = first.next().await.expect("a message").expect("no error");
+    assert_eq!(echoed, Message::text("echo: still here"));
+}
