@@ -286,7 +286,7 @@ const openServerSockets = new SafeSet();
 let goingAway = false;
 // Module-private access to WebSocket internals (set in its static block).
 let makeForwarded;
-let takeForwarded;
+let claimForResponse;
 let goAway;
 const WS_CONNECTING = 0;
 const WS_OPEN = 1;
@@ -346,7 +346,7 @@ class WebSocket extends event.EventTarget {
      * a local pair, the socket's rid for a forwarded one; `null` if it
      * already went out in a response.
      */
-    takeForwarded = (socket) => {
+    claimForResponse = (socket) => {
       if (socket.#inResponse) return null;
       socket.#inResponse = true;
       if (socket.#peer !== null) return undefined;
@@ -1015,6 +1015,15 @@ function gotten(many, names, values) {
 }
 
 /** `get()`/`delete()` arguments: one key or an array of them. */
+/** Storage calls answer bad arguments with a rejected promise, as workerd does, not a throw. */
+function rejectingBadArguments(call) {
+  try {
+    return call();
+  } catch (error) {
+    return PromiseReject(error);
+  }
+}
+
 function keyArgument(keys) {
   const many = ArrayIsArray(keys);
   return { many, names: many ? storageKeys(keys) : [storageKey(keys)] };
@@ -1174,36 +1183,24 @@ class DurableObjectStorage {
 
   get(keys, _options = undefined) {
     const object = this.#object;
-    let argument;
-    try {
-      argument = keyArgument(keys);
-    } catch (error) {
-      return PromiseReject(error);
-    }
-    const { many, names } = argument;
-    return this.#read(() => gotten(many, names, op_outpost_do_storage_get(object.className, object.hex, names)));
+    return rejectingBadArguments(() => {
+      const { many, names } = keyArgument(keys);
+      return this.#read(() => gotten(many, names, op_outpost_do_storage_get(object.className, object.hex, names)));
+    });
   }
 
   put(keyOrEntries, value = undefined, _options = undefined) {
-    try {
-      return this.write(putEntries(keyOrEntries, value), []);
-    } catch (error) {
-      return PromiseReject(error);
-    }
+    return rejectingBadArguments(() => this.write(putEntries(keyOrEntries, value), []));
   }
 
   delete(keys, _options = undefined) {
     const object = this.#object;
-    let argument;
-    try {
-      argument = keyArgument(keys);
-    } catch (error) {
-      return PromiseReject(error);
-    }
-    const { many, names } = argument;
-    // After every earlier write: the count is of keys that existed then.
-    const removed = this.#schedule(true, () => op_outpost_do_storage_delete(object.className, object.hex, names));
-    return PromisePrototypeThen(removed, (count) => many ? count : count > 0);
+    return rejectingBadArguments(() => {
+      const { many, names } = keyArgument(keys);
+      // After every earlier write: the count is of keys that existed then.
+      const removed = this.#schedule(true, () => op_outpost_do_storage_delete(object.className, object.hex, names));
+      return PromisePrototypeThen(removed, (count) => many ? count : count > 0);
+    });
   }
 
   deleteAll(_options = undefined) {
@@ -1213,14 +1210,11 @@ class DurableObjectStorage {
   }
 
   list(options = undefined) {
-    let checked;
-    try {
-      checked = listOptions(options);
-    } catch (error) {
-      return PromiseReject(error);
-    }
     const object = this.#object;
-    return this.#read(() => listed(op_outpost_do_storage_list(object.className, object.hex, checked)));
+    return rejectingBadArguments(() => {
+      const checked = listOptions(options);
+      return this.#read(() => listed(op_outpost_do_storage_list(object.className, object.hex, checked)));
+    });
   }
 
   /**
@@ -1726,7 +1720,7 @@ function sendResponse(rid, value, req) {
   const webSocket = WeakMapPrototypeGet(webSocketResponses, value);
   if (webSocket !== undefined) {
     const key = req?.headers.get("sec-websocket-key") ?? "";
-    const forwarded = takeForwarded(webSocket);
+    const forwarded = claimForResponse(webSocket);
     if (forwarded === null) throw new TypeError("this WebSocket already went out in a response");
     if (forwarded !== undefined) {
       op_outpost_respond_forwarded_websocket(rid, forwarded, response.wireHeaderList(inner), key);

@@ -89,6 +89,22 @@ impl InFlight {
             let _ = respond.send(result);
         }
     }
+
+    /// Answers with `response`, or, if the worker's answer could not be
+    /// made into one, with a worker error (a 500) and gives that error back
+    /// to the worker.
+    pub(crate) fn answer(&self, response: Result<http::Response<Body>, JsErrorBox>) -> Result<(), JsErrorBox> {
+        match response {
+            Ok(response) => {
+                self.send(Ok(response));
+                Ok(())
+            }
+            Err(err) => {
+                self.send(Err(DispatchError::WorkerThrew));
+                Err(err)
+            }
+        }
+    }
 }
 
 /// A request body, read by the worker through `readableStreamForRid`.
@@ -282,20 +298,10 @@ pub fn op_outpost_respond(
 ) -> Result<(), JsErrorBox> {
     let in_flight = take_in_flight(state, rid).map_err(JsErrorBox::from_err)?;
     let head = response_head(status, headers);
-    let response = head.and_then(|head| {
+    in_flight.answer(head.and_then(|head| {
         head.body(super::http::full_body(Bytes::copy_from_slice(&body)))
             .map_err(|err| JsErrorBox::type_error(err.to_string()))
-    });
-    match response {
-        Ok(response) => {
-            in_flight.send(Ok(response));
-            Ok(())
-        }
-        Err(err) => {
-            in_flight.send(Err(DispatchError::WorkerThrew));
-            Err(err)
-        }
-    }
+    }))
 }
 
 /// Answers a request with a streamed body; returns the writer's rid.
@@ -308,16 +314,11 @@ pub fn op_outpost_respond_stream(
     #[serde] headers: Vec<(ByteString, ByteString)>,
 ) -> Result<ResourceId, JsErrorBox> {
     let in_flight = take_in_flight(state, rid).map_err(JsErrorBox::from_err)?;
-    let head = match response_head(status, headers) {
-        Ok(head) => head,
-        Err(err) => {
-            in_flight.send(Err(DispatchError::WorkerThrew));
-            return Err(err);
-        }
-    };
     let (tx, body) = ChannelBody::new();
-    let response = head.body(body.boxed_unsync()).map_err(|err| JsErrorBox::type_error(err.to_string()))?;
-    in_flight.send(Ok(response));
+    in_flight.answer(
+        response_head(status, headers)
+            .and_then(|head| head.body(body.boxed_unsync()).map_err(|err| JsErrorBox::type_error(err.to_string()))),
+    )?;
     let abort = state.borrow::<AbortReason>().clone();
     Ok(state.resource_table.add(ResponseWriter { tx, closed: Cell::new(false), abort }))
 }

@@ -29,7 +29,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use super::http::{empty_body, DispatchError};
+use super::http::empty_body;
 use super::ops::{header_map, take_in_flight};
 
 /// How a 101 response hands the front its end of the pipe (the front's
@@ -61,7 +61,7 @@ impl IsolateSignals {
         self.going_away_changed.notify_waiters();
     }
 
-    pub fn is_going_away(&self) -> bool {
+    fn is_going_away(&self) -> bool {
         self.going_away.load(Ordering::SeqCst)
     }
 
@@ -149,14 +149,7 @@ pub async fn op_outpost_respond_websocket(
     // Counted before the 101 goes out: the request stops counting as in
     // flight then, and the isolate must not look idle meanwhile.
     let open = OpenSocket::new(&state.borrow());
-    let response = match upgrade_response(headers, &key, pipe) {
-        Ok(response) => response,
-        Err(err) => {
-            in_flight.send(Err(DispatchError::WorkerThrew));
-            return Err(err);
-        }
-    };
-    in_flight.send(Ok(response));
+    in_flight.answer(upgrade_response(headers, &key, pipe))?;
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(MAX_MESSAGE_BYTES))
         .max_frame_size(Some(MAX_MESSAGE_BYTES));
@@ -180,12 +173,12 @@ fn upgrade_response(
     key: &str,
     pipe: UpgradePipe,
 ) -> Result<http::Response<super::http::Body>, JsErrorBox> {
-    let mut map = header_map(headers)?;
-    map.insert(http::header::UPGRADE, http::HeaderValue::from_static("websocket"));
-    map.insert(http::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
     if key.is_empty() {
         return Err(JsErrorBox::type_error("a WebSocket response needs a request with a Sec-WebSocket-Key header"));
     }
+    let mut map = header_map(headers)?;
+    map.insert(http::header::UPGRADE, http::HeaderValue::from_static("websocket"));
+    map.insert(http::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     map.insert(
         http::header::SEC_WEBSOCKET_ACCEPT,
@@ -222,16 +215,7 @@ pub fn op_outpost_respond_forwarded_websocket(
     // The socket first: whatever fails next, it is not left behind.
     let forwarded = state.resource_table.take::<ForwardedSocket>(socket).map_err(JsErrorBox::from_err)?;
     let in_flight = take_in_flight(state, rid).map_err(JsErrorBox::from_err)?;
-    match upgrade_response(headers, &key, forwarded.0.clone()) {
-        Ok(response) => {
-            in_flight.send(Ok(response));
-            Ok(())
-        }
-        Err(err) => {
-            in_flight.send(Err(DispatchError::WorkerThrew));
-            Err(err)
-        }
-    }
+    in_flight.answer(upgrade_response(headers, &key, forwarded.0.clone()))
 }
 
 /// What arrived on a socket.
