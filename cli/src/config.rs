@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
-use outpost_isolate_pool::{Isolation, Limits};
+use outpost_isolate_pool::{Isolation, LimitCaps, Limits};
 use serde::Deserialize;
 
 /// The file name looked for in a worker's directory.
@@ -107,9 +107,9 @@ impl LimitsConfig {
             memory_mb: self.memory_mb.unwrap_or(defaults.memory_mb),
             max_concurrent: self.max_concurrent.unwrap_or(defaults.max_concurrent),
         };
-        if limits.cpu_ms == 0 || limits.memory_mb < 8 || limits.max_concurrent == 0 || limits.wall_ms == Some(0) {
-            bail!("[limits]: cpu_ms, wall_ms and max_concurrent must be positive and memory_mb at least 8");
-        }
+        // The node's own caps are checked when the worker is deployed; the
+        // ceiling no node may pass is checked here already.
+        limits.check(&LimitCaps::CEILING)?;
         Ok(limits)
     }
 }
@@ -175,7 +175,7 @@ pub fn resolve(path: &Path) -> anyhow::Result<ResolvedWorker> {
             std::fs::canonicalize(path)?.file_name().map_or("worker".into(), |name| name.to_string_lossy().into_owned())
         }
     };
-    let vars =
+    let vars: serde_json::Map<String, serde_json::Value> =
         config.vars.into_iter().map(|(key, value)| Ok((key, toml_to_json(value)?))).collect::<anyhow::Result<_>>()?;
     let isolation = match config.isolation {
         Some(IsolationConfig::PerRequest) => Isolation::PerRequest,
@@ -195,13 +195,17 @@ pub fn resolve(path: &Path) -> anyhow::Result<ResolvedWorker> {
             id: namespace.id.clone().unwrap_or_else(|| namespace.binding.clone()),
         });
     }
+    if let Some(shadowed) = kv_namespaces.iter().map(|b| &b.binding).find(|name| vars.contains_key(*name)) {
+        bail!("{}: the binding {shadowed:?} has the name of a [vars] entry", config_path.display());
+    }
     if !config.migrations.is_empty() {
         tracing::debug!("[[migrations]] has no meaning in Outpost (classes need no migration); ignored");
     }
     let mut durable_objects: Vec<outpost_runtime::DurableObjectBinding> = Vec::new();
     for binding in &config.durable_objects.bindings {
         let taken = kv_namespaces.iter().any(|b| b.binding == binding.name)
-            || durable_objects.iter().any(|b| b.binding == binding.name);
+            || durable_objects.iter().any(|b| b.binding == binding.name)
+            || vars.contains_key(&binding.name);
         if taken {
             bail!("{}: the binding {:?} is declared twice", config_path.display(), binding.name);
         }

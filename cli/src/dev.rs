@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use outpost_ingress::ServerConfig;
+use outpost_isolate_pool::LimitCaps;
 use outpost_runtime::WorkerSource;
 
 use crate::front::{self, PoolHandler, Target};
@@ -45,7 +46,8 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.unwrap_or_else(|| worker.root.join(".outpost"));
     // A broken worker path fails before anything starts.
     WorkerSource::new(&worker.root, &worker.main)?;
-    let (pool, kv_store) = front::start_pool_and_store(&data_dir, !args.no_worker_snapshot, None)?;
+    let (pool, kv_store) =
+        front::start_pool_and_store(&data_dir, !args.no_worker_snapshot, None, LimitCaps::default())?;
     let name = worker.name.clone();
     pool.deploy(front::worker_spec(worker, &kv_store)?).with_context(|| format!("cannot load worker {name}"))?;
 
@@ -81,7 +83,9 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         front::spawn_store_tasks(&pool, &kv_store);
         let handler = Arc::new(PoolHandler { pool: pool.clone(), target: Target::One(name) });
         // WebSockets close (1001) while the front drains.
-        front::serve_until_signal(listeners, ServerConfig::default(), handler, || pool.close_websockets()).await?;
+        // A developer's own machine: a client's X-Request-Id is the request's id.
+        let config = ServerConfig { client_request_ids: true, ..ServerConfig::default() };
+        front::serve_until_signal(listeners, config, handler, || pool.close_websockets()).await?;
         pool.stop();
         Ok(())
     })

@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use outpost_ingress::http3::H3Listener;
 use outpost_ingress::routes::Routes;
 use outpost_ingress::{Body, Handler, HandlerError, Listener, RequestContext, ServerConfig};
-use outpost_isolate_pool::{FetchError, Pool, PoolConfig, Snapshotter, WorkerSpec};
+use outpost_isolate_pool::{FetchError, LimitCaps, Pool, PoolConfig, Snapshotter, WorkerSpec};
 use outpost_runtime::{DispatchError, WorkerRequestParts, WorkerSource};
 
 /// Which worker a request goes to.
@@ -105,6 +105,7 @@ pub fn start_pool_and_store(
     data_dir: &Path,
     worker_snapshots: bool,
     threads: Option<usize>,
+    caps: LimitCaps,
 ) -> anyhow::Result<(Pool, outpost_kv::Store)> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
@@ -113,6 +114,7 @@ pub fn start_pool_and_store(
         Snapshotter::current_exe(crate::SNAPSHOT_SUBCOMMAND).context("cannot find the outpost executable")?;
     let mut pool_config = PoolConfig::new(data_dir.join("snapshots"), snapshotter);
     pool_config.worker_snapshots = worker_snapshots;
+    pool_config.caps = caps;
     // Measured: on 2 cores, 1 isolate thread + 1 front thread serves more
     // than 2 + 1.
     pool_config.threads = threads.unwrap_or_else(|| pool_config.threads.saturating_sub(1).max(1));

@@ -5,6 +5,7 @@ mod dev;
 mod dev_tls;
 mod front;
 mod node;
+mod ownership;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -37,13 +38,15 @@ pub const SNAPSHOT_SUBCOMMAND: &str = "snapshot-worker";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Held until the end of main: dropping it writes out the lines still queued.
+    let _log_writer;
     let result = match cli.command {
         Command::Dev(args) => {
-            install_tracing();
+            _log_writer = install_tracing();
             dev::run(args)
         }
         Command::Serve(args) => {
-            install_tracing();
+            _log_writer = install_tracing();
             node::run(args)
         }
         // No subscriber: the parent reads this process's stderr as the error.
@@ -91,14 +94,26 @@ fn snapshot_worker(root: &std::path::Path, main: &std::path::Path, out: &std::pa
 }
 
 /// Human-readable lines on a terminal, JSON lines otherwise; `RUST_LOG`
-/// filters (default: info).
-fn install_tracing() {
+/// filters (default: info). Lines go through a bounded queue to a writer
+/// thread: an isolate thread never waits for standard error (a stalled log
+/// reader would otherwise stall every worker), and when the queue is full
+/// lines are dropped rather than queued without end.
+fn install_tracing() -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::EnvFilter;
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .thread_name("outpost-log")
+        .finish(std::io::stderr());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     if std::io::stderr().is_terminal() {
         builder.init();
     } else {
         builder.json().flatten_event(true).with_current_span(true).init();
     }
+    guard
 }
+
+/// Log lines waiting for standard error at most.
+const LOG_QUEUE_LINES: usize = 64 * 1024;

@@ -12,11 +12,12 @@ use anyhow::{bail, Context as _};
 use outpost_ingress::routes::Routes;
 use outpost_ingress::tls::Certificates;
 use outpost_ingress::ServerConfig;
-use outpost_isolate_pool::Pool;
+use outpost_isolate_pool::{LimitCaps, Pool};
 use serde::Deserialize;
 
 use crate::config;
 use crate::front::{self, PoolHandler, Target};
+use crate::ownership::{self, GrantConfig};
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
@@ -43,6 +44,10 @@ pub struct NodeConfig {
     pub routes: Vec<RouteConfig>,
     #[serde(default)]
     pub limits: FrontLimits,
+    /// Access to KV namespaces and Durable Object classes that belong to
+    /// other workers (see `ownership`).
+    #[serde(default)]
+    pub grants: Vec<GrantConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -103,9 +108,29 @@ pub struct FrontLimits {
     /// On SIGTERM, how long requests in flight may take to finish, ms
     /// (default 30000).
     pub shutdown_grace_ms: Option<u64>,
+    /// The most CPU per request a worker may ask for, ms (default 30000).
+    pub max_worker_cpu_ms: Option<u64>,
+    /// The longest wall-clock limit a worker may ask for, ms (default 900000).
+    pub max_worker_wall_ms: Option<u64>,
+    /// The largest heap a worker may ask for, MiB (default 512).
+    pub max_worker_memory_mb: Option<u64>,
+    /// The most concurrent requests per isolate a worker may ask for
+    /// (default 1000).
+    pub max_worker_concurrent: Option<usize>,
 }
 
 impl FrontLimits {
+    /// The caps on every worker's `[limits]`.
+    pub fn worker_caps(&self) -> LimitCaps {
+        let defaults = LimitCaps::default();
+        LimitCaps {
+            max_cpu_ms: self.max_worker_cpu_ms.unwrap_or(defaults.max_cpu_ms),
+            max_wall_ms: self.max_worker_wall_ms.unwrap_or(defaults.max_wall_ms),
+            max_memory_mb: self.max_worker_memory_mb.unwrap_or(defaults.max_memory_mb),
+            max_concurrent: self.max_worker_concurrent.unwrap_or(defaults.max_concurrent),
+        }
+    }
+
     pub fn server_config(&self) -> ServerConfig {
         let defaults = ServerConfig::default();
         let ms = |value: Option<u64>, default: Duration| value.map_or(default, Duration::from_millis);
@@ -133,6 +158,7 @@ impl NodeConfig {
         if let Some(listener) = config.listeners.iter().find(|l| l.http3 == Some(true) && !l.tls) {
             bail!("{}: listener {}: http3 needs tls = true", path.display(), listener.address);
         }
+        config.limits.worker_caps().check().with_context(|| format!("invalid {}", path.display()))?;
         Ok(config)
     }
 }
@@ -155,8 +181,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let data_dir = resolve(config.data_dir.as_deref().unwrap_or(Path::new(".outpost-node")));
     // Many workers in one process: every isolate from the bootstrap snapshot
     // (see ARCHITECTURE.md, "one snapshot blob per process").
-    let (pool, kv_store) = front::start_pool_and_store(&data_dir, false, config.threads)?;
-    let (names, routes) = load_workers_and_routes(&args.config, &config, &base, &pool, &kv_store)?;
+    let (pool, kv_store) = front::start_pool_and_store(&data_dir, false, config.threads, config.limits.worker_caps())?;
+    let (names, routes) = load_workers_and_routes(&args.config, &config, &base, &data_dir, &pool, &kv_store)?;
 
     let runtime = front::front_runtime()?;
     runtime.block_on(async move {
@@ -181,7 +207,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         front::spawn_store_tasks(&pool, &kv_store);
         let handler =
             Arc::new(PoolHandler { pool: pool.clone(), target: Target::Routes(RwLock::new(Arc::new(routes))) });
-        tokio::spawn(reload_on_sighup(args.config.clone(), base, pool.clone(), kv_store.clone(), handler.clone()));
+        let reload =
+            Reload { path: args.config.clone(), base, data_dir, pool: pool.clone(), kv_store: kv_store.clone() };
+        tokio::spawn(reload_on_sighup(reload, handler.clone()));
         // WebSockets close (1001) while the front drains.
         front::serve_until_signal(listeners, config.limits.server_config(), handler, || pool.close_websockets())
             .await?;
@@ -206,6 +234,7 @@ fn load_workers_and_routes(
     path: &Path,
     config: &NodeConfig,
     base: &Path,
+    data_dir: &Path,
     pool: &Pool,
     kv_store: &outpost_kv::Store,
 ) -> anyhow::Result<(Vec<String>, Routes<String>)> {
@@ -231,6 +260,17 @@ fn load_workers_and_routes(
     }
     let routes = Routes::new(config.routes.iter().map(|r| (r.pattern.clone(), r.worker.clone())))
         .with_context(|| format!("invalid routes in {}", path.display()))?;
+    // Stored data is reached only by its owner or by grant; new claims are
+    // recorded once every worker of the file is admitted.
+    let owners_path = ownership::owners_path(data_dir);
+    let mut owners = ownership::read_owners(&owners_path)?;
+    let before = owners.clone();
+    for worker in &workers {
+        owners.admit(worker, &config.grants).with_context(|| format!("{}", path.display()))?;
+    }
+    if owners != before {
+        ownership::write_owners(&owners_path, &owners)?;
+    }
     for worker in workers {
         let name = worker.name.clone();
         pool.deploy(front::worker_spec(worker, kv_store)?).with_context(|| format!("cannot load worker {name}"))?;
@@ -238,28 +278,34 @@ fn load_workers_and_routes(
     Ok((names, routes))
 }
 
+/// What a reload needs: the file, where its paths start, and the node.
+struct Reload {
+    path: PathBuf,
+    base: PathBuf,
+    data_dir: PathBuf,
+    pool: Pool,
+    kv_store: outpost_kv::Store,
+}
+
 /// SIGHUP: read the file again, (re)deploy its workers (a new version of a
 /// worker takes new requests at once; the old one finishes what it has)
 /// and swap in its routes. Listeners, certificates and limits stay as they
 /// were started. A file that does not parse, or whose routes name unknown
-/// workers, changes nothing; if a worker fails to load, the routes stay and
-/// that worker keeps its running version (those deployed before it do not).
-async fn reload_on_sighup(
-    path: PathBuf,
-    base: PathBuf,
-    pool: Pool,
-    kv_store: outpost_kv::Store,
-    handler: Arc<PoolHandler>,
-) {
+/// workers or whose workers reach data that is not theirs, changes nothing;
+/// if a worker fails to load, the routes stay and that worker keeps its
+/// running version (those deployed before it do not).
+async fn reload_on_sighup(reload: Reload, handler: Arc<PoolHandler>) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hangups) = signal(SignalKind::hangup()) else { return };
+    let reload = Arc::new(reload);
     while hangups.recv().await.is_some() {
-        let (path, base, pool, kv_store) = (path.clone(), base.clone(), pool.clone(), kv_store.clone());
+        let reload = reload.clone();
         // Deploying loads workers (and may make snapshots): off the async threads.
         let loaded = tokio::task::spawn_blocking(move || {
-            let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-            let config = NodeConfig::parse(&text, &path)?;
-            load_workers_and_routes(&path, &config, &base, &pool, &kv_store)
+            let Reload { path, base, data_dir, pool, kv_store } = &*reload;
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let config = NodeConfig::parse(&text, path)?;
+            load_workers_and_routes(path, &config, base, data_dir, pool, kv_store)
         })
         .await;
         match loaded {

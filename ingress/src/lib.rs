@@ -5,7 +5,9 @@
 //! a certificate per host name chosen by SNI), rejects malformed requests
 //! with 400 before anything else sees them, enforces limits (head size,
 //! body size with 413, head and body read timeouts, connections), gives
-//! every request an id (`x-request-id`, taken from the client or generated),
+//! every request an id (`x-request-id`, generated; a client's is used only
+//! where the node trusts its clients), checks the host a request names
+//! ([`head`]: one valid authority, nothing else),
 //! and hands each request to a [`Handler`] with its body still streaming.
 //! HTTP/3 ([`http3`]) runs on QUIC beside a TLS listener, same handling.
 //! Responses stream back the same way. An error the handler reports becomes
@@ -16,7 +18,9 @@
 //! What it does not do: run JavaScript or know that V8 exists (the handler
 //! does that, behind the trait).
 
+mod body;
 mod handler;
+pub mod head;
 pub mod http3;
 pub mod routes;
 mod server;

@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::service::service_fn;
@@ -22,7 +22,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
+use crate::body::{FaultSlot, FirstByteDeadline, GuardedBody};
 use crate::handler::{Body, BoxError, Handler, HandlerError, Protocol, RequestContext, TlsInfo};
+use crate::head;
 
 /// Settings of a listener.
 #[derive(Debug, Clone)]
@@ -43,6 +45,9 @@ pub struct ServerConfig {
     pub tls_handshake_timeout: Duration,
     /// On shutdown, how long in-flight requests may take to finish.
     pub shutdown_grace: Duration,
+    /// Whether a client's `X-Request-Id` becomes the request's id (for a
+    /// developer's own machine); otherwise the front makes every id.
+    pub client_request_ids: bool,
 }
 
 impl Default for ServerConfig {
@@ -55,6 +60,7 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             tls_handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(30),
+            client_request_ids: false,
         }
     }
 }
@@ -193,8 +199,10 @@ struct Accepted {
 
 async fn serve_stream(accepted: Accepted, watcher: Watcher, shared: Arc<Shared>) {
     let Accepted { stream, client, local, tls, alt_svc, permit } = accepted;
+    let first_byte = shared.config.header_read_timeout;
     let Some(acceptor) = tls else {
         let connection = Arc::new(Connection { client, local, tls: None, alt_svc, _permit: Some(permit) });
+        let stream = FirstByteDeadline::new(stream, first_byte);
         return serve_io(TokioIo::new(stream), connection, watcher, shared).await;
     };
     let handshake = tokio::time::timeout(shared.config.tls_handshake_timeout, acceptor.accept(stream)).await;
@@ -215,7 +223,7 @@ async fn serve_stream(accepted: Accepted, watcher: Watcher, shared: Arc<Shared>)
         server_name: session.server_name().map(str::to_owned),
     };
     let connection = Arc::new(Connection { client, local, tls: Some(tls), alt_svc, _permit: Some(permit) });
-    serve_io(TokioIo::new(stream), connection, watcher, shared).await;
+    serve_io(TokioIo::new(FirstByteDeadline::new(stream, first_byte)), connection, watcher, shared).await;
 }
 
 async fn serve_io<I>(io: TokioIo<I>, connection: Arc<Connection>, watcher: Watcher, shared: Arc<Shared>)
@@ -276,30 +284,40 @@ where
         http::Version::HTTP_10 => Protocol::Http10,
         _ => Protocol::Http11,
     };
-    let request_id = request
-        .headers()
-        .get(REQUEST_ID)
-        .and_then(|value| value.to_str().ok())
-        .filter(|id| !id.is_empty() && id.len() <= 128)
+    let request_id = config
+        .client_request_ids
+        .then(|| request.headers().get(REQUEST_ID).and_then(|value| value.to_str().ok()))
+        .flatten()
+        .filter(|id| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_owned)
         .unwrap_or_else(|| shared.ids.next());
-    // HTTP/2 names the host in `:authority`, HTTP/1.1 in `Host`.
-    let host = request
-        .uri()
-        .authority()
-        .map(|authority| authority.as_str().to_owned())
-        .or_else(|| request.headers().get(HOST).and_then(|value| value.to_str().ok()).map(str::to_owned))
-        .unwrap_or_else(|| connection.local.to_string());
     let path_and_query = request.uri().path_and_query().map_or("/", |pq| pq.as_str()).to_owned();
     let method = request.method().clone();
-    let log = AccessLog {
+    let host =
+        head::request_host(request.version(), request.uri().authority().map(|a| a.as_str()), request.headers(), || {
+            connection.local.to_string()
+        });
+    let mut log = AccessLog {
         method: method.to_string(),
-        host: host.clone(),
+        host: host.clone().unwrap_or_default(),
         path: path_and_query.clone(),
         protocol,
         request_id: request_id.clone(),
         started,
     };
+    let h2_websocket = is_h2_websocket(&request);
+    let host = match host {
+        Ok(host) => host,
+        Err(err) => return finish(head_error_response(&err, &request_id), log, connection),
+    };
+    if method == http::Method::CONNECT && !h2_websocket {
+        let mut response = head_error_response(&head::HeadError::Connect, &request_id);
+        response
+            .headers_mut()
+            .insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"));
+        return finish(response, log, connection);
+    }
+    log.host.clone_from(&host);
     // hyper bounds its read buffer, but a head can still fit in it and be
     // larger than we accept.
     if head_size(&request) > config.max_header_bytes {
@@ -312,6 +330,8 @@ where
         return finish(plain_response(http::StatusCode::PAYLOAD_TOO_LARGE, &body), log, connection);
     }
     let scheme = if connection.tls.is_some() { "https" } else { "http" };
+    // Built only from checked parts: a valid authority and hyper's parsed
+    // path and query.
     let url = format!("{scheme}://{host}{path_and_query}");
     let span = tracing::info_span!("ingress.request", request_id = %request_id);
     let limit = config.max_body_bytes;
@@ -320,7 +340,6 @@ where
     // The upgraded connection, if the handler answers 101 (a WebSocket).
     // A WebSocket over HTTP/2 (extended CONNECT) reaches the worker looking
     // like an HTTP/1.1 upgrade, the form workers check for.
-    let h2_websocket = is_h2_websocket(&request);
     if h2_websocket {
         *request.method_mut() = http::Method::GET;
         let headers = request.headers_mut();
@@ -332,15 +351,11 @@ where
         headers.entry(http::header::SEC_WEBSOCKET_VERSION).or_insert(HeaderValue::from_static("13"));
     }
     let upgrade = (h2_websocket || is_websocket_upgrade(&request)).then(|| hyper::upgrade::on(&mut request));
-    let mut request = request.map(|body| GuardedBody::new(body, limit, timeout).boxed_unsync());
+    let body_fault = FaultSlot::default();
+    let mut request = request.map(|body| GuardedBody::new(body, limit, timeout, body_fault.clone()).boxed_unsync());
     // What Cloudflare's edge tells a worker about the client; a client's own
     // values for these headers are replaced, never passed on.
-    let headers = request.headers_mut();
-    if let Ok(ip) = HeaderValue::from_str(&connection.client.ip().to_string()) {
-        headers.insert("cf-connecting-ip", ip.clone());
-        headers.insert("x-real-ip", ip);
-    }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
+    head::set_client_headers(request.headers_mut(), connection.client.ip(), scheme, &request_id);
     let context = RequestContext {
         request_id: request_id.clone(),
         client: connection.client,
@@ -352,6 +367,11 @@ where
         Ok(response) => response,
         Err(err) => error_response(&err, &request_id),
     };
+    // The worker failed over a body the client broke: the client's fault
+    // is the answer (400, 413 or 408), not "the worker threw".
+    if let Some(fault) = body_fault.get().filter(|_| response.status().is_server_error()) {
+        response = plain_response(fault.status(), &format!("{} (request id {request_id})\n", fault.message()));
+    }
     // HTTP/2 takes any 2xx to a CONNECT as an open tunnel: a worker that
     // did not accept the WebSocket must not look as if it had.
     if h2_websocket && response.status().is_success() {
@@ -468,6 +488,10 @@ fn finish(mut response: http::Response<Body>, log: AccessLog, connection: &Conne
     response.map(|body| LoggedBody { body, bytes: 0, status, log: Some(log) }.boxed_unsync())
 }
 
+fn head_error_response(err: &head::HeadError, request_id: &str) -> http::Response<Body> {
+    plain_response(err.status(), &format!("bad request: {err} (request id {request_id})\n"))
+}
+
 fn error_response(err: &HandlerError, request_id: &str) -> http::Response<Body> {
     plain_response(err.status(), &format!("{err} (request id {request_id})\n"))
 }
@@ -491,72 +515,6 @@ fn head_size<B>(request: &http::Request<B>) -> usize {
     let line = request.method().as_str().len() + target + 12;
     let headers: usize = request.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum();
     line + headers
-}
-
-/// A request body with a size limit and a read timeout: a client that
-/// sends too much, or stops sending, fails its own request without holding
-/// a worker forever.
-struct GuardedBody<B> {
-    body: B,
-    limit: u64,
-    received: u64,
-    timeout: Duration,
-    /// Armed the first time the reader has to wait: a body nobody reads (a
-    /// GET's) costs no timer.
-    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl<B> GuardedBody<B> {
-    fn new(body: B, limit: u64, timeout: Duration) -> Self {
-        GuardedBody { body, limit, received: 0, timeout, deadline: None }
-    }
-}
-
-impl<B> HttpBody for GuardedBody<B>
-where
-    B: HttpBody<Data = Bytes> + Unpin,
-    B::Error: Into<BoxError>,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match Pin::new(&mut self.body).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    self.received += data.len() as u64;
-                    if self.received > self.limit {
-                        let limit = self.limit;
-                        return Poll::Ready(Some(Err(format!("request body over the limit of {limit} bytes").into())));
-                    }
-                }
-                let timeout = self.timeout;
-                if let Some(deadline) = self.deadline.as_mut() {
-                    deadline.as_mut().reset(tokio::time::Instant::now() + timeout);
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(err.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => {
-                let timeout = self.timeout;
-                let deadline = self.deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                if deadline.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
-                }
-                let seconds = timeout.as_secs_f64();
-                Poll::Ready(Some(Err(format!("request body: nothing received for {seconds} s").into())))
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
 }
 
 /// One access log line, written when the response body is done (or the

@@ -17,6 +17,7 @@
 //! budget) are plain functions in [`policy`], testable without V8.
 
 pub mod alarms;
+mod limits;
 pub mod policy;
 mod pool;
 pub mod snapshots;
@@ -24,5 +25,6 @@ mod thread;
 mod watchdog;
 
 pub use alarms::run_alarms;
-pub use pool::{DeployError, FetchError, Isolation, Limits, Pool, PoolConfig, PoolStats, WorkerSpec};
+pub use limits::{LimitCaps, LimitError, Limits};
+pub use pool::{DeployError, FetchError, Isolation, Pool, PoolConfig, PoolStats, WorkerSpec};
 pub use snapshots::{Snapshotter, EXIT_LOAD_ERROR, EXIT_UNSUPPORTED};

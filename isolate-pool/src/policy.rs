@@ -101,9 +101,59 @@ pub fn evict(now: Instant, isolates: &[IsolateUse], rules: EvictionRules) -> Vec
 
 /// Whether an isolate has used more CPU than its requests are allowed:
 /// `limit` per request in flight (at least one), over the CPU it has used
-/// since it was last idle (`charged`) plus the slice running now.
+/// since its budget was last refilled (`charged`, see [`CpuAccount`]) plus
+/// the slice running now.
 pub fn over_cpu_limit(charged: Duration, running: Duration, in_flight: usize, limit: Duration) -> bool {
     charged + running > limit * in_flight.max(1) as u32
+}
+
+/// How long an isolate may go on running JavaScript after its last request
+/// ended (`waitUntil()` work, timers) with no request in flight and no
+/// WebSocket open; as on Cloudflare, work after the response gets 30 s.
+pub const WORK_AFTER_RESPONSE: Duration = Duration::from_secs(30);
+
+/// The CPU an isolate has used since its budget was last refilled.
+///
+/// Requests interleave on an isolate, so CPU cannot be pinned on one of
+/// them. A budget is refilled when a request finishes or another event is
+/// delivered (a WebSocket message), and when a request arrives at an
+/// isolate that had none: an isolate that keeps answering keeps its budget,
+/// while a runaway request finishes nothing and is stopped. Work after the
+/// response (nothing in flight: `waitUntil()`, timers, microtasks) refills
+/// nothing, so it shares the budget of the request that started it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuAccount {
+    charged: Duration,
+    /// Finished requests and delivered events, as last seen.
+    refills_seen: u64,
+    /// Whether a request was in flight at the last slice.
+    was_busy: bool,
+}
+
+impl CpuAccount {
+    /// At the start of a slice: `refills` counts the finished requests and
+    /// delivered events so far. Returns the CPU already charged.
+    pub fn begin_slice(&mut self, in_flight: usize, refills: u64) -> Duration {
+        let arrived = in_flight > 0 && !self.was_busy;
+        if refills != self.refills_seen || arrived {
+            self.refills_seen = refills;
+            self.charged = Duration::ZERO;
+        }
+        self.was_busy = in_flight > 0;
+        self.charged
+    }
+
+    /// Charges the CPU a slice used.
+    pub fn charge(&mut self, used: Duration) {
+        self.charged += used;
+    }
+}
+
+/// Whether an isolate that is still running JavaScript with nothing in
+/// flight and no WebSocket open, `idle_for` after its last request ended,
+/// must be stopped (its work after the response is over its time).
+pub fn work_after_response_expired(in_flight: usize, open_sockets: usize, idle_for: Duration) -> bool {
+    in_flight == 0 && open_sockets == 0 && idle_for > WORK_AFTER_RESPONSE
 }
 
 #[cfg(test)]
@@ -161,6 +211,36 @@ mod tests {
             [usage(1, 5, 10, 0, now), usage(2, 30, 10, 0, now), usage(3, 50, 10, 2, now), usage(4, 10, 10, 0, now)];
         // 40 MiB in use, 25 allowed: drop the two oldest idle ones (3 is busy).
         assert_eq!(evict(now, &isolates, rules), vec![2, 4]);
+    }
+
+    #[test]
+    fn work_after_the_response_shares_the_last_budget() {
+        let ms = Duration::from_millis;
+        let mut account = CpuAccount::default();
+        // A request arrives and runs 30 ms; it finishes (a refill).
+        assert_eq!(account.begin_slice(1, 0), ms(0));
+        account.charge(ms(30));
+        // Background slices after it: nothing in flight, nothing refills.
+        assert_eq!(account.begin_slice(0, 1), ms(0));
+        account.charge(ms(40));
+        assert_eq!(account.begin_slice(0, 1), ms(40));
+        account.charge(ms(40));
+        assert!(over_cpu_limit(account.begin_slice(0, 1), ms(0), 0, ms(50)), "a chain of slices is cut");
+        // A new request arriving at the idle isolate gets a whole budget.
+        assert_eq!(account.begin_slice(1, 1), ms(0));
+        account.charge(ms(10));
+        assert_eq!(account.begin_slice(1, 1), ms(10));
+        // A WebSocket message (an event) refills too.
+        assert_eq!(account.begin_slice(0, 2), ms(0));
+    }
+
+    #[test]
+    fn idle_isolates_running_javascript_are_stopped_after_the_grace() {
+        let s = Duration::from_secs;
+        assert!(!work_after_response_expired(0, 0, s(29)));
+        assert!(work_after_response_expired(0, 0, s(31)));
+        assert!(!work_after_response_expired(1, 0, s(31)), "a request in flight is not idle");
+        assert!(!work_after_response_expired(0, 1, s(600)), "an open WebSocket is not idle");
     }
 
     #[test]

@@ -16,6 +16,7 @@ use outpost_runtime::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+use crate::limits::{LimitCaps, LimitError, Limits};
 use crate::policy::{self, EvictionRules, IsolateId, IsolateLoad, IsolateUse, Placement, PlacementRules};
 use crate::snapshots::{SnapshotOutcome, SnapshotStore, SnapshotStoreError, Snapshotter};
 use crate::thread::{self, Command, StartIsolate, ThreadHandle};
@@ -28,25 +29,6 @@ pub enum Isolation {
     Shared,
     /// Every request gets a fresh isolate from the worker's snapshot.
     PerRequest,
-}
-
-/// A worker's limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// CPU time per request, in milliseconds.
-    pub cpu_ms: u64,
-    /// Wall-clock time until the response head, in milliseconds.
-    pub wall_ms: Option<u64>,
-    /// V8 heap per isolate, in MiB.
-    pub memory_mb: u64,
-    /// Requests one isolate serves at once.
-    pub max_concurrent: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self { cpu_ms: 50, wall_ms: None, memory_mb: 128, max_concurrent: 64 }
-    }
 }
 
 /// A worker to deploy.
@@ -91,6 +73,9 @@ pub struct PoolConfig {
     pub eviction: EvictionRules,
     /// Ready isolates kept per per-request worker.
     pub warm_spares: usize,
+    /// The most any worker's limits may be; a worker asking for more is
+    /// refused at deploy.
+    pub caps: LimitCaps,
 }
 
 impl PoolConfig {
@@ -104,6 +89,7 @@ impl PoolConfig {
             placement: PlacementRules { max_concurrent_per_isolate: 64, busy_thread_in_flight: 8 },
             eviction: EvictionRules { idle_timeout: Duration::from_secs(300), memory_budget_bytes: 2 << 30 },
             warm_spares: 2,
+            caps: LimitCaps::default(),
         }
     }
 }
@@ -122,6 +108,8 @@ pub enum DeployError {
     /// A pool with per-worker snapshots runs one worker, deployed once.
     #[error("this pool runs one worker from its snapshot ({0:?}); start another pool (process) for another worker")]
     OneWorkerPerSnapshotPool(String),
+    #[error(transparent)]
+    Limits(#[from] LimitError),
 }
 
 /// Why a request got no response.
@@ -273,6 +261,7 @@ impl Pool {
     /// its first isolate, so that a broken worker fails here. Blocks while
     /// the snapshot is made; call it off the async threads.
     pub fn deploy(&self, spec: WorkerSpec) -> Result<(), DeployError> {
+        spec.limits.check(&self.inner.config.caps)?;
         self.check_object_bindings(&spec)?;
         if self.inner.config.worker_snapshots {
             let state = self.inner.state.lock().unwrap();
@@ -566,11 +555,20 @@ impl Inner {
         let in_flight = state.isolates[&id].in_flight.clone();
         let completed = state.isolates[&id].completed.clone();
         let signals = state.isolates[&id].signals.clone();
+        let last_used = state.isolates[&id].last_used.clone();
         if self.closing_websockets.load(Ordering::SeqCst) {
             signals.go_away();
         }
-        let start =
-            Box::new(StartIsolate { id, worker: worker.clone(), receiver, in_flight, completed, signals, loaded });
+        let start = Box::new(StartIsolate {
+            id,
+            worker: worker.clone(),
+            receiver,
+            in_flight,
+            completed,
+            signals,
+            last_used,
+            loaded,
+        });
         if let Some(after) = after.filter(|after| state.isolates.contains_key(after)) {
             state.deferred_starts.insert(after, DeferredStart { thread, start, since: Instant::now() });
             return id;
@@ -725,7 +723,7 @@ impl Drop for InFlightGuard {
 /// When an isolate last took or finished a request. Atomic, so finishing a
 /// request (every response) does not take the pool's lock.
 #[derive(Clone)]
-struct LastUsed {
+pub(crate) struct LastUsed {
     epoch: Instant,
     /// Milliseconds after `epoch`.
     millis: Arc<AtomicU64>,
@@ -744,6 +742,11 @@ impl LastUsed {
 
     fn get(&self) -> Instant {
         self.epoch + Duration::from_millis(self.millis.load(Ordering::Relaxed))
+    }
+
+    /// Time since the isolate last took or finished a request.
+    pub(crate) fn elapsed(&self) -> Duration {
+        self.get().elapsed()
     }
 }
 

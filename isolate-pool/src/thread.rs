@@ -12,8 +12,8 @@ use std::time::Duration;
 use outpost_runtime::{DispatchError, IsolateSignals, RequestQueue, ServeError, WorkerIsolate, WorkerRequest};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::policy::IsolateId;
-use crate::pool::{worker_options, DeployedWorker, Inner};
+use crate::policy::{work_after_response_expired, CpuAccount, IsolateId};
+use crate::pool::{worker_options, DeployedWorker, Inner, LastUsed};
 use crate::watchdog::{thread_cpu_time, Running, Slot};
 
 pub(crate) struct StartIsolate {
@@ -23,6 +23,7 @@ pub(crate) struct StartIsolate {
     pub(crate) in_flight: Arc<AtomicUsize>,
     pub(crate) completed: Arc<AtomicU64>,
     pub(crate) signals: Arc<IsolateSignals>,
+    pub(crate) last_used: LastUsed,
     pub(crate) loaded: Option<oneshot::Sender<Result<(), String>>>,
 }
 
@@ -65,7 +66,7 @@ pub(crate) fn spawn(index: usize, pool: Weak<Inner>) -> ThreadHandle {
 
 /// Runs one isolate from creation to drop.
 async fn run_isolate(start: StartIsolate, slot: Arc<Slot>, pool: Weak<Inner>) {
-    let StartIsolate { id, worker, receiver, in_flight, completed, signals, mut loaded } = start;
+    let StartIsolate { id, worker, receiver, in_flight, completed, signals, last_used, mut loaded } = start;
     let name = worker.spec.name.clone();
     let limits = worker.spec.limits;
     let report_load = |loaded: &mut Option<oneshot::Sender<Result<(), String>>>, result: Result<(), String>| {
@@ -76,24 +77,39 @@ async fn run_isolate(start: StartIsolate, slot: Arc<Slot>, pool: Weak<Inner>) {
         }
     };
     let queue = Rc::new(RequestQueue::new(receiver));
-    let mut isolate =
-        match WorkerIsolate::new(&worker.spec.source, worker.code, &worker_options(&worker, &pool, signals), queue) {
-            Ok(isolate) => isolate,
-            Err(err) => {
-                report_load(&mut loaded, Err(err.to_string()));
-                gone(&pool, id);
-                return;
-            }
-        };
-    let meter =
-        Meter::new(slot, isolate.thread_safe_handle(), in_flight, completed, Duration::from_millis(limits.cpu_ms));
-    let load = meter.run(isolate.load()).await;
-    if let Err(err) = load {
-        let message = if meter.tripped() {
-            format!("top-level code exceeded the CPU limit of {} ms", limits.cpu_ms)
-        } else {
-            err.to_string()
-        };
+    let mut isolate = match WorkerIsolate::new(
+        &worker.spec.source,
+        worker.code,
+        &worker_options(&worker, &pool, signals.clone()),
+        queue,
+    ) {
+        Ok(isolate) => isolate,
+        Err(err) => {
+            report_load(&mut loaded, Err(err.to_string()));
+            gone(&pool, id);
+            return;
+        }
+    };
+    let meter = Meter {
+        slot,
+        handle: isolate.thread_safe_handle(),
+        heap_limit_hit: isolate.heap_limit_flag(),
+        in_flight,
+        completed,
+        signals,
+        last_used,
+        limit: Duration::from_millis(limits.cpu_ms),
+        account: Cell::new(CpuAccount::default()),
+        tripped: Arc::new(AtomicBool::new(false)),
+    };
+    let load = match meter.run(isolate.load()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(Stop::Cpu) => Err(format!("top-level code exceeded the CPU limit of {} ms", limits.cpu_ms)),
+        Err(Stop::Memory) => Err(format!("top-level code exceeded the memory limit of {} MiB", limits.memory_mb)),
+        Err(Stop::AfterResponse) => Err("top-level code did not finish".to_string()),
+    };
+    if let Err(message) = load {
         report_load(&mut loaded, Err(message));
         gone(&pool, id);
         return;
@@ -106,23 +122,33 @@ async fn run_isolate(start: StartIsolate, slot: Arc<Slot>, pool: Weak<Inner>) {
     let served = meter.run(isolate.serve()).await;
     // No new requests for this isolate from here on.
     gone(&pool, id);
-    // A terminated isolate can end in any error (V8 unwinds wherever it
-    // was), so the meter and the heap flag say why, not the error's kind.
-    let limit = if meter.tripped() {
-        Some(DispatchError::CpuLimitExceeded { limit_ms: limits.cpu_ms })
-    } else if isolate.heap_limit_hit() {
-        Some(DispatchError::MemoryLimitExceeded { limit_mb: limits.memory_mb })
-    } else {
-        None
-    };
-    match (served, limit) {
-        (_, Some(reason)) => {
-            tracing::warn!(worker = %name, isolate = id, "isolate stopped: {reason}");
-            isolate.set_abort_reason(reason);
+    // A stopped isolate is dropped at once, whatever it still waits for (a
+    // timer, a fetch, a storage write): requests in flight get the reason.
+    let reason = match served {
+        Ok(Ok(())) => None,
+        Ok(Err(ServeError::Terminated)) => {
+            tracing::warn!(worker = %name, isolate = id, "isolate terminated");
+            None
         }
-        (Ok(()), None) => {}
-        (Err(ServeError::Terminated), None) => tracing::warn!(worker = %name, isolate = id, "isolate terminated"),
-        (Err(err), None) => tracing::error!(worker = %name, isolate = id, "isolate failed: {err}"),
+        Ok(Err(err)) => {
+            tracing::error!(worker = %name, isolate = id, "isolate failed: {err}");
+            None
+        }
+        Err(Stop::Cpu) => Some(DispatchError::CpuLimitExceeded { limit_ms: limits.cpu_ms }),
+        Err(Stop::Memory) => Some(DispatchError::MemoryLimitExceeded { limit_mb: limits.memory_mb }),
+        Err(Stop::AfterResponse) => {
+            tracing::warn!(
+                worker = %name,
+                isolate = id,
+                "isolate stopped: still running JavaScript {} s after its last request (waitUntil() work and timers end with the response's grace)",
+                crate::policy::WORK_AFTER_RESPONSE.as_secs()
+            );
+            None
+        }
+    };
+    if let Some(reason) = reason {
+        tracing::warn!(worker = %name, isolate = id, "isolate stopped: {reason}");
+        isolate.set_abort_reason(reason);
     }
     drop(isolate);
 }
@@ -133,51 +159,56 @@ fn gone(pool: &Weak<Inner>, id: IsolateId) {
     }
 }
 
-/// Charges an isolate's CPU time slice by slice and lets the watchdog see
-/// the slice that is running.
+/// Why the meter stopped an isolate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// Over its CPU budget (see [`CpuAccount`]).
+    Cpu,
+    /// At its heap limit.
+    Memory,
+    /// Still running JavaScript long after its last request.
+    AfterResponse,
+}
+
+/// Charges an isolate's CPU time slice by slice (every poll of its future
+/// is a slice), lets the watchdog see the slice that is running, and stops
+/// the isolate for good once a limit trips.
 ///
-/// Requests interleave on an isolate, so CPU cannot be pinned on one of
-/// them. The budget is `limit` per request in flight, for the CPU used since
-/// the isolate last finished a request (or was idle): a runaway request
-/// finishes nothing and is stopped, while an isolate that keeps answering
-/// keeps its budget.
+/// Every way JavaScript runs on a pool thread (a request, a microtask, a
+/// timer, `waitUntil()` work, a WebSocket handler, an object's constructor
+/// or alarm) runs inside a poll of the isolate's one future, so this one
+/// meter sees all of it. A termination alone is not enough to stop an
+/// isolate: V8 forgets it once the script it interrupted has unwound, and
+/// deno_core carries on with the next timer or microtask. So once the
+/// meter trips, the metered future ends after the poll that tripped it, and
+/// the caller drops the isolate.
 struct Meter {
     slot: Arc<Slot>,
     handle: outpost_runtime::v8::IsolateHandle,
+    heap_limit_hit: Rc<Cell<bool>>,
     in_flight: Arc<AtomicUsize>,
+    /// Requests answered: each refills the budget.
     completed: Arc<AtomicU64>,
-    completed_seen: Cell<u64>,
+    signals: Arc<IsolateSignals>,
+    last_used: LastUsed,
     limit: Duration,
-    charged: Cell<Duration>,
+    account: Cell<CpuAccount>,
     tripped: Arc<AtomicBool>,
 }
 
 impl Meter {
-    fn new(
-        slot: Arc<Slot>,
-        handle: outpost_runtime::v8::IsolateHandle,
-        in_flight: Arc<AtomicUsize>,
-        completed: Arc<AtomicU64>,
-        limit: Duration,
-    ) -> Self {
-        Self {
-            slot,
-            handle,
-            in_flight,
-            completed,
-            completed_seen: Cell::new(0),
-            limit,
-            charged: Cell::new(Duration::ZERO),
-            tripped: Arc::new(AtomicBool::new(false)),
-        }
-    }
-
-    fn tripped(&self) -> bool {
-        self.tripped.load(Ordering::Relaxed)
-    }
-
     fn run<'a, F: Future + 'a>(&'a self, inner: F) -> Metered<'a, F> {
         Metered { meter: self, inner: Box::pin(inner) }
+    }
+
+    fn stopped(&self) -> Option<Stop> {
+        if self.tripped.load(Ordering::Relaxed) {
+            Some(Stop::Cpu)
+        } else if self.heap_limit_hit.get() {
+            Some(Stop::Memory)
+        } else {
+            None
+        }
     }
 }
 
@@ -187,29 +218,46 @@ struct Metered<'a, F> {
 }
 
 impl<F: Future> Future for Metered<'_, F> {
-    type Output = F::Output;
+    type Output = Result<F::Output, Stop>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let meter = self.meter;
-        let in_flight = meter.in_flight.load(Ordering::Relaxed);
-        let completed = meter.completed.load(Ordering::Relaxed);
-        if in_flight == 0 || completed != meter.completed_seen.get() {
-            // Idle, or a request finished since the last slice: a new budget.
-            meter.completed_seen.set(completed);
-            meter.charged.set(Duration::ZERO);
+        if let Some(stop) = meter.stopped() {
+            return Poll::Ready(Err(stop));
         }
+        let in_flight = meter.in_flight.load(Ordering::Relaxed);
+        let refills =
+            meter.completed.load(Ordering::Relaxed).wrapping_add(meter.signals.events.load(Ordering::Relaxed));
+        let mut account = meter.account.get();
+        let charged = account.begin_slice(in_flight, refills);
         let started = thread_cpu_time();
         meter.slot.begin(Running {
             handle: meter.handle.clone(),
             slice_started: started,
-            charged: meter.charged.get(),
+            charged,
             in_flight,
             limit: meter.limit,
             tripped: meter.tripped.clone(),
+            last_interrupt: None,
         });
         let result = self.inner.as_mut().poll(cx);
         meter.slot.end();
-        meter.charged.set(meter.charged.get() + thread_cpu_time().saturating_sub(started));
-        result
+        let used = thread_cpu_time().saturating_sub(started);
+        account.charge(used);
+        meter.account.set(account);
+        if let Some(stop) = meter.stopped() {
+            return Poll::Ready(Err(stop));
+        }
+        match result {
+            Poll::Ready(output) => Poll::Ready(Ok(output)),
+            Poll::Pending => {
+                let open_sockets = meter.signals.open_sockets.load(Ordering::Relaxed);
+                let idle_for = meter.last_used.elapsed();
+                if work_after_response_expired(meter.in_flight.load(Ordering::Relaxed), open_sockets, idle_for) {
+                    return Poll::Ready(Err(Stop::AfterResponse));
+                }
+                Poll::Pending
+            }
+        }
     }
 }

@@ -24,7 +24,15 @@ pub(crate) struct Running {
     pub(crate) in_flight: usize,
     pub(crate) limit: Duration,
     pub(crate) tripped: Arc<AtomicBool>,
+    /// The slice's CPU time when termination was last requested.
+    pub(crate) last_interrupt: Option<Duration>,
 }
+
+/// How often a tripped slice that is still running is asked again to
+/// terminate: V8 forgets a termination once the script it interrupted has
+/// unwound, and the same poll may start another one (the next timer or
+/// microtask) before it returns to the meter.
+const TERMINATE_AGAIN_AFTER: Duration = Duration::from_millis(5);
 
 /// One pool thread's view for the watchdog.
 #[derive(Default)]
@@ -58,21 +66,23 @@ impl Slot {
         if !self.registered.load(Ordering::Acquire) {
             return;
         }
-        let running = self.running.lock().unwrap();
-        let Some(running) = running.as_ref() else { return };
-        if running.tripped.load(Ordering::Relaxed) {
-            return;
-        }
+        let mut running = self.running.lock().unwrap();
+        let Some(running) = running.as_mut() else { return };
         let now = clock_time(self.clock.load(Ordering::Relaxed));
         let elapsed = now.saturating_sub(running.slice_started);
-        if over_cpu_limit(running.charged, elapsed, running.in_flight, running.limit) {
-            running.tripped.store(true, Ordering::Relaxed);
-            // Terminate from inside the isolate's own execution, at its next
-            // interrupt check, rather than from this thread: the isolate may
-            // be between two slices by the time the request lands, with
-            // another isolate running on its thread.
-            running.handle.request_interrupt(terminate_from_inside, std::ptr::null_mut());
+        if !over_cpu_limit(running.charged, elapsed, running.in_flight, running.limit) {
+            return;
         }
+        if running.last_interrupt.is_some_and(|at| elapsed.saturating_sub(at) < TERMINATE_AGAIN_AFTER) {
+            return;
+        }
+        running.tripped.store(true, Ordering::Relaxed);
+        running.last_interrupt = Some(elapsed);
+        // Terminate from inside the isolate's own execution, at its next
+        // interrupt check, rather than from this thread: the isolate may
+        // be between two slices by the time the request lands, with
+        // another isolate running on its thread.
+        running.handle.request_interrupt(terminate_from_inside, std::ptr::null_mut());
     }
 }
 

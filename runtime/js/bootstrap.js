@@ -77,6 +77,7 @@ const {
   SafeMapIterator,
   SafePromiseAllSettled,
   StringPrototypeCodePointAt,
+  StringPrototypeSlice,
   StringPrototypeStartsWith,
   ArrayBufferIsView,
   ArrayBufferPrototype,
@@ -192,7 +193,16 @@ core.registerErrorBuilder("CompileError", (message) => new WebAssembly.CompileEr
  */
 const currentRequest = new core.AsyncVariable();
 
+/**
+ * The longest console line that leaves V8, in characters (the runtime also
+ * cuts it to as many bytes): a 100 MB string is not copied out whole.
+ */
+const MAX_LOG_CHARS = 16 * 1024;
+
 function log(level, message) {
+  if (message.length > MAX_LOG_CHARS) {
+    message = `${StringPrototypeSlice(message, 0, MAX_LOG_CHARS)}... [cut: ${message.length} characters in all]`;
+  }
   op_outpost_log(level, message, currentRequest.get()?.id ?? "");
 }
 
@@ -1832,9 +1842,13 @@ function prepare(namespace, envJson, kvBindings, objectBindings) {
   performanceMod.setTimeOrigin();
   // Not frozen: workerd hands workers a mutable env object too.
   const env = JSONParse(envJson);
+  // Own data properties, whatever the name: a binding called "__proto__"
+  // must not become env's prototype.
+  const bind = (name, value) =>
+    ObjectDefineProperty(env, name, { value, writable: true, enumerable: true, configurable: true });
   const kvNames = JSONParse(kvBindings);
   for (let i = 0; i < kvNames.length; i++) {
-    env[kvNames[i]] = new KVNamespace(kvConstructorKey, i);
+    bind(kvNames[i], new KVNamespace(kvConstructorKey, i));
   }
   const objects = JSONParse(objectBindings);
   for (let i = 0; i < objects.length; i++) {
@@ -1845,7 +1859,7 @@ function prepare(namespace, envJson, kvBindings, objectBindings) {
       );
     }
     if (hosted) SetPrototypeAdd(hostedClasses, className);
-    env[binding] = new DurableObjectNamespace(objectKey, i, binding);
+    bind(binding, new DurableObjectNamespace(objectKey, i, binding));
   }
   hostModule = namespace;
   hostEnv = env;

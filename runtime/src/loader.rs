@@ -77,18 +77,92 @@ pub fn data_module_source(kind: ModuleKind, url: &str, bytes: &[u8]) -> Result<S
     }
 }
 
+/// The URL every bundle's modules live under. Workers see these URLs (in
+/// `import.meta.url` and stack traces), never the node's own paths.
+pub const BUNDLE_URL: &str = "file:///bundle/";
+
+/// Why a module URL names no file of the bundle. Decided from the URL
+/// alone, so the answer says nothing about the node's filesystem.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BundlePathError {
+    #[error("it is outside the worker's bundle")]
+    Outside,
+    #[error("its path has an empty, \".\" or \"..\" segment, a backslash or a NUL (after decoding)")]
+    BadSegment,
+}
+
+/// The path, relative to the bundle's directory, that a module URL names:
+/// percent-decoded segment by segment, each one a plain file or directory
+/// name. An encoded `/`, `..`, backslash or NUL cannot climb out, nor can
+/// anything else that decodes to a path separator. Pure.
+pub fn bundle_relative_path(url: &ModuleSpecifier) -> Result<PathBuf, BundlePathError> {
+    let rest = url.as_str().strip_prefix(BUNDLE_URL).ok_or(BundlePathError::Outside)?;
+    // The query and fragment are not part of the file's name.
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    let mut path = PathBuf::new();
+    for segment in rest.split('/') {
+        let decoded = percent_decode(segment).ok_or(BundlePathError::BadSegment)?;
+        let bad = decoded.is_empty() || decoded == "." || decoded == ".." || decoded.contains(['/', '\\', '\0']);
+        if bad {
+            return Err(BundlePathError::BadSegment);
+        }
+        path.push(decoded);
+    }
+    Ok(path)
+}
+
+/// Decodes `%XX` escapes; `None` for a malformed escape or bytes that are
+/// not UTF-8.
+fn percent_decode(segment: &str) -> Option<String> {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The URL of a file of the bundle, given its path relative to the
+/// bundle's directory.
+pub fn bundle_url(relative: &Path) -> ModuleSpecifier {
+    let mut url = ModuleSpecifier::parse(BUNDLE_URL).expect("a valid URL");
+    url.path_segments_mut()
+        .expect("a file URL has segments")
+        .pop_if_empty()
+        .extend(relative.components().map(|c| c.as_os_str().to_string_lossy().into_owned()));
+    url
+}
+
 /// Loads modules from the bundle directory.
 pub struct BundleLoader {
     root: PathBuf,
-    root_url: ModuleSpecifier,
     wasm: WasmSources,
 }
 
 impl BundleLoader {
     /// `root` must be canonical (absolute, symlinks resolved).
     pub fn new(root: PathBuf, wasm: WasmSources) -> Self {
-        let root_url = ModuleSpecifier::from_directory_path(&root).expect("the bundle root is absolute");
-        Self { root, root_url, wasm }
+        Self { root, wasm }
+    }
+
+    /// Reads a file of the bundle. Every way of not getting it (no such
+    /// file, a symlink leading out of the bundle, a directory, no
+    /// permission) gives the same answer, so a worker learns nothing about
+    /// what lies outside its bundle.
+    fn read(&self, relative: &Path) -> Option<Vec<u8>> {
+        let path = self.root.join(relative).canonicalize().ok()?;
+        if !path.starts_with(&self.root) || !path.is_file() {
+            return None;
+        }
+        std::fs::read(path).ok()
     }
 
     fn load_file(
@@ -96,28 +170,22 @@ impl BundleLoader {
         url: &ModuleSpecifier,
         referrer: Option<&ModuleLoadReferrer>,
     ) -> Result<ModuleSource, JsErrorBox> {
-        let path = url
-            .to_file_path()
-            .map_err(|()| JsErrorBox::generic(format!("cannot load {url}: not a file of the bundle")))?;
-        let kind = ModuleKind::from_path(&path).ok_or_else(|| {
+        let relative =
+            bundle_relative_path(url).map_err(|err| JsErrorBox::type_error(format!("cannot load {url}: {err}")))?;
+        let shown = relative.display();
+        let kind = ModuleKind::from_path(&relative).ok_or_else(|| {
             JsErrorBox::type_error(format!(
-                "cannot import {}: unsupported module type (supported: {})",
-                self.display(&path),
+                "cannot import {shown}: unsupported module type (supported: {})",
                 ModuleKind::SUPPORTED
             ))
         })?;
-        let bytes = std::fs::read(&path).map_err(|err| {
-            let what = if err.kind() == std::io::ErrorKind::NotFound {
-                "module not found".to_string()
-            } else {
-                err.to_string()
-            };
+        let bytes = self.read(&relative).ok_or_else(|| {
             let imported_at = referrer.map_or(String::new(), |referrer| {
-                let file =
-                    referrer.specifier.to_file_path().map_or(referrer.specifier.to_string(), |p| self.display(&p));
+                let file = bundle_relative_path(&referrer.specifier)
+                    .map_or(referrer.specifier.to_string(), |p| p.display().to_string());
                 format!(" (imported at {file}:{}:{})", referrer.line_number, referrer.column_number)
             });
-            JsErrorBox::new("NotFound", format!("cannot load {}{imported_at}: {what}", self.display(&path)))
+            JsErrorBox::new("NotFound", format!("cannot load {shown}{imported_at}: module not found"))
         })?;
         let source = data_module_source(kind, url.as_str(), &bytes).map_err(JsErrorBox::type_error)?;
         if kind == ModuleKind::Wasm {
@@ -125,37 +193,11 @@ impl BundleLoader {
         }
         Ok(ModuleSource::new(ModuleType::JavaScript, ModuleSourceCode::String(source.into()), url, None))
     }
-
-    /// A path as the worker's author knows it: relative to the bundle.
-    fn display(&self, path: &Path) -> String {
-        path.strip_prefix(&self.root).unwrap_or(path).display().to_string()
-    }
 }
 
 impl ModuleLoader for BundleLoader {
     fn resolve(&self, specifier: &str, referrer: &str, _kind: ResolutionKind) -> Result<ModuleSpecifier, JsErrorBox> {
-        if specifier == CLOUDFLARE_WORKERS {
-            return Ok(ModuleSpecifier::parse(CLOUDFLARE_WORKERS).expect("a valid URL"));
-        }
-        let relative = specifier.starts_with("./") || specifier.starts_with("../") || specifier.starts_with('/');
-        if !relative {
-            // The main module itself arrives as an absolute file URL.
-            if let Ok(url) = ModuleSpecifier::parse(specifier) {
-                if url.scheme() == "file" && url.as_str().starts_with(self.root_url.as_str()) {
-                    return Ok(url);
-                }
-            }
-            return Err(JsErrorBox::type_error(format!(
-                "cannot import \"{specifier}\": a worker imports only files of its bundle by relative path (\"./x.js\"); remote URLs, packages and runtime built-ins are not available"
-            )));
-        }
-        let url = deno_core::resolve_import(specifier, referrer).map_err(JsErrorBox::from_err)?;
-        if !url.as_str().starts_with(self.root_url.as_str()) {
-            return Err(JsErrorBox::type_error(format!(
-                "cannot import \"{specifier}\": it is outside the worker's directory"
-            )));
-        }
-        Ok(url)
+        resolve_specifier(specifier, referrer)
     }
 
     fn load(
@@ -173,6 +215,33 @@ impl ModuleLoader for BundleLoader {
             )));
         }
         ModuleLoadResponse::Sync(self.load_file(specifier, referrer))
+    }
+}
+
+/// Where an import leads: a file of the bundle (relative specifiers, and
+/// the main module's own URL) or `cloudflare:workers`; anything else is
+/// refused with a message that names the specifier. Pure.
+pub fn resolve_specifier(specifier: &str, referrer: &str) -> Result<ModuleSpecifier, JsErrorBox> {
+    if specifier == CLOUDFLARE_WORKERS {
+        return Ok(ModuleSpecifier::parse(CLOUDFLARE_WORKERS).expect("a valid URL"));
+    }
+    let relative = specifier.starts_with("./") || specifier.starts_with("../") || specifier.starts_with('/');
+    let url = if relative {
+        deno_core::resolve_import(specifier, referrer).map_err(JsErrorBox::from_err)?
+    } else {
+        // The main module itself arrives as its bundle URL.
+        match ModuleSpecifier::parse(specifier) {
+            Ok(url) if url.as_str().starts_with(BUNDLE_URL) => url,
+            _ => {
+                return Err(JsErrorBox::type_error(format!(
+                    "cannot import \"{specifier}\": a worker imports only files of its bundle by relative path (\"./x.js\"); remote URLs, packages and runtime built-ins are not available"
+                )))
+            }
+        }
+    };
+    match bundle_relative_path(&url) {
+        Ok(_) => Ok(url),
+        Err(err) => Err(JsErrorBox::type_error(format!("cannot import \"{specifier}\": {err}"))),
     }
 }
 
@@ -207,15 +276,57 @@ mod tests {
 
     #[test]
     fn bundle_cannot_be_escaped() {
-        let loader = BundleLoader::new(PathBuf::from("/w/app"), WasmSources::default());
-        let main = "file:///w/app/index.js";
-        assert!(loader.resolve("./lib/x.js", main, ResolutionKind::Import).is_ok());
-        assert!(loader.resolve("../app2/x.js", main, ResolutionKind::Import).is_err());
-        assert!(loader.resolve("https://example.com/x.js", main, ResolutionKind::Import).is_err());
-        assert!(loader.resolve("node:fs", main, ResolutionKind::Import).is_err());
-        assert!(loader.resolve("cloudflare:workers", main, ResolutionKind::Import).is_ok());
-        assert!(loader.resolve("cloudflare:sockets", main, ResolutionKind::Import).is_err());
-        assert!(loader.resolve("lodash", main, ResolutionKind::Import).is_err());
-        assert!(loader.resolve("file:///etc/passwd", main, ResolutionKind::Import).is_err());
+        let main = "file:///bundle/index.js";
+        let resolve = |specifier: &str| resolve_specifier(specifier, main);
+        assert_eq!(resolve("./lib/x.js").unwrap().as_str(), "file:///bundle/lib/x.js");
+        assert!(resolve("../app2/x.js").is_err());
+        assert!(resolve("https://example.com/x.js").is_err());
+        assert!(resolve("node:fs").is_err());
+        assert!(resolve("cloudflare:workers").is_ok());
+        assert!(resolve("cloudflare:sockets").is_err());
+        assert!(resolve("lodash").is_err());
+        assert!(resolve("file:///etc/passwd").is_err());
+        assert!(resolve("/etc/passwd").is_err(), "an absolute path is relative to the host's root");
+        // Encoded separators and dots never climb out.
+        for sneaky in [
+            "./..%2f..%2fother%2fconfig.json",
+            "./..%2Fvictim%2Fworker.js",
+            "./%2e%2e/x.js",
+            "./.%2e/x.js",
+            "./a%5c..%5c..%5cx.js",
+            "./x%00.js",
+            "./a//b.js",
+            "./%zz.js",
+        ] {
+            assert!(resolve(sneaky).is_err(), "{sneaky} resolved");
+        }
+        assert!(resolve("./caf%C3%A9.js").is_ok(), "an encoded name that is a plain name is fine");
+    }
+
+    #[test]
+    fn bundle_urls_and_paths_round_trip() {
+        for relative in ["worker.js", "src/a b/c.mjs", "café/x.json", "100%.txt", "a#b.js"] {
+            let url = bundle_url(Path::new(relative));
+            assert!(url.as_str().starts_with(BUNDLE_URL), "{url}");
+            assert_eq!(bundle_relative_path(&url).unwrap(), PathBuf::from(relative), "{url}");
+        }
+        let url = ModuleSpecifier::parse("file:///bundle/x.js?v=1#frag").unwrap();
+        assert_eq!(bundle_relative_path(&url).unwrap(), PathBuf::from("x.js"));
+    }
+
+    #[test]
+    fn a_symlink_out_of_the_bundle_is_not_found() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret.json"), "{\"secret\": 1}").unwrap();
+        let bundle = tempfile::tempdir().unwrap();
+        let root = bundle.path().canonicalize().unwrap();
+        std::fs::write(root.join("inside.json"), "{}").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret.json"), root.join("link.json")).unwrap();
+        std::os::unix::fs::symlink(root.join("inside.json"), root.join("alias.json")).unwrap();
+        let loader = BundleLoader::new(root, WasmSources::default());
+        assert!(loader.read(Path::new("inside.json")).is_some());
+        assert!(loader.read(Path::new("alias.json")).is_some(), "a symlink inside the bundle is followed");
+        assert!(loader.read(Path::new("link.json")).is_none(), "a symlink out of the bundle is refused");
+        assert!(loader.read(Path::new("missing.json")).is_none());
     }
 }

@@ -48,8 +48,10 @@ impl WorkerSource {
         Ok(Self { root, main })
     }
 
+    /// The main module's URL as the worker sees it (under
+    /// [`crate::loader::BUNDLE_URL`], not the node's path).
     pub(crate) fn main_url(&self) -> ModuleSpecifier {
-        ModuleSpecifier::from_file_path(&self.main).expect("the main path is absolute")
+        crate::loader::bundle_url(self.main.strip_prefix(&self.root).expect("main is inside root"))
     }
 }
 
@@ -135,6 +137,11 @@ pub enum ServeError {
 /// isolate is created.
 pub fn init_v8() {
     JsRuntime::init_platform(None);
+    // aws-lc (behind WebCrypto) seeds its random generator once per process
+    // by sampling CPU jitter, about 50 ms of CPU: paid here, at start, not
+    // by the first worker that asks for a random key inside its CPU budget.
+    let mut seed_probe = [0u8; 16];
+    let _ = aws_lc_rs::rand::fill(&mut seed_probe);
 }
 
 /// The receiving end of an isolate's request queue.
@@ -194,6 +201,7 @@ pub(crate) fn install_op_state(runtime: &mut JsRuntime, name: &str, wasm: WasmSo
     }
     op_state.put(wasm);
     op_state.put(AbortReason::default());
+    op_state.put(crate::ext::ops::LogBudget::new(std::time::Instant::now()));
     op_state.put(deno_permissions::PermissionsContainer::allow_all(Arc::new(
         deno_permissions::RuntimePermissionDescriptorParser::new(sys_traits::impls::RealSys),
     )));
@@ -203,6 +211,9 @@ pub(crate) fn install_op_state(runtime: &mut JsRuntime, name: &str, wasm: WasmSo
 /// and takes the bootstrap's entry point. Returns `(prepare, restore)`.
 pub(crate) fn lock_down(runtime: &mut JsRuntime) -> (v8::Global<v8::Function>, v8::Global<v8::Function>) {
     runtime.v8_isolate().set_allow_wasm_code_generation_callback(allow_wasm_code_generation);
+    // A blocked thread uses no CPU, so no CPU limit would ever free it: as
+    // on Cloudflare, `Atomics.wait` throws instead of blocking.
+    runtime.v8_isolate().set_allow_atomics_wait(false);
     deno_core::scope!(scope, runtime);
     scope.get_current_context().set_allow_generation_from_strings(false);
     let code = v8::String::new(scope, TAKE_ENTRY_POINT).expect("short string");
@@ -383,9 +394,9 @@ impl WorkerIsolate {
         self.runtime.v8_isolate().thread_safe_handle()
     }
 
-    /// Whether the isolate hit its heap limit (and was terminated for it).
-    pub fn heap_limit_hit(&self) -> bool {
-        self.heap_limit_hit.get()
+    /// Set once the isolate hits its heap limit (and is terminated for it).
+    pub fn heap_limit_flag(&self) -> Rc<Cell<bool>> {
+        self.heap_limit_hit.clone()
     }
 
     /// What requests still in flight are answered with when the isolate is

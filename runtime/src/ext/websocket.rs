@@ -24,6 +24,7 @@ use deno_core::{op2, ByteString, CancelFuture as _, JsBuffer, OpState, Resource,
 use deno_error::JsErrorBox;
 use serde::Serialize;
 use tokio::io::DuplexStream;
+use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::Message;
@@ -46,6 +47,10 @@ pub struct IsolateSignals {
     /// with open sockets is busy: evicting it would cut them, and for an
     /// object host would let a second instance of its objects start.
     pub open_sockets: std::sync::atomic::AtomicUsize,
+    /// Events delivered to the isolate other than requests (WebSocket
+    /// messages). Each one refills the isolate's CPU budget, as a finished
+    /// request does.
+    pub events: std::sync::atomic::AtomicU64,
     /// Set (with [`IsolateSignals::go_away`]) when the isolate is retired
     /// (a redeploy, an eviction) or the node shuts down, as opposed to a
     /// per-request isolate that got its one request: the isolate then
@@ -227,7 +232,10 @@ pub enum Incoming {
     Close { code: u16, reason: String, clean: bool },
 }
 
-/// Waits for the next message (pings are answered underneath).
+/// Waits for the next message (pings are answered underneath). A close
+/// from the client is echoed; a protocol violation, a text message that is
+/// not UTF-8 or one over the size limit closes the socket with 1002, 1007
+/// or 1009, as RFC 6455 says.
 #[op2]
 #[serde]
 pub async fn op_outpost_ws_next(state: Rc<RefCell<OpState>>, #[smi] rid: ResourceId) -> Result<Incoming, JsErrorBox> {
@@ -238,19 +246,74 @@ pub async fn op_outpost_ws_next(state: Rc<RefCell<OpState>>, #[smi] rid: Resourc
             Ok(next) => next,
             Err(_) => return Ok(Incoming::Close { code: 1006, reason: "closed".into(), clean: false }),
         };
-        return Ok(match next {
+        let incoming = match next {
             Some(Ok(Message::Text(text))) => Incoming::Text { data: text.to_string() },
             Some(Ok(Message::Binary(bytes))) => Incoming::Binary { data: bytes.to_vec().into() },
-            Some(Ok(Message::Close(frame))) => match frame {
-                Some(frame) => {
-                    Incoming::Close { code: frame.code.into(), reason: frame.reason.to_string(), clean: true }
+            Some(Ok(Message::Close(frame))) => {
+                // tungstenite has queued the echo of the client's close
+                // frame; it leaves with the next flush.
+                socket.flush_for_close().await;
+                match frame {
+                    Some(frame) => {
+                        Incoming::Close { code: frame.code.into(), reason: frame.reason.to_string(), clean: true }
+                    }
+                    None => Incoming::Close { code: 1005, reason: String::new(), clean: true },
                 }
-                None => Incoming::Close { code: 1005, reason: String::new(), clean: true },
-            },
+            }
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
-            Some(Err(err)) => Incoming::Close { code: 1006, reason: err.to_string(), clean: false },
+            Some(Err(err)) => {
+                let code = close_code_for(&err);
+                if let Some(code) = code {
+                    let frame = CloseFrame { code, reason: close_reason(&err).into() };
+                    socket.send_for_close(Message::Close(Some(frame))).await;
+                }
+                Incoming::Close { code: code.map_or(1006, u16::from), reason: err.to_string(), clean: false }
+            }
             None => Incoming::Close { code: 1006, reason: "the connection closed".into(), clean: false },
-        });
+        };
+        if matches!(incoming, Incoming::Text { .. } | Incoming::Binary { .. }) {
+            if let Some(signals) = state.borrow().try_borrow::<Arc<IsolateSignals>>() {
+                signals.events.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        return Ok(incoming);
+    }
+}
+
+/// How long the runtime waits to send a close frame of its own (an echo, or
+/// a protocol error's) to a client that may have stopped reading.
+const CLOSE_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl ServerSocket {
+    async fn flush_for_close(&self) {
+        let flushed = async { self.sink.lock().await.flush().await };
+        let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, flushed).await;
+    }
+
+    async fn send_for_close(&self, message: Message) {
+        let sent = async { self.sink.lock().await.send(message).await };
+        let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, sent).await;
+    }
+}
+
+/// The close code RFC 6455 gives a client's error; `None` where the
+/// connection itself failed and no frame can be sent.
+fn close_code_for(err: &WsError) -> Option<CloseCode> {
+    match err {
+        WsError::Capacity(_) => Some(CloseCode::Size),
+        WsError::Utf8(_) => Some(CloseCode::Invalid),
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
+        WsError::Protocol(_) => Some(CloseCode::Protocol),
+        _ => None,
+    }
+}
+
+/// A close reason, short enough for a control frame (123 bytes).
+fn close_reason(err: &WsError) -> &'static str {
+    match err {
+        WsError::Capacity(_) => "message too big",
+        WsError::Utf8(_) => "invalid UTF-8 in a text message",
+        _ => "protocol error",
     }
 }
 

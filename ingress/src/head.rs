@@ -1,0 +1,209 @@
+//! Checks on a request's head before any worker sees it: the host it
+//! names, and the headers that carry what the front knows of the client.
+//! Pure: a head in, a decision or a rewritten header map out.
+
+use std::net::IpAddr;
+
+use http::header::{HeaderMap, HeaderValue, HOST};
+
+/// Why a request is refused before it reaches a worker.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HeadError {
+    #[error("the request has no Host header")]
+    MissingHost,
+    #[error("the request has more than one Host header")]
+    DuplicateHost,
+    #[error("the Host is not a valid host name with an optional port")]
+    InvalidHost,
+    #[error("the CONNECT method is not supported")]
+    Connect,
+}
+
+impl HeadError {
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            HeadError::Connect => http::StatusCode::METHOD_NOT_ALLOWED,
+            _ => http::StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+/// The host (with its port, if any) a request is for: the request target's
+/// authority when it has one (HTTP/2 and HTTP/3 `:authority`, HTTP/1.1's
+/// absolute form), else its one `Host` header. HTTP/1.0 may omit the host;
+/// `default` is used then. Whatever is returned is a plain authority: no
+/// user info, path, query or fragment can ride along into the URL a worker
+/// sees.
+pub fn request_host(
+    version: http::Version,
+    target_authority: Option<&str>,
+    headers: &HeaderMap,
+    default: impl FnOnce() -> String,
+) -> Result<String, HeadError> {
+    if let Some(authority) = target_authority {
+        return valid_authority(authority).then(|| authority.to_owned()).ok_or(HeadError::InvalidHost);
+    }
+    let mut hosts = headers.get_all(HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => Err(HeadError::DuplicateHost),
+        (Some(host), None) => {
+            let host = host.to_str().map_err(|_| HeadError::InvalidHost)?;
+            valid_authority(host).then(|| host.to_owned()).ok_or(HeadError::InvalidHost)
+        }
+        (None, _) if version == http::Version::HTTP_10 || version == http::Version::HTTP_09 => Ok(default()),
+        (None, _) => Err(HeadError::MissingHost),
+    }
+}
+
+/// `host[:port]`, where host is a DNS name (letters, digits, `-`, `_`, `.`),
+/// an IPv4 address or a bracketed IPv6 address, and port is a number up to
+/// 65535. Stricter than RFC 3986's reg-name on purpose: no percent
+/// escapes, no sub-delimiters, nothing that a URL parser could read as
+/// user info, path, query or fragment.
+pub fn valid_authority(authority: &str) -> bool {
+    if authority.is_empty() || authority.len() > 261 {
+        return false;
+    }
+    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+        let Some((address, after)) = rest.split_once(']') else { return false };
+        if address.parse::<std::net::Ipv6Addr>().is_err() {
+            return false;
+        }
+        match after {
+            "" => return true,
+            _ => match after.strip_prefix(':') {
+                Some(port) => (None, Some(port)),
+                None => return false,
+            },
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) => (Some(host), Some(port)),
+            None => (Some(authority), None),
+        }
+    };
+    let host_ok = host.is_none_or(|host| {
+        !host.is_empty()
+            && host.len() <= 253
+            && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+    });
+    let port_ok =
+        port.is_none_or(|port| !port.is_empty() && port.len() <= 5 && port.parse::<u32>().is_ok_and(|p| p <= 65535));
+    host_ok && port_ok
+}
+
+/// What the front tells a worker about the client, in the headers
+/// Cloudflare's edge sets. A client's own values for them are never passed
+/// on: every `cf-*` header it sent is dropped and ours are set;
+/// `X-Forwarded-For` gets the client's address appended, as a proxy does;
+/// `X-Request-Id` is the node's id for the request.
+pub fn set_client_headers(headers: &mut HeaderMap, client: IpAddr, scheme: &'static str, request_id: &str) {
+    let spoofable: Vec<_> = headers.keys().filter(|name| name.as_str().starts_with("cf-")).cloned().collect();
+    for name in spoofable {
+        headers.remove(name);
+    }
+    let ip = client.to_string();
+    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(earlier) if !earlier.trim().is_empty() => format!("{earlier}, {ip}"),
+        _ => ip.clone(),
+    };
+    headers.remove("x-forwarded-for");
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert("x-forwarded-for", value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&ip) {
+        headers.insert("cf-connecting-ip", value.clone());
+        headers.insert("x-real-ip", value);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
+    if let Ok(value) = HeaderValue::from_str(request_id) {
+        headers.insert("cf-ray", value.clone());
+        headers.insert("x-request-id", value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(http::HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn authorities_are_host_and_port_only() {
+        for good in
+            ["a.test", "a.test:8080", "127.0.0.1", "127.0.0.1:1", "[::1]", "[::1]:443", "xn--bcher-kva.ch", "a_b"]
+        {
+            assert!(valid_authority(good), "{good}");
+        }
+        for bad in [
+            "",
+            "b.test/vault#",
+            "user@a.test",
+            "a.test:",
+            "a.test:99999",
+            "a.test:80:80",
+            "a.test?x",
+            "a.test#x",
+            "a%2ftest",
+            "[::1",
+            "[nope]",
+            "[::1]x",
+            ":80",
+            "a test",
+            "a\\b",
+        ] {
+            assert!(!valid_authority(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_host_comes_from_one_valid_source() {
+        let v11 = http::Version::HTTP_11;
+        let local = || "127.0.0.1:80".to_string();
+        assert_eq!(request_host(v11, None, &headers(&[("host", "a.test")]), local), Ok("a.test".into()));
+        assert_eq!(request_host(v11, None, &headers(&[]), local), Err(HeadError::MissingHost));
+        assert_eq!(
+            request_host(v11, None, &headers(&[("host", "a.test"), ("host", "b.test")]), local),
+            Err(HeadError::DuplicateHost)
+        );
+        assert_eq!(request_host(v11, None, &headers(&[("host", "b.test/vault#")]), local), Err(HeadError::InvalidHost));
+        assert_eq!(request_host(v11, None, &headers(&[("host", "user@a.test")]), local), Err(HeadError::InvalidHost));
+        assert_eq!(request_host(http::Version::HTTP_10, None, &headers(&[]), local), Ok("127.0.0.1:80".into()));
+        // HTTP/2's :authority (or an absolute-form target) wins over Host.
+        let v2 = http::Version::HTTP_2;
+        assert_eq!(request_host(v2, Some("a.test"), &headers(&[("host", "b.test")]), local), Ok("a.test".into()));
+        assert_eq!(request_host(v2, Some("u@a.test"), &headers(&[]), local), Err(HeadError::InvalidHost));
+    }
+
+    #[test]
+    fn client_values_of_the_edge_headers_are_replaced() {
+        let mut map = headers(&[
+            ("cf-ray", "forged"),
+            ("cf-ipcountry", "US"),
+            ("CF-Connecting-IP", "1.2.3.4"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-request-id", "forged-id"),
+            ("x-real-ip", "1.2.3.4"),
+            ("accept", "*/*"),
+        ]);
+        set_client_headers(&mut map, "192.0.2.7".parse().unwrap(), "https", "abc123");
+        assert_eq!(map["cf-ray"], "abc123");
+        assert!(map.get("cf-ipcountry").is_none());
+        assert_eq!(map["cf-connecting-ip"], "192.0.2.7");
+        assert_eq!(map["x-real-ip"], "192.0.2.7");
+        assert_eq!(map["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
+        assert_eq!(map["x-forwarded-proto"], "https");
+        assert_eq!(map["x-request-id"], "abc123");
+        assert_eq!(map["accept"], "*/*");
+        let mut fresh = headers(&[]);
+        set_client_headers(&mut fresh, "::1".parse().unwrap(), "http", "id");
+        assert_eq!(fresh["x-forwarded-for"], "::1");
+    }
+}
