@@ -84,6 +84,16 @@ pub fn create_worker_snapshot(source: &WorkerSource) -> Result<Vec<u8>, Snapshot
     let (prepare, restore) = lock_down(&mut runtime);
     drop(prepare);
 
+    // A loop at the top level never yields to the timeout below: the
+    // isolate is stopped from another thread instead.
+    let timed_out = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watchdog = (runtime.v8_isolate().thread_safe_handle(), timed_out.clone());
+    std::thread::spawn(move || {
+        std::thread::sleep(EVALUATION_TIMEOUT);
+        watchdog.1.store(true, std::sync::atomic::Ordering::SeqCst);
+        watchdog.0.terminate_execution();
+    });
+    let too_long = || SnapshotError::Unsupported("top-level code did not finish within 10 s".into());
     let main = source.main_url();
     let checked = tokio.block_on(async {
         let module_id =
@@ -94,7 +104,10 @@ pub fn create_worker_snapshot(source: &WorkerSource) -> Result<Vec<u8>, Snapshot
             runtime.with_event_loop_promise(Box::pin(evaluation), PollEventLoopOptions::default()),
         )
         .await
-        .map_err(|_| SnapshotError::Unsupported("top-level code did not finish within 10 s".into()))?;
+        .map_err(|_| too_long())?;
+        if timed_out.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(too_long());
+        }
         evaluated.map_err(|err| SnapshotError::Module(err.to_string()))?;
         // A top-level exception does not always fail the evaluation future
         // here (deno_core reports it as a rejection, which the bootstrap

@@ -4,8 +4,8 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -16,7 +16,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{self, Reply};
+use crate::support::{self, Node, Reply};
 
 /// An HTTP/2 connection with prior knowledge (h2c).
 async fn h2c(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
@@ -101,85 +101,6 @@ fn client_config(ca: CertificateDer<'static>, alpn: &[&[u8]]) -> Arc<rustls::Cli
         .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Arc::new(config)
-}
-
-/// A running `outpost serve`, killed on drop.
-struct Node {
-    child: Option<Child>,
-    http: Option<SocketAddr>,
-    https: Option<SocketAddr>,
-    stderr: Arc<Mutex<String>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Node {
-    /// Writes `node.toml` (and `files`) into a fresh directory and starts it.
-    fn start(node_toml: &str, files: &[(&str, String)]) -> Node {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("node.toml"), node_toml).unwrap();
-        for (name, text) in files {
-            let path = dir.path().join(name);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, text).unwrap();
-        }
-        let mut child = Command::new(env!("CARGO_BIN_EXE_outpost"))
-            .args(["serve", "--config"])
-            .arg(dir.path().join("node.toml"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let sink = stderr.clone();
-        let child_stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(child_stderr).lines().map_while(Result::ok) {
-                let mut sink = sink.lock().unwrap();
-                sink.push_str(&line);
-                sink.push('\n');
-            }
-        });
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let (mut http, mut https) = (None, None);
-        loop {
-            let mut line = String::new();
-            if stdout.read_line(&mut line).unwrap() == 0 {
-                let _ = child.wait();
-                panic!("outpost serve exited; stderr:\n{}", stderr.lock().unwrap());
-            }
-            if let Some(url) = line.split_whitespace().find(|w| w.starts_with("http://")) {
-                http = Some(url.trim_start_matches("http://").parse().unwrap());
-            }
-            if let Some(url) = line.split_whitespace().find(|w| w.starts_with("https://")) {
-                https = Some(url.trim_start_matches("https://").parse().unwrap());
-            }
-            if line.contains(" workers, ") {
-                break;
-            }
-        }
-        Node { child: Some(child), http, https, stderr, _dir: dir }
-    }
-
-    fn logs(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.as_ref().unwrap().id() as i32
-    }
-
-    fn dir(&self) -> &std::path::Path {
-        self._dir.path()
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 fn worker_files(name: &str) -> Vec<(String, String)> {

@@ -5,6 +5,7 @@ mod context;
 mod errors;
 mod fixtures;
 mod front;
+mod hostile;
 mod objects;
 mod pool;
 mod protocol;

@@ -11,6 +11,13 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
+/// The `outpost` binary under test: this build's, or the one
+/// `OUTPOST_TEST_BIN` names (to run the same tests against another build,
+/// for example the one before a fix).
+pub fn outpost_binary() -> PathBuf {
+    std::env::var_os("OUTPOST_TEST_BIN").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_outpost")), PathBuf::from)
+}
+
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("cli/ is in the workspace").to_path_buf()
 }
@@ -46,7 +53,7 @@ impl Dev {
 
     /// Like [`Dev::start`], keeping local state in `data_dir`.
     pub fn start_in(path: &Path, data_dir: tempfile::TempDir, extra: &[&str]) -> Dev {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        let mut child = Command::new(outpost_binary())
             .arg("dev")
             .arg(path)
             .args(["--port", "0", "--data-dir"])
@@ -175,3 +182,101 @@ pub async fn send(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, 
 pub async fn get(addr: SocketAddr, path: &str) -> Reply {
     send(addr, "GET", path, &[], b"").await
 }
+
+/// A running `outpost serve`, killed on drop.
+pub struct Node {
+    pub child: Option<Child>,
+    pub http: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
+    stderr: Arc<Mutex<String>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    /// Writes `node.toml` (and `files`) into a fresh directory and starts it.
+    pub fn start(node_toml: &str, files: &[(&str, String)]) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("node.toml"), node_toml).unwrap();
+        for (name, text) in files {
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        let mut child = Command::new(outpost_binary())
+            .args(["serve", "--config"])
+            .arg(dir.path().join("node.toml"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = stderr.clone();
+        let child_stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(child_stderr).lines().map_while(Result::ok) {
+                let mut sink = sink.lock().unwrap();
+                sink.push_str(&line);
+                sink.push('\n');
+            }
+        });
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let (mut http, mut https) = (None, None);
+        loop {
+            let mut line = String::new();
+            if stdout.read_line(&mut line).unwrap() == 0 {
+                let _ = child.wait();
+                panic!("outpost serve exited; stderr:\n{}", stderr.lock().unwrap());
+            }
+            if let Some(url) = line.split_whitespace().find(|w| w.starts_with("http://")) {
+                http = Some(url.trim_start_matches("http://").parse().unwrap());
+            }
+            if let Some(url) = line.split_whitespace().find(|w| w.starts_with("https://")) {
+                https = Some(url.trim_start_matches("https://").parse().unwrap());
+            }
+            if line.contains(" workers, ") {
+                break;
+            }
+        }
+        Node { child: Some(child), http, https, stderr, _dir: dir }
+    }
+
+    pub fn logs(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|child| child.try_wait().expect("the child can be waited for").is_none())
+    }
+
+    /// Waits until the log contains `needle` (logs are written asynchronously).
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let logs = self.logs();
+            if logs.contains(needle) {
+                return logs;
+            }
+            assert!(Instant::now() < deadline, "log never contained {needle:?}; logs:\n{logs}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+

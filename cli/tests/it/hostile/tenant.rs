@@ -1,0 +1,364 @@
+//! A tenant attacking through its worker's code and configuration.
+
+use std::time::Duration;
+
+use super::{attack, count_in_log, hostile_node, wait_for_more, Bystander};
+use crate::support;
+
+#[tokio::test]
+async fn atomics_wait_is_refused_instead_of_blocking_a_thread() {
+    let mut node = hostile_node(
+        r#"export default { fetch() {
+          try {
+            Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0);
+            return new Response("waited");
+          } catch (error) {
+            return new Response(`${error.name}: ${error.message}`);
+          }
+        } };"#,
+        "",
+        "",
+        &[],
+    );
+    let addr = node.http.unwrap();
+    let bystander = Bystander::watch(addr);
+    let waits: Vec<_> =
+        (0..12).map(|_| tokio::spawn(attack(addr, "GET", "/", Duration::from_secs(20)))).collect();
+    for wait in waits {
+        let reply = wait.await.unwrap().expect("every Atomics.wait request is answered");
+        assert!(reply.text().starts_with("TypeError"), "{}", reply.text());
+        assert!(reply.text().contains("Atomics.wait"), "{}", reply.text());
+    }
+    bystander.assert_unharmed(&mut node).await;
+}
+
+/// Imports the specifier in `?s=` and answers what happened.
+const IMPORTER: &str = r#"export default { async fetch(request) {
+  const specifier = new URL(request.url).searchParams.get("s");
+  try {
+    const module = await import(specifier);
+    return new Response(`imported: ${JSON.stringify(module.default)}`);
+  } catch (error) {
+    return new Response(`${error.name}: ${error.message}`, { status: 418 });
+  }
+} };"#;
+
+#[tokio::test]
+async fn a_worker_cannot_read_files_outside_its_bundle() {
+    let secret = "the innocent worker's secret";
+    let mut node = hostile_node(
+        IMPORTER,
+        "",
+        "",
+        &[
+            ("workers/innocent/config.json", &format!("{{\"secret\": \"{secret}\"}}")),
+            ("workers/attacker/mine.json", "{\"mine\": true}"),
+        ],
+    );
+    let addr = node.http.unwrap();
+    // A symlink in the bundle to a file outside it.
+    let attacker_dir = node.dir().join("workers/attacker");
+    std::os::unix::fs::symlink(node.dir().join("workers/innocent/config.json"), attacker_dir.join("link.json")).unwrap();
+    let bystander = Bystander::watch(addr);
+    let ask = |specifier: &str| {
+        let path = format!("/?s={}", specifier.replace('%', "%25").replace('/', "%2F"));
+        async move { attack(addr, "GET", &path, Duration::from_secs(20)).await.expect("an answer") }
+    };
+    assert_eq!(ask("./mine.json").await.text(), "imported: {\"mine\":true}");
+    for sneaky in [
+        "./..%2finnocent%2fconfig.json",
+        "./..%2f..%2fworkers%2finnocent%2fconfig.json",
+        "./%2e%2e/innocent/config.json",
+        "../innocent/config.json",
+        "/etc/passwd",
+        "file:///etc/passwd",
+        "./..%5cinnocent%5cconfig.json",
+    ] {
+        let reply = ask(sneaky).await;
+        assert_eq!(reply.status, 418, "{sneaky}: {}", reply.text());
+        assert!(!reply.text().contains(secret), "{sneaky} leaked: {}", reply.text());
+        assert!(!reply.text().contains(node.dir().to_str().unwrap()), "{sneaky} shows a host path: {}", reply.text());
+    }
+    // A symlink out of the bundle reads like a file that is not there: the
+    // answer tells nothing about what exists outside.
+    let through_link = ask("./link.json").await;
+    let missing = ask("./nothing.json").await;
+    assert_eq!(through_link.status, 418);
+    assert!(!through_link.text().contains(secret));
+    assert_eq!(through_link.text().replace("link.json", "X"), missing.text().replace("nothing.json", "X"));
+    bystander.assert_unharmed(&mut node).await;
+}
+
+#[test]
+fn a_static_import_out_of_the_bundle_fails_the_load() {
+    let dir = support::worker(&[
+        ("victim/worker.js", "export default { fetch() { return new Response('victim'); } };\n"),
+        (
+            "attacker/worker.js",
+            "import victim from \"./..%2fvictim%2fworker.js\";\nexport default { fetch() { return new Response('x'); } };\n",
+        ),
+    ]);
+    let output = std::process::Command::new(support::outpost_binary())
+        .arg("dev")
+        .arg(dir.path().join("attacker"))
+        .args(["--port", "0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "the worker loaded: {stderr}");
+    assert!(stderr.contains("cannot import \"./..%2fvictim%2fworker.js\""), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_limit_kill_with_work_pending_answers_and_the_worker_recovers() {
+    // A server that accepts and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut kept = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            kept.push(socket);
+        }
+    });
+    let worker = format!(
+        r#"
+        import {{ DurableObject }} from "cloudflare:workers";
+        export class Filler extends DurableObject {{
+          async fill(count) {{
+            for (let i = 0; i < count; i += 128) {{
+              const batch = {{}};
+              for (let j = i; j < Math.min(i + 128, count); j++) batch[`key-${{j}}`] = j;
+              await this.ctx.storage.put(batch);
+            }}
+            return "filled";
+          }}
+        }}
+        export default {{ async fetch(request, env) {{
+          const path = new URL(request.url).pathname;
+          if (path === "/timer") {{ setTimeout(() => {{}}, 1e9); while (true) {{}} }}
+          if (path === "/fetch") {{ fetch("http://{silent_addr}/").catch(() => {{}}); await null; while (true) {{}} }}
+          if (path === "/timers") {{ for (let i = 0; i < 30000; i++) setTimeout(() => {{}}, 1e9); while (true) {{}} }}
+          if (path === "/fill") {{
+            try {{ return new Response(await env.FILL.get(env.FILL.idFromName("f")).fill(100000)); }}
+            catch (error) {{ return new Response(`object failed: ${{error.message}}`, {{ status: 502 }}); }}
+          }}
+          return new Response("recovered");
+        }} }};
+        "#
+    );
+    let mut node = hostile_node(
+        &worker,
+        "[[durable_objects.bindings]]\nname = \"FILL\"\nclass_name = \"Filler\"\n",
+        "",
+        &[],
+    );
+    let addr = node.http.unwrap();
+    let bystander = Bystander::watch(addr);
+    for path in ["/timer", "/fetch", "/timers"] {
+        let reply = attack(addr, "GET", path, Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|| panic!("{path}: no answer; logs:\n{}", node.logs()));
+        assert_eq!(reply.status, 503, "{path}: {}", reply.text());
+        assert!(reply.text().contains("CPU time limit"), "{path}: {}", reply.text());
+        let next = attack(addr, "GET", "/", Duration::from_secs(20)).await.expect("the next request is answered");
+        assert_eq!(next.text(), "recovered", "after {path}");
+    }
+    // Many storage writes: answered (done, or stopped at a limit), never hung.
+    let filled = attack(addr, "GET", "/fill", Duration::from_secs(60)).await.expect("the fill is answered");
+    assert!(filled.text() == "filled" || filled.status >= 500, "{} {}", filled.status, filled.text());
+    assert_eq!(attack(addr, "GET", "/", Duration::from_secs(20)).await.unwrap().text(), "recovered");
+    bystander.assert_unharmed(&mut node).await;
+    held.abort();
+}
+
+#[test]
+fn absurd_limits_are_refused_before_they_reach_v8() {
+    for (limits, key) in [("memory_mb = 17592186044416", "memory_mb"), ("cpu_ms = 9223372036854775807", "cpu_ms")] {
+        let dir = tempfile::tempdir().unwrap();
+        let files = [
+            ("node.toml", "[[listeners]]\naddress = \"127.0.0.1:0\"\n[[workers]]\npath = \"w\"\n".to_string()),
+            ("w/outpost.toml", format!("name = \"w\"\n[limits]\n{limits}\n")),
+            ("w/worker.js", super::INNOCENT.to_string()),
+        ];
+        for (name, text) in &files {
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        let output = std::process::Command::new(support::outpost_binary())
+            .args(["serve", "--config"])
+            .arg(dir.path().join("node.toml"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{limits}: {stderr}");
+        assert!(stderr.contains(key) && stderr.contains("maximum"), "{limits}: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn absurd_limits_on_reload_change_nothing() {
+    let mut node = hostile_node("export default { fetch() { return new Response('v1'); } };", "", "", &[]);
+    let addr = node.http.unwrap();
+    let bystander = Bystander::watch(addr);
+    std::fs::write(
+        node.dir().join("workers/attacker/outpost.toml"),
+        "name = \"attacker\"\n[limits]\nmemory_mb = 17592186044416\n",
+    )
+    .unwrap();
+    std::fs::write(
+        node.dir().join("workers/attacker/worker.js"),
+        "export default { fetch() { return new Response('v2'); } };",
+    )
+    .unwrap();
+    let failures = count_in_log(&node, "reload failed");
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(node.pid(), libc::SIGHUP) };
+    wait_for_more(&node, "reload failed", failures, Duration::from_secs(20)).await;
+    assert!(node.logs().contains("memory_mb"), "{}", node.logs());
+    assert_eq!(attack(addr, "GET", "/", Duration::from_secs(20)).await.unwrap().text(), "v1");
+    bystander.assert_unharmed(&mut node).await;
+}
+
+/// Writes to the KV namespace `vault` and reads it back.
+const VAULT: &str = r#"export default { async fetch(request, env) {
+  const url = new URL(request.url);
+  if (url.pathname === "/put") await env.VAULT.put("secret", url.searchParams.get("v"));
+  return new Response((await env.VAULT.get("secret")) ?? "(nothing)");
+} };"#;
+
+#[tokio::test]
+async fn a_worker_cannot_claim_another_workers_data() {
+    // Only the innocent worker at first: it claims the namespace "vault".
+    let mut node = hostile_node(super::INNOCENT, "", "", &[]);
+    let addr = node.http.unwrap();
+    std::fs::write(node.dir().join("workers/innocent/worker.js"), VAULT).unwrap();
+    std::fs::write(
+        node.dir().join("workers/innocent/outpost.toml"),
+        "name = \"innocent\"\n[[kv_namespaces]]\nbinding = \"VAULT\"\nid = \"vault\"\n",
+    )
+    .unwrap();
+    let reloads = count_in_log(&node, "reloaded the node's workers");
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(node.pid(), libc::SIGHUP) };
+    wait_for_more(&node, "reloaded the node's workers", reloads, Duration::from_secs(20)).await;
+    let stored = support::send(addr, "GET", "/put?v=innocent%20ok", &[("host", "innocent.test")], b"").await;
+    assert_eq!(stored.text(), "innocent ok");
+    let bystander = Bystander::watch(addr);
+
+    // The attacker names the same id, or reaches for the innocent worker's
+    // objects: the reload is refused and nothing changes.
+    for attacker_toml in [
+        "name = \"attacker\"\n[[kv_namespaces]]\nbinding = \"VAULT\"\nid = \"vault\"\n",
+        "name = \"attacker\"\n[[durable_objects.bindings]]\nname = \"ROOMS\"\nclass_name = \"Room\"\nscript_name = \"innocent\"\n",
+    ] {
+        std::fs::write(node.dir().join("workers/attacker/outpost.toml"), attacker_toml).unwrap();
+        std::fs::write(node.dir().join("workers/attacker/worker.js"), VAULT).unwrap();
+        let failures = count_in_log(&node, "reload failed");
+        // SAFETY: as above.
+        unsafe { libc::kill(node.pid(), libc::SIGHUP) };
+        wait_for_more(&node, "reload failed", failures, Duration::from_secs(20)).await;
+        let logs = node.logs();
+        assert!(logs.contains("belongs to worker \\\"innocent\\\"") || logs.contains("node.toml can grant access"), "{logs}");
+        // The attacker still runs its old code, which has no binding at all.
+        let reply = attack(addr, "GET", "/", Duration::from_secs(20)).await.unwrap();
+        assert_eq!(reply.text(), "innocent ok", "the attacker's old version answers");
+    }
+    bystander.assert_unharmed(&mut node).await;
+    // The innocent worker's data is untouched.
+    let read = support::send(addr, "GET", "/", &[("host", "innocent.test")], b"").await;
+    assert_eq!(read.text(), "innocent ok");
+}
+
+#[tokio::test]
+async fn a_grant_in_node_toml_shares_a_namespace() {
+    let grant = "[[grants]]\nworker = \"attacker\"\nkv_namespaces = [\"vault\"]\n";
+    let mut node = hostile_node(VAULT, "[[kv_namespaces]]\nbinding = \"VAULT\"\nid = \"vault\"\n", grant, &[
+        ("workers/innocent/outpost.toml", "name = \"innocent\"\n[[kv_namespaces]]\nbinding = \"VAULT\"\nid = \"vault\"\n"),
+    ]);
+    let addr = node.http.unwrap();
+    let stored = attack(addr, "GET", "/put?v=shared", Duration::from_secs(20)).await.unwrap();
+    assert_eq!(stored.text(), "shared");
+    let owners = std::fs::read_to_string(node.dir().join(".outpost-node/owners.json")).unwrap();
+    assert!(owners.contains("\"vault\": \"innocent\""), "{owners}");
+    assert!(node.is_running());
+}
+
+#[tokio::test]
+async fn work_after_the_response_is_bounded() {
+    let mut node = hostile_node(
+        r#"export default { fetch() {
+          const burn = (ms) => { const end = Date.now() + ms; while (Date.now() < end) {} };
+          const step = () => { burn(40); setTimeout(step, 1); };
+          setTimeout(step, 1);
+          return new Response("started");
+        } };"#,
+        "",
+        "",
+        &[],
+    );
+    let addr = node.http.unwrap();
+    let bystander = Bystander::watch(addr);
+    let stops = count_in_log(&node, "isolate stopped");
+    assert_eq!(attack(addr, "GET", "/", Duration::from_secs(20)).await.unwrap().text(), "started");
+    wait_for_more(&node, "isolate stopped", stops, Duration::from_secs(10)).await;
+    bystander.assert_unharmed(&mut node).await;
+}
+
+#[tokio::test]
+async fn console_output_is_bounded() {
+    let mut node = hostile_node(
+        r#"export default { fetch(request) {
+          const path = new URL(request.url).pathname;
+          if (path === "/huge") console.log("x".repeat(100 * 1024 * 1024));
+          if (path === "/many") for (let i = 0; i < 100000; i++) console.log(`line ${i}`);
+          return new Response("logged");
+        } };"#,
+        "[limits]\ncpu_ms = 5000\nmemory_mb = 512\n",
+        "",
+        &[],
+    );
+    let addr = node.http.unwrap();
+    let bystander = Bystander::watch(addr);
+    assert_eq!(attack(addr, "GET", "/huge", Duration::from_secs(60)).await.unwrap().text(), "logged");
+    assert_eq!(attack(addr, "GET", "/many", Duration::from_secs(60)).await.unwrap().text(), "logged");
+    let logs = node.wait_for_log("console lines dropped", Duration::from_secs(10));
+    let longest = logs.lines().map(str::len).max().unwrap_or(0);
+    assert!(longest < 80 * 1024, "a log line of {longest} bytes");
+    let kept = logs.lines().filter(|line| line.contains("\"message\":\"line ")).count();
+    assert!((1_000..5_000).contains(&kept), "{kept} of 100000 lines were written");
+    bystander.assert_unharmed(&mut node).await;
+}
+
+#[tokio::test]
+async fn env_is_not_fooled_by_binding_names() {
+    let mut node = hostile_node(
+        r#"export default { fetch(request, env) {
+          return Response.json({
+            prototypeIntact: Object.getPrototypeOf(env) === Object.prototype,
+            own: Object.hasOwn(env, "__proto__"),
+            url: import.meta.url,
+          });
+        } };"#,
+        "[[kv_namespaces]]\nbinding = \"__proto__\"\nid = \"proto\"\n",
+        "",
+        &[],
+    );
+    let addr = node.http.unwrap();
+    let reply = attack(addr, "GET", "/", Duration::from_secs(20)).await.unwrap();
+    let value: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(value["prototypeIntact"], true, "{value}");
+    assert_eq!(value["own"], true, "{value}");
+    assert_eq!(value["url"], "file:///bundle/worker.js", "{value}");
+    assert!(node.is_running());
+
+    // A binding may not hide a [vars] entry.
+    let dir = support::worker(&[
+        ("outpost.toml", "[vars]\nCACHE = \"text\"\n[[kv_namespaces]]\nbinding = \"CACHE\"\n"),
+        ("worker.js", super::INNOCENT),
+    ]);
+    let output =
+        std::process::Command::new(support::outpost_binary()).arg("dev").arg(dir.path()).args(["--port", "0"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("CACHE"), "{stderr}");
+}
