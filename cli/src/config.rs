@@ -190,10 +190,15 @@ pub fn resolve(path: &Path) -> anyhow::Result<ResolvedWorker> {
         if kv_namespaces.iter().any(|b: &outpost_runtime::KvNamespaceBinding| b.binding == namespace.binding) {
             bail!("{}: the KV binding {:?} is declared twice", config_path.display(), namespace.binding);
         }
-        kv_namespaces.push(outpost_runtime::KvNamespaceBinding {
-            binding: namespace.binding.clone(),
-            id: namespace.id.clone().unwrap_or_else(|| namespace.binding.clone()),
-        });
+        let id = namespace.id.clone().unwrap_or_else(|| namespace.binding.clone());
+        if !is_namespace_id(&id) {
+            bail!(
+                "{}: the KV namespace id {id:?} of binding {:?} must be 1 to {MAX_NAMESPACE_ID_BYTES} bytes, without control characters",
+                config_path.display(),
+                namespace.binding
+            );
+        }
+        kv_namespaces.push(outpost_runtime::KvNamespaceBinding { binding: namespace.binding.clone(), id });
     }
     if let Some(shadowed) = kv_namespaces.iter().map(|b| &b.binding).find(|name| vars.contains_key(*name)) {
         bail!("{}: the binding {shadowed:?} has the name of a [vars] entry", config_path.display());
@@ -224,6 +229,14 @@ pub fn resolve(path: &Path) -> anyhow::Result<ResolvedWorker> {
         });
     }
     Ok(ResolvedWorker { name, root: path.to_path_buf(), main, vars, isolation, limits, kv_namespaces, durable_objects })
+}
+
+/// The longest KV namespace id (Cloudflare's are 32 hex digits); the store
+/// keeps an id's length in its keys.
+const MAX_NAMESPACE_ID_BYTES: usize = 256;
+
+fn is_namespace_id(id: &str) -> bool {
+    (1..=MAX_NAMESPACE_ID_BYTES).contains(&id.len()) && !id.chars().any(char::is_control)
 }
 
 /// Class names end up in storage namespaces (`worker:Class`): no colons,

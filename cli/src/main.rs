@@ -4,6 +4,8 @@ mod config;
 mod dev;
 mod dev_tls;
 mod front;
+#[cfg(test)]
+mod fuzz_tests;
 mod node;
 mod ownership;
 

@@ -19,6 +19,8 @@
 //! does that, behind the trait).
 
 mod body;
+#[cfg(test)]
+mod fuzz_tests;
 mod handler;
 pub mod head;
 pub mod http3;

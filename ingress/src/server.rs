@@ -226,7 +226,7 @@ async fn serve_stream(accepted: Accepted, watcher: Watcher, shared: Arc<Shared>)
     serve_io(TokioIo::new(FirstByteDeadline::new(stream, first_byte)), connection, watcher, shared).await;
 }
 
-async fn serve_io<I>(io: TokioIo<I>, connection: Arc<Connection>, watcher: Watcher, shared: Arc<Shared>)
+pub(crate) async fn serve_io<I>(io: TokioIo<I>, connection: Arc<Connection>, watcher: Watcher, shared: Arc<Shared>)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {

@@ -18,6 +18,8 @@
 //! replicate across nodes.
 
 mod encoding;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod limits;
 pub mod objects;
 mod store;

@@ -507,14 +507,17 @@ impl Store {
         let limit = options.limit.unwrap_or(limits::MAX_LIST_LIMIT);
         limits::check_list_limit(limit)?;
         let ns = namespace_prefix(namespace);
+        let first = composite_key(namespace, &options.prefix);
         let start = match &options.cursor {
+            // A cursor from before the prefix (a forged or stale one) must
+            // not reach keys outside it: start at whichever comes later.
             Some(cursor) => {
                 let after = decode_cursor(cursor).ok_or(ListError::BadCursor)?;
                 let mut key = composite_key(namespace, &after);
                 key.push(0); // the smallest key after `after`
-                key
+                key.max(first)
             }
-            None => composite_key(namespace, &options.prefix),
+            None => first,
         };
         let end = prefix_end(&composite_key(namespace, &options.prefix));
         let now = (self.inner.clock)();
@@ -602,11 +605,11 @@ impl Store {
     }
 }
 
-fn encode_cursor(key: &[u8]) -> String {
+pub(crate) fn encode_cursor(key: &[u8]) -> String {
     key.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn decode_cursor(cursor: &str) -> Option<Vec<u8>> {
+pub(crate) fn decode_cursor(cursor: &str) -> Option<Vec<u8>> {
     if !cursor.len().is_multiple_of(2) {
         return None;
     }

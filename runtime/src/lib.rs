@@ -20,6 +20,8 @@
 //! does enforce the heap limit it is given, by terminating the isolate.
 
 mod ext;
+#[cfg(test)]
+mod fuzz_tests;
 mod loader;
 mod memory;
 pub mod snapshot;

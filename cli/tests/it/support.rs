@@ -279,4 +279,3 @@ impl Drop for Node {
         }
     }
 }
-

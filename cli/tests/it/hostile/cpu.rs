@@ -118,7 +118,9 @@ fn isolate_thread_cpu_ms(node: &Node) -> u64 {
 async fn the_cpu_limit_covers_every_place_javascript_runs() {
     let mut node = hostile_node(
         SPINNER,
-        &format!("[limits]\ncpu_ms = {CPU_MS}\n[[durable_objects.bindings]]\nname = \"SPIN\"\nclass_name = \"Spinner\"\n"),
+        &format!(
+            "[limits]\ncpu_ms = {CPU_MS}\n[[durable_objects.bindings]]\nname = \"SPIN\"\nclass_name = \"Spinner\"\n"
+        ),
         "",
         &[],
     );
@@ -165,7 +167,8 @@ async fn the_cpu_limit_covers_every_place_javascript_runs() {
     for variant in ["plain"] {
         let mut retried = String::new();
         for _ in 0..100 {
-            retried = attack(addr, "GET", &format!("/p/retried/{variant}"), Duration::from_secs(20)).await.unwrap().text();
+            retried =
+                attack(addr, "GET", &format!("/p/retried/{variant}"), Duration::from_secs(20)).await.unwrap().text();
             if retried != "0" {
                 break;
             }

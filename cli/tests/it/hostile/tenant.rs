@@ -22,8 +22,7 @@ async fn atomics_wait_is_refused_instead_of_blocking_a_thread() {
     );
     let addr = node.http.unwrap();
     let bystander = Bystander::watch(addr);
-    let waits: Vec<_> =
-        (0..12).map(|_| tokio::spawn(attack(addr, "GET", "/", Duration::from_secs(20)))).collect();
+    let waits: Vec<_> = (0..12).map(|_| tokio::spawn(attack(addr, "GET", "/", Duration::from_secs(20)))).collect();
     for wait in waits {
         let reply = wait.await.unwrap().expect("every Atomics.wait request is answered");
         assert!(reply.text().starts_with("TypeError"), "{}", reply.text());
@@ -58,7 +57,8 @@ async fn a_worker_cannot_read_files_outside_its_bundle() {
     let addr = node.http.unwrap();
     // A symlink in the bundle to a file outside it.
     let attacker_dir = node.dir().join("workers/attacker");
-    std::os::unix::fs::symlink(node.dir().join("workers/innocent/config.json"), attacker_dir.join("link.json")).unwrap();
+    std::os::unix::fs::symlink(node.dir().join("workers/innocent/config.json"), attacker_dir.join("link.json"))
+        .unwrap();
     let bystander = Bystander::watch(addr);
     let ask = |specifier: &str| {
         let path = format!("/?s={}", specifier.replace('%', "%25").replace('/', "%2F"));
@@ -146,12 +146,8 @@ async fn a_limit_kill_with_work_pending_answers_and_the_worker_recovers() {
         }} }};
         "#
     );
-    let mut node = hostile_node(
-        &worker,
-        "[[durable_objects.bindings]]\nname = \"FILL\"\nclass_name = \"Filler\"\n",
-        "",
-        &[],
-    );
+    let mut node =
+        hostile_node(&worker, "[[durable_objects.bindings]]\nname = \"FILL\"\nclass_name = \"Filler\"\n", "", &[]);
     let addr = node.http.unwrap();
     let bystander = Bystander::watch(addr);
     for path in ["/timer", "/fetch", "/timers"] {
@@ -273,9 +269,15 @@ async fn a_worker_cannot_claim_another_workers_data() {
 #[tokio::test]
 async fn a_grant_in_node_toml_shares_a_namespace() {
     let grant = "[[grants]]\nworker = \"attacker\"\nkv_namespaces = [\"vault\"]\n";
-    let mut node = hostile_node(VAULT, "[[kv_namespaces]]\nbinding = \"VAULT\"\nid = \"vault\"\n", grant, &[
-        ("workers/innocent/outpost.toml", "name = \"innocent\"\n[[kv_namespaces]]\nbinding = \"VAULT\"\nid = \"vault\"\n"),
-    ]);
+    let mut node = hostile_node(
+        VAULT,
+        "[[kv_namespaces]]\nbinding = \"VAULT\"\nid = \"vault\"\n",
+        grant,
+        &[(
+            "workers/innocent/outpost.toml",
+            "name = \"innocent\"\n[[kv_namespaces]]\nbinding = \"VAULT\"\nid = \"vault\"\n",
+        )],
+    );
     let addr = node.http.unwrap();
     let stored = attack(addr, "GET", "/put?v=shared", Duration::from_secs(20)).await.unwrap();
     assert_eq!(stored.text(), "shared");
@@ -357,8 +359,12 @@ async fn env_is_not_fooled_by_binding_names() {
         ("outpost.toml", "[vars]\nCACHE = \"text\"\n[[kv_namespaces]]\nbinding = \"CACHE\"\n"),
         ("worker.js", super::INNOCENT),
     ]);
-    let output =
-        std::process::Command::new(support::outpost_binary()).arg("dev").arg(dir.path()).args(["--port", "0"]).output().unwrap();
+    let output = std::process::Command::new(support::outpost_binary())
+        .arg("dev")
+        .arg(dir.path())
+        .args(["--port", "0"])
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && stderr.contains("CACHE"), "{stderr}");
 }
