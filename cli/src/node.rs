@@ -202,14 +202,18 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 listeners.push(bound);
             }
         }
-        println!("outpost serve: {} workers, {} routes", names.len(), config.routes.len());
-        std::io::stdout().flush()?;
-        front::spawn_store_tasks(&pool, &kv_store);
         let handler =
             Arc::new(PoolHandler { pool: pool.clone(), target: Target::Routes(RwLock::new(Arc::new(routes))) });
         let reload =
             Reload { path: args.config.clone(), base, data_dir, pool: pool.clone(), kv_store: kv_store.clone() };
-        tokio::spawn(reload_on_sighup(reload, handler.clone()));
+        // Listening for SIGHUP before saying the node is up: a hangup that
+        // arrived before would otherwise end the process.
+        let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot listen for SIGHUP")?;
+        tokio::spawn(reload_on_sighup(reload, hangups, handler.clone()));
+        println!("outpost serve: {} workers, {} routes", names.len(), config.routes.len());
+        std::io::stdout().flush()?;
+        front::spawn_store_tasks(&pool, &kv_store);
         // WebSockets close (1001) while the front drains.
         front::serve_until_signal(listeners, config.limits.server_config(), handler, || pool.close_websockets())
             .await?;
@@ -294,9 +298,7 @@ struct Reload {
 /// workers or whose workers reach data that is not theirs, changes nothing;
 /// if a worker fails to load, the routes stay and that worker keeps its
 /// running version (those deployed before it do not).
-async fn reload_on_sighup(reload: Reload, handler: Arc<PoolHandler>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hangups) = signal(SignalKind::hangup()) else { return };
+async fn reload_on_sighup(reload: Reload, mut hangups: tokio::signal::unix::Signal, handler: Arc<PoolHandler>) {
     let reload = Arc::new(reload);
     while hangups.recv().await.is_some() {
         let reload = reload.clone();

@@ -18,6 +18,8 @@ pub enum HeadError {
     InvalidHost,
     #[error("the CONNECT method is not supported")]
     Connect,
+    #[error("the request target must be a path (as in \"GET /x\")")]
+    NotAPath,
 }
 
 impl HeadError {

@@ -318,6 +318,11 @@ where
         return finish(response, log, connection);
     }
     log.host.clone_from(&host);
+    // `OPTIONS *` and the like: a URL needs a path, and "http://host*" is
+    // not one a worker can be given.
+    if !path_and_query.starts_with('/') {
+        return finish(head_error_response(&head::HeadError::NotAPath, &request_id), log, connection);
+    }
     // hyper bounds its read buffer, but a head can still fit in it and be
     // larger than we accept.
     if head_size(&request) > config.max_header_bytes {

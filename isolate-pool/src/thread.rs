@@ -134,6 +134,11 @@ async fn run_isolate(start: StartIsolate, slot: Arc<Slot>, pool: Weak<Inner>) {
             tracing::error!(worker = %name, isolate = id, "isolate failed: {err}");
             None
         }
+        // The CPU went on collecting garbage for a worker at its memory
+        // limit: that limit is the one to name.
+        Err(Stop::Cpu) if isolate.buffers_refused_within(Duration::from_secs(1)) => {
+            Some(DispatchError::MemoryLimitExceeded { limit_mb: limits.memory_mb })
+        }
         Err(Stop::Cpu) => Some(DispatchError::CpuLimitExceeded { limit_ms: limits.cpu_ms }),
         Err(Stop::Memory) => Some(DispatchError::MemoryLimitExceeded { limit_mb: limits.memory_mb }),
         Err(Stop::AfterResponse) => {
@@ -202,10 +207,12 @@ impl Meter {
     }
 
     fn stopped(&self) -> Option<Stop> {
-        if self.tripped.load(Ordering::Relaxed) {
-            Some(Stop::Cpu)
-        } else if self.heap_limit_hit.get() {
+        // The heap first: collecting garbage near the limit uses CPU, so
+        // both may have tripped, and memory is the cause.
+        if self.heap_limit_hit.get() {
             Some(Stop::Memory)
+        } else if self.tripped.load(Ordering::Relaxed) {
+            Some(Stop::Cpu)
         } else {
             None
         }

@@ -610,7 +610,8 @@ pub(crate) fn encode_cursor(key: &[u8]) -> String {
 }
 
 pub(crate) fn decode_cursor(cursor: &str) -> Option<Vec<u8>> {
-    if !cursor.len().is_multiple_of(2) {
+    // Hex digits only: from_str_radix alone would take a sign.
+    if !cursor.len().is_multiple_of(2) || !cursor.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..cursor.len()).step_by(2).map(|i| u8::from_str_radix(cursor.get(i..i + 2)?, 16).ok()).collect()

@@ -162,6 +162,7 @@ pub struct WorkerIsolate {
     object_bindings_json: String,
     abort_reason: AbortReason,
     heap_limit_hit: Rc<Cell<bool>>,
+    buffer_budget: Option<Arc<crate::memory::BufferBudget>>,
 }
 
 /// The internal script that takes the bootstrap's entry point and hides the
@@ -242,14 +243,14 @@ impl WorkerIsolate {
             WorkerCode::Snapshot(snapshot) => snapshot,
         };
         let mut runtime_options = runtime_options(&source.root, wasm.clone(), Some(snapshot));
+        let mut buffer_budget = None;
         if let Some(limit) = options.heap_limit_bytes {
             // ArrayBuffer contents live outside the heap: they get a budget
             // of the same size of their own.
-            runtime_options.create_params = Some(
-                v8::CreateParams::default()
-                    .heap_limits(0, limit)
-                    .array_buffer_allocator(crate::memory::limited_allocator(limit)),
-            );
+            let (allocator, budget) = crate::memory::limited_allocator(limit);
+            buffer_budget = Some(budget);
+            runtime_options.create_params =
+                Some(v8::CreateParams::default().heap_limits(0, limit).array_buffer_allocator(allocator));
         }
         let mut runtime = JsRuntime::try_new(runtime_options).map_err(|err| LoadError::Runtime(err.to_string()))?;
         install_op_state(&mut runtime, &options.name, wasm, Some(queue));
@@ -313,6 +314,7 @@ impl WorkerIsolate {
             object_bindings_json,
             abort_reason,
             heap_limit_hit,
+            buffer_budget,
         })
     }
 
@@ -397,6 +399,13 @@ impl WorkerIsolate {
     /// Set once the isolate hits its heap limit (and is terminated for it).
     pub fn heap_limit_flag(&self) -> Rc<Cell<bool>> {
         self.heap_limit_hit.clone()
+    }
+
+    /// Whether the ArrayBuffer budget refused an allocation within `window`:
+    /// V8 answers a refusal with garbage collections, so CPU used right
+    /// after one is the memory limit at work.
+    pub fn buffers_refused_within(&self, window: std::time::Duration) -> bool {
+        self.buffer_budget.as_ref().is_some_and(|budget| budget.refused_within(window))
     }
 
     /// What requests still in flight are answered with when the isolate is

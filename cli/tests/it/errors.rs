@@ -202,6 +202,7 @@ async fn array_buffers_past_the_memory_limit_fail_the_request_not_the_node() {
     let stopped = reply.status == 503 && text.contains("memory limit of 32 MiB");
     let thrown = text.starts_with("RangeError after ");
     assert!(stopped || thrown, "{} {text}", reply.status);
+    assert!(!text.contains("CPU"), "the memory limit is named, not the CPU one: {text}");
     // The node goes on (a fresh isolate if the old one was stopped).
     assert_eq!(support::get(dev.addr, "/").await.text(), "still here");
 }

@@ -189,6 +189,9 @@ pub struct Node {
     pub http: Option<SocketAddr>,
     pub https: Option<SocketAddr>,
     stderr: Arc<Mutex<String>>,
+    /// Cleared to stop reading the process's standard error (its pipe
+    /// then fills up, as with a stalled log collector).
+    reading_stderr: Arc<std::sync::atomic::AtomicBool>,
     _dir: tempfile::TempDir,
 }
 
@@ -212,8 +215,15 @@ impl Node {
         let stderr = Arc::new(Mutex::new(String::new()));
         let sink = stderr.clone();
         let child_stderr = child.stderr.take().unwrap();
+        let reading_stderr = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let reading = reading_stderr.clone();
         std::thread::spawn(move || {
-            for line in BufReader::new(child_stderr).lines().map_while(Result::ok) {
+            let mut lines = BufReader::new(child_stderr).lines();
+            loop {
+                while !reading.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                let Some(Ok(line)) = lines.next() else { break };
                 let mut sink = sink.lock().unwrap();
                 sink.push_str(&line);
                 sink.push('\n');
@@ -237,7 +247,7 @@ impl Node {
                 break;
             }
         }
-        Node { child: Some(child), http, https, stderr, _dir: dir }
+        Node { child: Some(child), http, https, stderr, reading_stderr, _dir: dir }
     }
 
     pub fn logs(&self) -> String {
@@ -250,6 +260,11 @@ impl Node {
 
     pub fn dir(&self) -> &std::path::Path {
         self._dir.path()
+    }
+
+    /// Stops or resumes reading the process's standard error.
+    pub fn read_stderr(&self, read: bool) {
+        self.reading_stderr.store(read, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Whether the process is still running.

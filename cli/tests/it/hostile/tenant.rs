@@ -368,3 +368,27 @@ async fn env_is_not_fooled_by_binding_names() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && stderr.contains("CACHE"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_stalled_log_reader_does_not_stall_the_workers() {
+    let mut node = hostile_node(
+        r#"export default { fetch() {
+          for (let i = 0; i < 5000; i++) console.log(`chatter ${i} ${"x".repeat(200)}`);
+          return new Response("chattered");
+        } };"#,
+        "[limits]\ncpu_ms = 5000\n",
+        "",
+        &[],
+    );
+    let addr = node.http.unwrap();
+    // Nobody reads the node's standard error any more: its pipe fills up.
+    node.read_stderr(false);
+    let bystander = Bystander::watch(addr);
+    for _ in 0..5 {
+        let reply = attack(addr, "GET", "/", Duration::from_secs(20)).await.expect("answered while the log is stalled");
+        assert_eq!(reply.text(), "chattered");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    bystander.assert_unharmed(&mut node).await;
+    node.read_stderr(true);
+}
