@@ -46,8 +46,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.unwrap_or_else(|| worker.root.join(".outpost"));
     // A broken worker path fails before anything starts.
     WorkerSource::new(&worker.root, &worker.main)?;
-    let (pool, kv_store) =
-        front::start_pool_and_store(&data_dir, !args.no_worker_snapshot, None, LimitCaps::default())?;
+    let (pool, kv_store) = front::start_pool_and_store(&data_dir, !args.no_worker_snapshot, None, LimitCaps::CEILING)?;
     let name = worker.name.clone();
     pool.deploy(front::worker_spec(worker, &kv_store)?).with_context(|| format!("cannot load worker {name}"))?;
 

@@ -264,20 +264,23 @@ fn load_workers_and_routes(
     }
     let routes = Routes::new(config.routes.iter().map(|r| (r.pattern.clone(), r.worker.clone())))
         .with_context(|| format!("invalid routes in {}", path.display()))?;
-    // Stored data is reached only by its owner or by grant; new claims are
-    // recorded once every worker of the file is admitted.
+    // Every worker of the file is checked before any is deployed: limits
+    // against the node's caps, and stored data (reached only by its owner
+    // or by grant).
     let owners_path = ownership::owners_path(data_dir);
     let mut owners = ownership::read_owners(&owners_path)?;
     let before = owners.clone();
     for worker in &workers {
+        pool.check_limits(&worker.limits).with_context(|| format!("cannot load worker {}", worker.name))?;
         owners.admit(worker, &config.grants).with_context(|| format!("{}", path.display()))?;
-    }
-    if owners != before {
-        ownership::write_owners(&owners_path, &owners)?;
     }
     for worker in workers {
         let name = worker.name.clone();
         pool.deploy(front::worker_spec(worker, kv_store)?).with_context(|| format!("cannot load worker {name}"))?;
+    }
+    // New claims are recorded once the workers that made them run.
+    if owners != before {
+        ownership::write_owners(&owners_path, &owners)?;
     }
     Ok((names, routes))
 }

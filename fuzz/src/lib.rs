@@ -70,7 +70,10 @@ pub fn run(target: &Target<'_>, check: impl Fn(&[u8]) -> u64) -> Report {
     if let (Some(seconds), true) = (seconds, chosen) {
         let deadline = Instant::now() + Duration::from_secs(seconds);
         let mut rng = Rng::new(seed_from_clock());
-        let mut crashes = Vec::new();
+        let mut crashes: Vec<String> = Vec::new();
+        // Panics are expected here and reported below, not printed each.
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
         while Instant::now() < deadline {
             for _ in 0..64 {
                 let mut input = pool[rng.below(pool.len())].clone();
@@ -82,17 +85,22 @@ pub fn run(target: &Target<'_>, check: impl Fn(&[u8]) -> u64) -> Report {
                 match try_check(&check, &input) {
                     Ok(outcome) => {
                         if outcomes.insert(outcome) {
-                            saved += usize::from(save(&dir, "find", &input));
+                            if saved < MAX_SAVED_PER_RUN {
+                                saved += usize::from(save(&dir, "find", &input));
+                            }
                             pool.push(input);
                         }
                     }
                     Err(message) => {
-                        save(&dir, "crash", &input);
+                        if crashes.len() < MAX_SAVED_PER_RUN {
+                            save(&dir, "crash", &input);
+                        }
                         crashes.push(message);
                     }
                 }
             }
         }
+        std::panic::set_hook(hook);
         eprintln!(
             "fuzz {}: {inputs} inputs, {} outcomes, {saved} saved, {} crashes",
             target.name,
@@ -101,8 +109,10 @@ pub fn run(target: &Target<'_>, check: impl Fn(&[u8]) -> u64) -> Report {
         );
         assert!(
             crashes.is_empty(),
-            "fuzz target {} panicked: {crashes:?} (inputs saved in {})",
+            "fuzz target {} panicked {} times, first: {:?} (inputs saved in {})",
             target.name,
+            crashes.len(),
+            &crashes[..crashes.len().min(3)],
             dir.display()
         );
     }
@@ -219,6 +229,10 @@ fn mutate(input: &mut Vec<u8>, other: &[u8], dictionary: &[&[u8]], rng: &mut Rng
     }
     input.truncate(64 * 1024);
 }
+
+/// New inputs saved to the corpus in one run at most, so that a target
+/// with many outcomes does not flood the repository.
+const MAX_SAVED_PER_RUN: usize = 100;
 
 const INTERESTING: &[u8] = b"\0\r\n\t %/.:@#?[]{}\"'\\=-_0119azAZ\x7f\x80\xff";
 

@@ -129,18 +129,25 @@ where
     }
 }
 
-/// A connection whose first read fails if no byte arrives within its
-/// deadline. hyper's head timeout starts only once a request has begun
-/// (and the automatic HTTP/1-or-2 detection waits without one), so a client
-/// that connects and says nothing would hold its place forever.
+/// A connection whose reads fail if its first bytes do not arrive within
+/// the deadline. hyper's head timeout starts only once a request has begun,
+/// and the automatic HTTP/1-or-2 detection waits without one for up to the
+/// 24 bytes of the HTTP/2 preface, so a client that connects and says
+/// nothing, or a byte or two, would hold its place forever. Once that many
+/// bytes (or a whole short request) have come, hyper's own timeouts apply.
 pub(crate) struct FirstByteDeadline<I> {
     io: I,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    received: usize,
 }
+
+/// The length of the HTTP/2 connection preface, which hyper-util reads
+/// whole before it knows which protocol a cleartext connection speaks.
+const PREFACE_BYTES: usize = 24;
 
 impl<I> FirstByteDeadline<I> {
     pub(crate) fn new(io: I, timeout: Duration) -> Self {
-        FirstByteDeadline { io, deadline: Some(Box::pin(tokio::time::sleep(timeout))) }
+        FirstByteDeadline { io, deadline: Some(Box::pin(tokio::time::sleep(timeout))), received: 0 }
     }
 }
 
@@ -155,7 +162,10 @@ impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstByteDeadline
         let Some(deadline) = self.deadline.as_mut() else { return polled };
         match polled {
             Poll::Ready(Ok(())) if buf.filled().len() > before => {
-                self.deadline = None;
+                self.received += buf.filled().len() - before;
+                if self.received >= PREFACE_BYTES {
+                    self.deadline = None;
+                }
                 Poll::Ready(Ok(()))
             }
             Poll::Pending if deadline.as_mut().poll(cx).is_ready() => Poll::Ready(Err(std::io::Error::new(

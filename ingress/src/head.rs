@@ -95,15 +95,44 @@ pub fn valid_authority(authority: &str) -> bool {
     host_ok && port_ok
 }
 
-/// What the front tells a worker about the client, in the headers
-/// Cloudflare's edge sets. A client's own values for them are never passed
-/// on: every `cf-*` header it sent is dropped and ours are set;
-/// `X-Forwarded-For` gets the client's address appended, as a proxy does;
-/// `X-Request-Id` is the node's id for the request.
-pub fn set_client_headers(headers: &mut HeaderMap, client: IpAddr, scheme: &'static str, request_id: &str) {
-    let spoofable: Vec<_> = headers.keys().filter(|name| name.as_str().starts_with("cf-")).cloned().collect();
-    for name in spoofable {
-        headers.remove(name);
+/// Headers Cloudflare's edge sets about the client and the request: a
+/// client's own values for them are dropped, never passed on. (Other
+/// `cf-*` headers, such as Access's `CF-Access-Client-Id`, are the
+/// client's to send.)
+const EDGE_HEADERS: &[&str] = &[
+    "cf-connecting-ip",
+    "cf-connecting-ipv6",
+    "cf-ew-via",
+    "cf-ipcity",
+    "cf-ipcontinent",
+    "cf-ipcountry",
+    "cf-iplatitude",
+    "cf-iplongitude",
+    "cf-metro-code",
+    "cf-postal-code",
+    "cf-pseudo-ipv4",
+    "cf-ray",
+    "cf-region",
+    "cf-region-code",
+    "cf-timezone",
+    "cf-visitor",
+    "cf-worker",
+    "true-client-ip",
+    "x-real-ip",
+];
+
+/// What the front tells a worker about the client and the request, in the
+/// headers Cloudflare's edge sets: `Host` is the checked host, the edge's
+/// own headers replace whatever the client sent under those names,
+/// `X-Forwarded-For` gets the client's address appended (as a proxy does:
+/// its last entry is the one to trust), `X-Request-Id` and `CF-Ray` are the
+/// node's id for the request.
+pub fn set_client_headers(headers: &mut HeaderMap, host: &str, client: IpAddr, scheme: &'static str, request_id: &str) {
+    for name in EDGE_HEADERS {
+        headers.remove(*name);
+    }
+    if let Ok(value) = HeaderValue::from_str(host) {
+        headers.insert(HOST, value);
     }
     let ip = client.to_string();
     let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
@@ -193,9 +222,12 @@ mod tests {
             ("x-forwarded-for", "10.0.0.1"),
             ("x-request-id", "forged-id"),
             ("x-real-ip", "1.2.3.4"),
+            ("cf-access-client-id", "service-token"),
+            ("host", "forged.test"),
+            ("host", "again.test"),
             ("accept", "*/*"),
         ]);
-        set_client_headers(&mut map, "192.0.2.7".parse().unwrap(), "https", "abc123");
+        set_client_headers(&mut map, "a.test", "192.0.2.7".parse().unwrap(), "https", "abc123");
         assert_eq!(map["cf-ray"], "abc123");
         assert!(map.get("cf-ipcountry").is_none());
         assert_eq!(map["cf-connecting-ip"], "192.0.2.7");
@@ -204,8 +236,11 @@ mod tests {
         assert_eq!(map["x-forwarded-proto"], "https");
         assert_eq!(map["x-request-id"], "abc123");
         assert_eq!(map["accept"], "*/*");
+        assert_eq!(map["cf-access-client-id"], "service-token", "a client's own cf-* header stays");
+        assert_eq!(map.get_all("host").iter().collect::<Vec<_>>(), ["a.test"]);
         let mut fresh = headers(&[]);
-        set_client_headers(&mut fresh, "::1".parse().unwrap(), "http", "id");
+        set_client_headers(&mut fresh, "b.test:8080", "::1".parse().unwrap(), "http", "id");
+        assert_eq!(fresh["host"], "b.test:8080");
         assert_eq!(fresh["x-forwarded-for"], "::1");
     }
 }

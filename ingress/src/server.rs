@@ -360,7 +360,7 @@ where
     let mut request = request.map(|body| GuardedBody::new(body, limit, timeout, body_fault.clone()).boxed_unsync());
     // What Cloudflare's edge tells a worker about the client; a client's own
     // values for these headers are replaced, never passed on.
-    head::set_client_headers(request.headers_mut(), connection.client.ip(), scheme, &request_id);
+    head::set_client_headers(request.headers_mut(), &host, connection.client.ip(), scheme, &request_id);
     let context = RequestContext {
         request_id: request_id.clone(),
         client: connection.client,

@@ -103,14 +103,22 @@ pub fn evict(now: Instant, isolates: &[IsolateUse], rules: EvictionRules) -> Vec
 /// `limit` per request in flight (at least one), over the CPU it has used
 /// since its budget was last refilled (`charged`, see [`CpuAccount`]) plus
 /// the slice running now.
+/// Whatever the requests in flight, one slice (a stretch of JavaScript that
+/// never yields) may not run past `limit`: it holds the thread, and every
+/// other isolate on it waits.
 pub fn over_cpu_limit(charged: Duration, running: Duration, in_flight: usize, limit: Duration) -> bool {
-    charged + running > limit * in_flight.max(1) as u32
+    running > limit || charged + running > limit * in_flight.max(1) as u32
 }
 
 /// How long an isolate may go on running JavaScript after its last request
 /// ended (`waitUntil()` work, timers) with no request in flight and no
 /// WebSocket open; as on Cloudflare, work after the response gets 30 s.
 pub const WORK_AFTER_RESPONSE: Duration = Duration::from_secs(30);
+
+/// How often work with nothing in flight (timers of an isolate whose
+/// WebSockets stay open, say) gets its budget back: such an isolate may use
+/// at most its `cpu_ms` per this much wall time.
+pub const IDLE_REFILL_EVERY: Duration = Duration::from_secs(1);
 
 /// The CPU an isolate has used since its budget was last refilled.
 ///
@@ -119,8 +127,9 @@ pub const WORK_AFTER_RESPONSE: Duration = Duration::from_secs(30);
 /// delivered (a WebSocket message), and when a request arrives at an
 /// isolate that had none: an isolate that keeps answering keeps its budget,
 /// while a runaway request finishes nothing and is stopped. Work after the
-/// response (nothing in flight: `waitUntil()`, timers, microtasks) refills
-/// nothing, so it shares the budget of the request that started it.
+/// response (nothing in flight: `waitUntil()`, timers, microtasks) shares
+/// the budget of the request that started it, refilled at most once per
+/// [`IDLE_REFILL_EVERY`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CpuAccount {
     charged: Duration,
@@ -128,16 +137,21 @@ pub struct CpuAccount {
     refills_seen: u64,
     /// Whether a request was in flight at the last slice.
     was_busy: bool,
+    /// When the budget was last refilled (any clock, as long as it is one).
+    refilled_at: Duration,
 }
 
 impl CpuAccount {
-    /// At the start of a slice: `refills` counts the finished requests and
-    /// delivered events so far. Returns the CPU already charged.
-    pub fn begin_slice(&mut self, in_flight: usize, refills: u64) -> Duration {
+    /// At the start of a slice, at `now` on a monotonic clock: `refills`
+    /// counts the finished requests and delivered events so far. Returns
+    /// the CPU already charged.
+    pub fn begin_slice(&mut self, in_flight: usize, refills: u64, now: Duration) -> Duration {
         let arrived = in_flight > 0 && !self.was_busy;
-        if refills != self.refills_seen || arrived {
+        let idle_refill = in_flight == 0 && now.saturating_sub(self.refilled_at) >= IDLE_REFILL_EVERY;
+        if refills != self.refills_seen || arrived || idle_refill {
             self.refills_seen = refills;
             self.charged = Duration::ZERO;
+            self.refilled_at = now;
         }
         self.was_busy = in_flight > 0;
         self.charged
@@ -150,8 +164,9 @@ impl CpuAccount {
 }
 
 /// Whether an isolate that is still running JavaScript with nothing in
-/// flight and no WebSocket open, `idle_for` after its last request ended,
-/// must be stopped (its work after the response is over its time).
+/// flight and no WebSocket open must be stopped: it has been idle (no
+/// request ended, no socket open) for `idle_for`, and its work after the
+/// response is over its time.
 pub fn work_after_response_expired(in_flight: usize, open_sockets: usize, idle_for: Duration) -> bool {
     in_flight == 0 && open_sockets == 0 && idle_for > WORK_AFTER_RESPONSE
 }
@@ -218,20 +233,32 @@ mod tests {
         let ms = Duration::from_millis;
         let mut account = CpuAccount::default();
         // A request arrives and runs 30 ms; it finishes (a refill).
-        assert_eq!(account.begin_slice(1, 0), ms(0));
+        assert_eq!(account.begin_slice(1, 0, ms(0)), ms(0));
         account.charge(ms(30));
-        // Background slices after it: nothing in flight, nothing refills.
-        assert_eq!(account.begin_slice(0, 1), ms(0));
+        // Background slices after it: nothing in flight, nothing refills
+        // within a second.
+        assert_eq!(account.begin_slice(0, 1, ms(40)), ms(0));
         account.charge(ms(40));
-        assert_eq!(account.begin_slice(0, 1), ms(40));
+        assert_eq!(account.begin_slice(0, 1, ms(90)), ms(40));
         account.charge(ms(40));
-        assert!(over_cpu_limit(account.begin_slice(0, 1), ms(0), 0, ms(50)), "a chain of slices is cut");
+        assert!(over_cpu_limit(account.begin_slice(0, 1, ms(140)), ms(0), 0, ms(50)), "a chain of slices is cut");
         // A new request arriving at the idle isolate gets a whole budget.
-        assert_eq!(account.begin_slice(1, 1), ms(0));
+        assert_eq!(account.begin_slice(1, 1, ms(150)), ms(0));
         account.charge(ms(10));
-        assert_eq!(account.begin_slice(1, 1), ms(10));
+        assert_eq!(account.begin_slice(1, 1, ms(160)), ms(10));
         // A WebSocket message (an event) refills too.
-        assert_eq!(account.begin_slice(0, 2), ms(0));
+        assert_eq!(account.begin_slice(0, 2, ms(170)), ms(0));
+        account.charge(ms(45));
+        // Idle work gets its budget back once a second, no more often.
+        assert_eq!(account.begin_slice(0, 2, ms(900)), ms(45));
+        assert_eq!(account.begin_slice(0, 2, ms(1170)), ms(0));
+    }
+
+    #[test]
+    fn one_slice_never_runs_past_the_limit() {
+        let ms = Duration::from_millis;
+        assert!(over_cpu_limit(ms(0), ms(51), 999, ms(50)), "parked requests lend a loop no time");
+        assert!(!over_cpu_limit(ms(900), ms(40), 999, ms(50)));
     }
 
     #[test]

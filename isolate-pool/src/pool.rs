@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use outpost_runtime::{
     Body, BoxError, DispatchError, DurableObjectBinding, IsolateSignals, ObjectCall, ObjectEvent, ObjectRouter,
-    RouteFuture, WorkerCode, WorkerOptions, WorkerRequest, WorkerRequestParts, WorkerSource,
+    RouteFuture, SharedLogBudget, WorkerCode, WorkerOptions, WorkerRequest, WorkerRequestParts, WorkerSource,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -125,6 +125,8 @@ pub enum FetchError {
 pub(crate) struct DeployedWorker {
     pub(crate) spec: WorkerSpec,
     pub(crate) code: WorkerCode,
+    /// How much the worker may log, across its isolates.
+    log_budget: SharedLogBudget,
     /// Bumped on every deploy of the same name, so isolates of an older
     /// version are never picked again.
     generation: u64,
@@ -292,7 +294,10 @@ impl Pool {
         let worker = {
             let mut state = self.inner.state.lock().unwrap();
             state.generation += 1;
-            let worker = Arc::new(DeployedWorker { spec, code, generation: state.generation });
+            // A redeploy keeps the worker's log budget: redeploying must not
+            // be a way to log more.
+            let log_budget = state.workers.get(&spec.name).map(|w| w.log_budget.clone()).unwrap_or_default();
+            let worker = Arc::new(DeployedWorker { spec, code, log_budget, generation: state.generation });
             // The new version's first isolate loads before it takes traffic.
             let thread = policy::quietest_thread(&self.inner.thread_load());
             self.inner.start_isolate(&mut state, &worker, thread, Some(loaded_tx));
@@ -429,6 +434,11 @@ impl Pool {
         };
         let per_request = deployed.spec.isolation == Isolation::PerRequest;
         Ok(inner.admit(&mut state, id, per_request, deployed.spec.limits))
+    }
+
+    /// Checks limits against this pool's caps, as a deploy would.
+    pub fn check_limits(&self, limits: &Limits) -> Result<(), LimitError> {
+        limits.check(&self.inner.config.caps)
     }
 
     /// Whether a worker of that name is deployed.
@@ -713,10 +723,11 @@ struct InFlightGuard {
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
+        // Touched first: an isolate never looks idle with a stale time.
+        self.last_used.touch();
         self.completed.fetch_add(1, Ordering::Relaxed);
         self.counter.fetch_sub(1, Ordering::Relaxed);
         self.thread_counter.fetch_sub(1, Ordering::Relaxed);
-        self.last_used.touch();
     }
 }
 
@@ -787,5 +798,6 @@ pub(crate) fn worker_options(
         heap_limit_bytes: Some((worker.spec.limits.memory_mb as usize) << 20),
         kv_namespaces: worker.spec.kv_namespaces.clone(),
         kv_store: worker.spec.kv_store.clone(),
+        log_budget: worker.log_budget.clone(),
     }
 }

@@ -7,7 +7,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use outpost_runtime::{DispatchError, IsolateSignals, RequestQueue, ServeError, WorkerIsolate, WorkerRequest};
 use tokio::sync::{mpsc, oneshot};
@@ -101,6 +101,8 @@ async fn run_isolate(start: StartIsolate, slot: Arc<Slot>, pool: Weak<Inner>) {
         limit: Duration::from_millis(limits.cpu_ms),
         account: Cell::new(CpuAccount::default()),
         tripped: Arc::new(AtomicBool::new(false)),
+        epoch: Instant::now(),
+        idle_since: Cell::new(None),
     };
     let load = match meter.run(isolate.load()).await {
         Ok(Ok(())) => Ok(()),
@@ -199,6 +201,10 @@ struct Meter {
     limit: Duration,
     account: Cell<CpuAccount>,
     tripped: Arc<AtomicBool>,
+    /// The meter's clock.
+    epoch: Instant,
+    /// Since when (on `epoch`) slices have seen the isolate idle.
+    idle_since: Cell<Option<Duration>>,
 }
 
 impl Meter {
@@ -236,7 +242,18 @@ impl<F: Future> Future for Metered<'_, F> {
         let refills =
             meter.completed.load(Ordering::Relaxed).wrapping_add(meter.signals.events.load(Ordering::Relaxed));
         let mut account = meter.account.get();
-        let charged = account.begin_slice(in_flight, refills);
+        let now = meter.epoch.elapsed();
+        let charged = account.begin_slice(in_flight, refills, now);
+        let open_sockets = meter.signals.open_sockets.load(Ordering::Relaxed);
+        // Idle from the first slice that saw nothing in flight and no
+        // socket open (the pool's last-used time alone would count a socket
+        // that just closed, or a response just finished, as long idle).
+        let idle_since = match (in_flight, open_sockets, meter.idle_since.get()) {
+            (0, 0, Some(since)) => Some(since),
+            (0, 0, None) => Some(now),
+            _ => None,
+        };
+        meter.idle_since.set(idle_since);
         let started = thread_cpu_time();
         meter.slot.begin(Running {
             handle: meter.handle.clone(),
@@ -257,14 +274,20 @@ impl<F: Future> Future for Metered<'_, F> {
         }
         match result {
             Poll::Ready(output) => Poll::Ready(Ok(output)),
-            Poll::Pending => {
-                let open_sockets = meter.signals.open_sockets.load(Ordering::Relaxed);
-                let idle_for = meter.last_used.elapsed();
-                if work_after_response_expired(meter.in_flight.load(Ordering::Relaxed), open_sockets, idle_for) {
-                    return Poll::Ready(Err(Stop::AfterResponse));
+            // Idle for long by both the pool's clock (no request taken or
+            // finished) and the meter's own (no socket open either).
+            Poll::Pending => match idle_since {
+                Some(since)
+                    if work_after_response_expired(
+                        meter.in_flight.load(Ordering::Relaxed),
+                        open_sockets,
+                        now.saturating_sub(since),
+                    ) && work_after_response_expired(in_flight, open_sockets, meter.last_used.elapsed()) =>
+                {
+                    Poll::Ready(Err(Stop::AfterResponse))
                 }
-                Poll::Pending
-            }
+                _ => Poll::Pending,
+            },
         }
     }
 }

@@ -33,7 +33,7 @@ pub use ext::objects::{
     id_from_name, object_namespace, split_object_namespace, DurableObjectBinding, ObjectCall, ObjectEvent,
     ObjectRouter, RouteFuture, WorkerRequestParts,
 };
-pub use ext::ops::RequestQueue;
+pub use ext::ops::{RequestQueue, SharedLogBudget};
 pub use ext::websocket::{IsolateSignals, UpgradePipe};
 pub use loader::ModuleKind;
 pub use worker::{

@@ -86,12 +86,19 @@ pub fn create_worker_snapshot(source: &WorkerSource) -> Result<Vec<u8>, Snapshot
 
     // A loop at the top level never yields to the timeout below: the
     // isolate is stopped from another thread instead.
+    // `evaluating` goes false once the evaluation is over; the watchdog
+    // then leaves the isolate alone.
+    let evaluating = std::sync::Arc::new(std::sync::Mutex::new(true));
     let timed_out = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let watchdog = (runtime.v8_isolate().thread_safe_handle(), timed_out.clone());
+    let watchdog = (runtime.v8_isolate().thread_safe_handle(), timed_out.clone(), evaluating.clone());
     std::thread::spawn(move || {
         std::thread::sleep(EVALUATION_TIMEOUT);
-        watchdog.1.store(true, std::sync::atomic::Ordering::SeqCst);
-        watchdog.0.terminate_execution();
+        let (handle, timed_out, evaluating) = watchdog;
+        let evaluating = evaluating.lock().unwrap();
+        if *evaluating {
+            timed_out.store(true, std::sync::atomic::Ordering::SeqCst);
+            handle.terminate_execution();
+        }
     });
     let too_long = || SnapshotError::Unsupported("top-level code did not finish within 10 s".into());
     let main = source.main_url();
@@ -105,8 +112,12 @@ pub fn create_worker_snapshot(source: &WorkerSource) -> Result<Vec<u8>, Snapshot
         )
         .await
         .map_err(|_| too_long())?;
-        if timed_out.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(too_long());
+        {
+            let mut running = evaluating.lock().unwrap();
+            if timed_out.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(too_long());
+            }
+            *running = false;
         }
         evaluated.map_err(|err| SnapshotError::Module(err.to_string()))?;
         // A top-level exception does not always fail the evaluation future

@@ -19,7 +19,9 @@ use deno_core::{v8, JsRuntime, ModuleSpecifier, PollEventLoopOptions, RuntimeOpt
 
 use crate::ext::http::DispatchError;
 use crate::ext::objects::{DurableObjectBinding, ObjectBindings, ObjectRouter};
-use crate::ext::ops::{allow_wasm_code_generation, AbortReason, RequestQueue, WasmSources, WorkerName};
+use crate::ext::ops::{
+    allow_wasm_code_generation, AbortReason, RequestQueue, SharedLogBudget, WasmSources, WorkerName,
+};
 use crate::ext::websocket::IsolateSignals;
 use crate::ext::{extensions, ExtensionOptions};
 use crate::loader::BundleLoader;
@@ -86,6 +88,8 @@ pub struct WorkerOptions {
     /// Shared with whoever runs the isolate (the pool): open WebSockets and
     /// retirement.
     pub signals: Arc<IsolateSignals>,
+    /// How much the worker may log, shared by all its isolates.
+    pub log_budget: SharedLogBudget,
 }
 
 impl std::fmt::Debug for dyn ObjectRouter {
@@ -202,7 +206,6 @@ pub(crate) fn install_op_state(runtime: &mut JsRuntime, name: &str, wasm: WasmSo
     }
     op_state.put(wasm);
     op_state.put(AbortReason::default());
-    op_state.put(crate::ext::ops::LogBudget::new(std::time::Instant::now()));
     op_state.put(deno_permissions::PermissionsContainer::allow_all(Arc::new(
         deno_permissions::RuntimePermissionDescriptorParser::new(sys_traits::impls::RealSys),
     )));
@@ -261,6 +264,7 @@ impl WorkerIsolate {
             });
         }
         runtime.op_state().borrow_mut().put(options.signals.clone());
+        runtime.op_state().borrow_mut().put(options.log_budget.clone());
         runtime.op_state().borrow_mut().put(ObjectBindings {
             bindings: options.durable_objects.clone(),
             router: options.object_router.clone(),

@@ -37,11 +37,61 @@ pub fn fixture(name: &str) -> PathBuf {
     workspace_root().join("fixtures").join(name)
 }
 
+/// What a child process writes to standard error, read line by line on a
+/// thread of its own.
+pub struct LogCapture {
+    lines: Arc<Mutex<String>>,
+    /// Cleared to stop reading (the pipe then fills up, as with a stalled
+    /// log collector).
+    reading: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl LogCapture {
+    pub fn start(stderr: std::process::ChildStderr) -> LogCapture {
+        let capture = LogCapture {
+            lines: Arc::new(Mutex::new(String::new())),
+            reading: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        };
+        let (sink, reading) = (capture.lines.clone(), capture.reading.clone());
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stderr).lines();
+            loop {
+                while !reading.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                let Some(Ok(line)) = lines.next() else { break };
+                let mut sink = sink.lock().unwrap();
+                sink.push_str(&line);
+                sink.push('\n');
+            }
+        });
+        capture
+    }
+
+    /// Everything read so far.
+    pub fn text(&self) -> String {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Waits until the log contains `needle` (logs are written asynchronously).
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let logs = self.text();
+            if logs.contains(needle) {
+                return logs;
+            }
+            assert!(Instant::now() < deadline, "log never contained {needle:?}; logs:\n{logs}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 /// A running `outpost dev`, killed on drop.
 pub struct Dev {
     child: Child,
     pub addr: SocketAddr,
-    stderr: Arc<Mutex<String>>,
+    stderr: LogCapture,
     _data_dir: tempfile::TempDir,
 }
 
@@ -63,23 +113,14 @@ impl Dev {
             .stderr(Stdio::piped())
             .spawn()
             .expect("the outpost binary starts");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let sink = stderr.clone();
-        let child_stderr = child.stderr.take().expect("stderr is piped");
-        std::thread::spawn(move || {
-            for line in BufReader::new(child_stderr).lines().map_while(Result::ok) {
-                let mut sink = sink.lock().unwrap();
-                sink.push_str(&line);
-                sink.push('\n');
-            }
-        });
+        let stderr = LogCapture::start(child.stderr.take().expect("stderr is piped"));
         let stdout = child.stdout.take().expect("stdout is piped");
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).expect("outpost prints a line");
         let url = line
             .split_whitespace()
             .find(|word| word.starts_with("http://"))
-            .unwrap_or_else(|| panic!("no URL in {line:?}; stderr: {}", stderr.lock().unwrap()));
+            .unwrap_or_else(|| panic!("no URL in {line:?}; stderr: {}", stderr.text()));
         let addr = url.trim_start_matches("http://").trim_end_matches('/').parse().expect("host:port");
         Dev { child, addr, stderr, _data_dir: data_dir }
     }
@@ -110,20 +151,12 @@ impl Dev {
     }
 
     pub fn logs(&self) -> String {
-        self.stderr.lock().unwrap().clone()
+        self.stderr.text()
     }
 
     /// Waits until the log contains `needle` (logs are written asynchronously).
     pub fn wait_for_log(&self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let logs = self.logs();
-            if logs.contains(needle) {
-                return logs;
-            }
-            assert!(Instant::now() < deadline, "log never contained {needle:?}; logs:\n{logs}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.stderr.wait_for(needle, Duration::from_secs(10))
     }
 }
 
@@ -188,10 +221,7 @@ pub struct Node {
     pub child: Option<Child>,
     pub http: Option<SocketAddr>,
     pub https: Option<SocketAddr>,
-    stderr: Arc<Mutex<String>>,
-    /// Cleared to stop reading the process's standard error (its pipe
-    /// then fills up, as with a stalled log collector).
-    reading_stderr: Arc<std::sync::atomic::AtomicBool>,
+    stderr: LogCapture,
     _dir: tempfile::TempDir,
 }
 
@@ -212,30 +242,14 @@ impl Node {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let sink = stderr.clone();
-        let child_stderr = child.stderr.take().unwrap();
-        let reading_stderr = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let reading = reading_stderr.clone();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(child_stderr).lines();
-            loop {
-                while !reading.load(std::sync::atomic::Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                let Some(Ok(line)) = lines.next() else { break };
-                let mut sink = sink.lock().unwrap();
-                sink.push_str(&line);
-                sink.push('\n');
-            }
-        });
+        let stderr = LogCapture::start(child.stderr.take().unwrap());
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let (mut http, mut https) = (None, None);
         loop {
             let mut line = String::new();
             if stdout.read_line(&mut line).unwrap() == 0 {
                 let _ = child.wait();
-                panic!("outpost serve exited; stderr:\n{}", stderr.lock().unwrap());
+                panic!("outpost serve exited; stderr:\n{}", stderr.text());
             }
             if let Some(url) = line.split_whitespace().find(|w| w.starts_with("http://")) {
                 http = Some(url.trim_start_matches("http://").parse().unwrap());
@@ -247,11 +261,11 @@ impl Node {
                 break;
             }
         }
-        Node { child: Some(child), http, https, stderr, reading_stderr, _dir: dir }
+        Node { child: Some(child), http, https, stderr, _dir: dir }
     }
 
     pub fn logs(&self) -> String {
-        self.stderr.lock().unwrap().clone()
+        self.stderr.text()
     }
 
     pub fn pid(&self) -> i32 {
@@ -264,7 +278,7 @@ impl Node {
 
     /// Stops or resumes reading the process's standard error.
     pub fn read_stderr(&self, read: bool) {
-        self.reading_stderr.store(read, std::sync::atomic::Ordering::Relaxed);
+        self.stderr.reading.store(read, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Whether the process is still running.
@@ -274,15 +288,7 @@ impl Node {
 
     /// Waits until the log contains `needle` (logs are written asynchronously).
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let logs = self.logs();
-            if logs.contains(needle) {
-                return logs;
-            }
-            assert!(Instant::now() < deadline, "log never contained {needle:?}; logs:\n{logs}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.stderr.wait_for(needle, timeout)
     }
 }
 

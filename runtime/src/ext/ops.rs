@@ -368,16 +368,26 @@ pub fn op_outpost_body_close(
 /// which is at most this many bytes of UTF-8 with its note.
 pub const MAX_LOG_LINE_BYTES: usize = 64 * 1024 + 64;
 
-/// How much console output one isolate may write: a token bucket for lines
-/// and one for bytes. Output past it is dropped and counted, and the count
-/// is logged once output is allowed again, so one tenant cannot flood the
-/// node's log (or stall the isolates of others behind its writer).
+/// How much console output one worker may write, across all its isolates:
+/// a token bucket for lines and one for bytes. Output past it is dropped and
+/// counted, and the count is logged once output is allowed again, so one
+/// tenant cannot flood the node's log (or push others' lines out of it).
 #[derive(Debug, Clone)]
 pub struct LogBudget {
     lines: f64,
     bytes: f64,
     refilled_at: std::time::Instant,
     dropped: u64,
+}
+
+/// A worker's log budget, shared by its isolates (on any thread).
+#[derive(Debug, Clone)]
+pub struct SharedLogBudget(pub Arc<std::sync::Mutex<LogBudget>>);
+
+impl Default for SharedLogBudget {
+    fn default() -> Self {
+        SharedLogBudget(Arc::new(std::sync::Mutex::new(LogBudget::new(std::time::Instant::now()))))
+    }
 }
 
 /// Lines a burst may have, and lines per second after it.
@@ -433,15 +443,15 @@ pub fn truncate_log_line(message: &str, max: usize) -> std::borrow::Cow<'_, str>
 }
 
 /// `console.*` from the worker, at deno's console levels (0 debug, 1 log and
-/// info, 2 warn, 3 error, 4 trace), within the isolate's [`LogBudget`].
+/// info, 2 warn, 3 error, 4 trace), within the worker's [`LogBudget`].
 #[op2(fast)]
 pub fn op_outpost_log(state: &mut OpState, #[smi] level: u32, #[string] message: &str, #[string] request_id: &str) {
     let message = message.strip_suffix('\n').unwrap_or(message);
     let message = truncate_log_line(message, MAX_LOG_LINE_BYTES);
     let now = std::time::Instant::now();
     let admission = state
-        .try_borrow_mut::<LogBudget>()
-        .map_or(LogAdmission::Write { dropped: 0 }, |budget| budget.admit(now, message.len()));
+        .try_borrow::<SharedLogBudget>()
+        .map_or(LogAdmission::Write { dropped: 0 }, |budget| budget.0.lock().unwrap().admit(now, message.len()));
     let worker = &state.borrow::<WorkerName>().0;
     let LogAdmission::Write { dropped } = admission else { return };
     if dropped > 0 {

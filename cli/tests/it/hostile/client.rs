@@ -110,10 +110,18 @@ async fn malformed_bodies_and_connect_are_the_clients_fault() {
 async fn silent_connections_are_closed_at_the_head_timeout() {
     let mut node = hostile_node(MIRROR, "", "[limits]\nmax_connections = 50\nheader_timeout_ms = 500\n", &[]);
     let addr = node.http.unwrap();
-    // 60 connections that never send a byte: more than the node admits.
+    // 60 connections that never send a whole request: more than the node
+    // admits. Some send nothing at all, some the first byte of an HTTP/2
+    // preface (which hyper waits for whole), some half a head.
     let mut silent = Vec::new();
-    for _ in 0..60 {
-        silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    for i in 0..60 {
+        let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+        match i % 3 {
+            0 => {}
+            1 => socket.write_all(b"P").await.unwrap(),
+            _ => socket.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap(),
+        }
+        silent.push(socket);
     }
     // They are closed after the head timeout, and a real client gets in.
     let reply = attack(addr, "GET", "/", Duration::from_secs(10))

@@ -108,3 +108,12 @@ pub(crate) async fn wait_for_more(node: &Node, needle: &str, before: usize, time
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Sends the node SIGHUP and waits for a new log line with `needle` (the
+/// reload's outcome).
+pub(crate) async fn reload(node: &Node, needle: &str) {
+    let before = count_in_log(node, needle);
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(node.pid(), libc::SIGHUP) };
+    wait_for_more(node, needle, before, Duration::from_secs(20)).await;
+}

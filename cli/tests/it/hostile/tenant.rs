@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::{attack, count_in_log, hostile_node, wait_for_more, Bystander};
+use super::{attack, count_in_log, hostile_node, reload, wait_for_more, Bystander};
 use crate::support;
 
 #[tokio::test]
@@ -207,10 +207,7 @@ async fn absurd_limits_on_reload_change_nothing() {
         "export default { fetch() { return new Response('v2'); } };",
     )
     .unwrap();
-    let failures = count_in_log(&node, "reload failed");
-    // SAFETY: kill has no memory-safety preconditions.
-    unsafe { libc::kill(node.pid(), libc::SIGHUP) };
-    wait_for_more(&node, "reload failed", failures, Duration::from_secs(20)).await;
+    reload(&node, "reload failed").await;
     assert!(node.logs().contains("memory_mb"), "{}", node.logs());
     assert_eq!(attack(addr, "GET", "/", Duration::from_secs(20)).await.unwrap().text(), "v1");
     bystander.assert_unharmed(&mut node).await;
@@ -234,28 +231,29 @@ async fn a_worker_cannot_claim_another_workers_data() {
         "name = \"innocent\"\n[[kv_namespaces]]\nbinding = \"VAULT\"\nid = \"vault\"\n",
     )
     .unwrap();
-    let reloads = count_in_log(&node, "reloaded the node's workers");
-    // SAFETY: kill has no memory-safety preconditions.
-    unsafe { libc::kill(node.pid(), libc::SIGHUP) };
-    wait_for_more(&node, "reloaded the node's workers", reloads, Duration::from_secs(20)).await;
+    reload(&node, "reloaded the node's workers").await;
     let stored = support::send(addr, "GET", "/put?v=innocent%20ok", &[("host", "innocent.test")], b"").await;
     assert_eq!(stored.text(), "innocent ok");
     let bystander = Bystander::watch(addr);
 
     // The attacker names the same id, or reaches for the innocent worker's
     // objects: the reload is refused and nothing changes.
-    for attacker_toml in [
-        "name = \"attacker\"\n[[kv_namespaces]]\nbinding = \"VAULT\"\nid = \"vault\"\n",
-        "name = \"attacker\"\n[[durable_objects.bindings]]\nname = \"ROOMS\"\nclass_name = \"Room\"\nscript_name = \"innocent\"\n",
+    for (attacker_toml, refusal) in [
+        (
+            "name = \"attacker\"\n[[kv_namespaces]]\nbinding = \"VAULT\"\nid = \"vault\"\n",
+            "the KV namespace \\\"vault\\\" (binding VAULT) belongs to worker \\\"innocent\\\"",
+        ),
+        (
+            "name = \"attacker\"\n[[durable_objects.bindings]]\nname = \"ROOMS\"\nclass_name = \"Room\"\nscript_name = \"innocent\"\n",
+            "durable_objects = [\\\"innocent:Room\\\"]",
+        ),
     ] {
         std::fs::write(node.dir().join("workers/attacker/outpost.toml"), attacker_toml).unwrap();
         std::fs::write(node.dir().join("workers/attacker/worker.js"), VAULT).unwrap();
-        let failures = count_in_log(&node, "reload failed");
-        // SAFETY: as above.
-        unsafe { libc::kill(node.pid(), libc::SIGHUP) };
-        wait_for_more(&node, "reload failed", failures, Duration::from_secs(20)).await;
+        reload(&node, "reload failed").await;
         let logs = node.logs();
-        assert!(logs.contains("belongs to worker \\\"innocent\\\"") || logs.contains("node.toml can grant access"), "{logs}");
+        let last = logs.lines().rev().find(|line| line.contains("reload failed")).unwrap();
+        assert!(last.contains(refusal), "{last}");
         // The attacker still runs its old code, which has no binding at all.
         let reply = attack(addr, "GET", "/", Duration::from_secs(20)).await.unwrap();
         assert_eq!(reply.text(), "innocent ok", "the attacker's old version answers");
@@ -391,4 +389,59 @@ async fn a_stalled_log_reader_does_not_stall_the_workers() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     bystander.assert_unharmed(&mut node).await;
     node.read_stderr(true);
+}
+
+#[tokio::test]
+async fn javascript_still_running_30_s_after_the_last_request_is_stopped() {
+    let mut node = hostile_node(
+        r#"export default { fetch() {
+          // A little work, forever, long after the response.
+          setInterval(() => { let x = 0; for (let i = 0; i < 1000; i++) x += i; }, 200);
+          return new Response("ticking");
+        } };"#,
+        "",
+        "",
+        &[],
+    );
+    let addr = node.http.unwrap();
+    assert_eq!(attack(addr, "GET", "/", Duration::from_secs(20)).await.unwrap().text(), "ticking");
+    let logs = node.wait_for_log("still running JavaScript 30 s after its last request", Duration::from_secs(45));
+    assert!(!logs.contains("CPU time limit"), "stopped by the CPU meter instead: {logs}");
+    // The next request gets a fresh isolate.
+    assert_eq!(attack(addr, "GET", "/", Duration::from_secs(20)).await.unwrap().text(), "ticking");
+    assert!(node.is_running());
+}
+
+#[tokio::test]
+async fn an_isolate_pushing_to_its_websockets_keeps_running() {
+    use futures::StreamExt as _;
+    let mut node = hostile_node(
+        r#"export default { fetch() {
+          const [client, server] = Object.values(new WebSocketPair());
+          server.accept();
+          // Server push: 2 ms of work every 100 ms, with no message coming in,
+          // for far longer than the 50 ms budget lasts without refills.
+          setInterval(() => {
+            const end = Date.now() + 2;
+            while (Date.now() < end) {}
+            server.send("tick");
+          }, 100);
+          return new Response(null, { status: 101, webSocket: client });
+        } };"#,
+        "",
+        "",
+        &[],
+    );
+    let addr = node.http.unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut socket, _) = tokio_tungstenite::client_async("ws://attacker.test/", tcp).await.unwrap();
+    let mut ticks = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
+    while let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, socket.next()).await {
+        assert!(message.is_text(), "{message:?}");
+        ticks += 1;
+    }
+    assert!(ticks >= 25, "only {ticks} ticks in 4 s; logs:\n{}", node.logs());
+    assert!(!node.logs().contains("isolate stopped"), "{}", node.logs());
+    assert!(node.is_running());
 }
