@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use outpost_runtime::{DispatchError, IsolateSignals, RequestQueue, ServeError, WorkerIsolate, WorkerRequest};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::policy::{work_after_response_expired, CpuAccount, IsolateId};
+use crate::policy::{over_cpu_limit, work_after_response_expired, CpuAccount, IsolateId};
 use crate::pool::{worker_options, DeployedWorker, Inner, LastUsed};
 use crate::watchdog::{thread_cpu_time, Running, Slot};
 
@@ -269,6 +269,11 @@ impl<F: Future> Future for Metered<'_, F> {
         let used = thread_cpu_time().saturating_sub(started);
         account.charge(used);
         meter.account.set(account);
+        // The watchdog looks every millisecond; a slice that went over
+        // between two looks is caught here, so a stop never depends on it.
+        if over_cpu_limit(charged, used, in_flight, meter.limit) {
+            meter.tripped.store(true, Ordering::Relaxed);
+        }
         if let Some(stop) = meter.stopped() {
             return Poll::Ready(Err(stop));
         }
