@@ -297,35 +297,98 @@ struct Reload {
 /// SIGHUP: read the file again, (re)deploy its workers (a new version of a
 /// worker takes new requests at once; the old one finishes what it has)
 /// and swap in its routes. Listeners, certificates and limits stay as they
-/// were started. A file that does not parse, or whose routes name unknown
-/// workers or whose workers reach data that is not theirs, changes nothing;
-/// if a worker fails to load, the routes stay and that worker keeps its
-/// running version (those deployed before it do not).
+/// were started. A file that does not parse changes nothing. Each worker
+/// stands alone: one whose configuration is refused (it does not load, asks
+/// for more than the node's caps, or names data that is not its own) is
+/// logged and keeps its running version, and the others are reloaded all
+/// the same, so one tenant cannot hold back everyone's updates. The routes
+/// are swapped in only if every worker they name is running.
 async fn reload_on_sighup(reload: Reload, mut hangups: tokio::signal::unix::Signal, handler: Arc<PoolHandler>) {
     let reload = Arc::new(reload);
     while hangups.recv().await.is_some() {
         let reload = reload.clone();
         // Deploying loads workers (and may make snapshots): off the async threads.
-        let loaded = tokio::task::spawn_blocking(move || {
-            let Reload { path, base, data_dir, pool, kv_store } = &*reload;
-            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-            let config = NodeConfig::parse(&text, path)?;
-            load_workers_and_routes(path, &config, base, data_dir, pool, kv_store)
-        })
-        .await;
-        match loaded {
-            Ok(Ok((names, routes))) => {
-                let count = routes.patterns().count();
-                handler.replace_routes(routes);
-                tracing::info!(workers = names.len(), routes = count, "reloaded the node's workers and routes");
+        let reloaded = tokio::task::spawn_blocking(move || reload_workers_and_routes(&reload)).await;
+        match reloaded {
+            Ok(Ok(Reloaded { deployed, refused, routes })) => {
+                for refusal in &refused {
+                    tracing::error!("reload failed for a worker, which keeps its running version: {refusal:#}");
+                }
+                let routes_swapped = routes.is_some();
+                if let Some(routes) = routes {
+                    handler.replace_routes(routes);
+                }
+                tracing::info!(
+                    deployed = deployed.len(),
+                    refused = refused.len(),
+                    routes_swapped,
+                    "reloaded the node's workers and routes"
+                );
             }
-            // The file is checked whole before any worker is deployed; a
-            // worker that then fails to load keeps its running version, but
-            // workers deployed before it already run their new one.
-            Ok(Err(err)) => tracing::error!("reload failed, routes unchanged: {err:#}"),
+            Ok(Err(err)) => tracing::error!("reload failed, nothing changed: {err:#}"),
             Err(err) => tracing::error!("reload failed: {err}"),
         }
     }
+}
+
+/// What a reload did.
+struct Reloaded {
+    /// Workers now running the file's version.
+    deployed: Vec<String>,
+    /// Why the others were not reloaded.
+    refused: Vec<anyhow::Error>,
+    /// The file's routes, if every worker they name runs.
+    routes: Option<Routes<String>>,
+}
+
+fn reload_workers_and_routes(reload: &Reload) -> anyhow::Result<Reloaded> {
+    let Reload { path, base, data_dir, pool, kv_store } = reload;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let config = NodeConfig::parse(&text, path)?;
+    let routes = Routes::new(config.routes.iter().map(|r| (r.pattern.clone(), r.worker.clone())))
+        .with_context(|| format!("invalid routes in {}", path.display()))?;
+    let owners_path = ownership::owners_path(data_dir);
+    let mut owners = ownership::read_owners(&owners_path)?;
+    let before = owners.clone();
+    let (mut deployed, mut refused, mut seen) = (Vec::new(), Vec::new(), Vec::new());
+    for entry in &config.workers {
+        let worker_path = resolve_in(base, &entry.path);
+        let outcome = (|| {
+            let worker = config::resolve(&worker_path)?;
+            if seen.contains(&worker.name) {
+                bail!("{}: two workers are named {:?}", path.display(), worker.name);
+            }
+            seen.push(worker.name.clone());
+            pool.check_limits(&worker.limits).with_context(|| format!("cannot load worker {}", worker.name))?;
+            // Claims count only for a worker that runs.
+            let mut trial = owners.clone();
+            trial.admit(&worker, &config.grants).with_context(|| format!("{}", path.display()))?;
+            let name = worker.name.clone();
+            pool.deploy(front::worker_spec(worker, kv_store)?).with_context(|| format!("cannot load worker {name}"))?;
+            owners = trial;
+            Ok(name)
+        })();
+        match outcome {
+            Ok(name) => deployed.push(name),
+            Err(err) => refused.push(err.context(format!("worker {}", worker_path.display()))),
+        }
+    }
+    if owners != before {
+        ownership::write_owners(&owners_path, &owners)?;
+    }
+    let missing: Vec<&str> =
+        config.routes.iter().map(|r| r.worker.as_str()).filter(|worker| !pool.is_deployed(worker)).collect();
+    let routes = if missing.is_empty() {
+        Some(routes)
+    } else {
+        refused.push(anyhow::anyhow!(
+            "{}: routes name workers that are not running ({}); the routes stay as they were",
+            path.display(),
+            missing.join(", ")
+        ));
+        None
+    };
+    Ok(Reloaded { deployed, refused, routes })
 }
 
 #[cfg(test)]

@@ -445,3 +445,33 @@ async fn an_isolate_pushing_to_its_websockets_keeps_running() {
     assert!(!node.logs().contains("isolate stopped"), "{}", node.logs());
     assert!(node.is_running());
 }
+
+#[tokio::test]
+async fn a_refused_worker_does_not_hold_back_the_others_reload() {
+    let mut node = hostile_node("export default { fetch() { return new Response('attacker v1'); } };", "", "", &[]);
+    let addr = node.http.unwrap();
+    // The attacker's new configuration is refused; the innocent worker's
+    // new version must still go live.
+    std::fs::write(
+        node.dir().join("workers/attacker/outpost.toml"),
+        "name = \"attacker\"\n[limits]\ncpu_ms = 9223372036854775807\n",
+    )
+    .unwrap();
+    std::fs::write(
+        node.dir().join("workers/attacker/worker.js"),
+        "export default { fetch() { return new Response('attacker v2'); } };",
+    )
+    .unwrap();
+    std::fs::write(
+        node.dir().join("workers/innocent/worker.js"),
+        "export default { fetch() { return new Response('innocent v2'); } };",
+    )
+    .unwrap();
+    reload(&node, "reloaded the node's workers").await;
+    let logs = node.logs();
+    assert!(logs.contains("reload failed for a worker") && logs.contains("cpu_ms"), "{logs}");
+    let innocent = support::send(addr, "GET", "/", &[("host", "innocent.test")], b"").await;
+    assert_eq!(innocent.text(), "innocent v2");
+    assert_eq!(attack(addr, "GET", "/", Duration::from_secs(20)).await.unwrap().text(), "attacker v1");
+    assert!(node.is_running());
+}
