@@ -77,6 +77,7 @@ async fn edge_headers_from_the_client_are_not_believed() {
         b"",
     )
     .await;
+    let bystander = Bystander::watch(addr);
     let seen: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
     let headers = &seen["headers"];
     assert_ne!(headers["x-request-id"], "forged-id", "{seen}");
@@ -85,7 +86,7 @@ async fn edge_headers_from_the_client_are_not_believed() {
     assert!(headers.get("cf-ipcountry").is_none(), "{seen}");
     assert_eq!(headers["cf-connecting-ip"], "127.0.0.1", "{seen}");
     assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1", "{seen}");
-    assert!(node.is_running());
+    bystander.assert_unharmed(&mut node).await;
 }
 
 #[tokio::test]

@@ -57,13 +57,16 @@ pub(crate) async fn attack(addr: SocketAddr, method: &str, path: &str, timeout: 
 /// Keeps asking the innocent worker while an attack runs.
 pub(crate) struct Bystander {
     stop: Arc<AtomicBool>,
+    /// Requests answered or failed so far.
+    rounds: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<(usize, Vec<String>)>,
 }
 
 impl Bystander {
     pub(crate) fn watch(addr: SocketAddr) -> Bystander {
         let stop = Arc::new(AtomicBool::new(false));
-        let stopped = stop.clone();
+        let rounds = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (stopped, counted) = (stop.clone(), rounds.clone());
         let task = tokio::spawn(async move {
             let (mut sent, mut failures) = (0, Vec::new());
             while !stopped.load(Ordering::Relaxed) {
@@ -74,15 +77,20 @@ impl Bystander {
                     Ok(reply) => failures.push(format!("{} {}", reply.status, reply.text())),
                     Err(_) => failures.push("no answer within 5 s".to_string()),
                 }
+                counted.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
             (sent, failures)
         });
-        Bystander { stop, task }
+        Bystander { stop, rounds, task }
     }
 
     /// Stops watching; the innocent worker must have answered every time.
     pub(crate) async fn assert_unharmed(self, node: &mut Node) {
+        // At least a few rounds, whatever the test did meanwhile.
+        while self.rounds.load(Ordering::Relaxed) < 3 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         self.stop.store(true, Ordering::Relaxed);
         let (sent, failures) = self.task.await.unwrap();
         assert!(sent > 0, "the bystander sent nothing");

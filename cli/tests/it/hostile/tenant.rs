@@ -89,6 +89,46 @@ async fn a_worker_cannot_read_files_outside_its_bundle() {
     bystander.assert_unharmed(&mut node).await;
 }
 
+#[tokio::test]
+async fn a_static_import_out_of_the_bundle_is_refused_on_a_running_node() {
+    let mut node = hostile_node("export default { fetch() { return new Response('attacker v1'); } };", "", "", &[]);
+    let addr = node.http.unwrap();
+    let bystander = Bystander::watch(addr);
+    std::fs::write(
+        node.dir().join("workers/attacker/worker.js"),
+        "import victim from \"./..%2finnocent%2fworker.js\";\nexport default victim;\n",
+    )
+    .unwrap();
+    reload(&node, "reloaded the node's workers").await;
+    assert!(node.logs().contains("cannot import"), "{}", node.logs());
+    // The attacker keeps its old version; it never runs the innocent's code.
+    assert_eq!(attack(addr, "GET", "/", Duration::from_secs(20)).await.unwrap().text(), "attacker v1");
+    bystander.assert_unharmed(&mut node).await;
+}
+
+#[tokio::test]
+async fn array_buffers_past_the_memory_limit_are_named_as_such() {
+    let mut node = hostile_node(
+        r#"export default { fetch() {
+          const kept = [];
+          for (let i = 0; i < 100; i++) kept.push(new ArrayBuffer(1 << 20));
+          return new Response(`kept ${kept.length} MiB`);
+        } };"#,
+        "[limits]\nmemory_mb = 32\n",
+        "",
+        &[],
+    );
+    let addr = node.http.unwrap();
+    let bystander = Bystander::watch(addr);
+    for _ in 0..5 {
+        let reply = attack(addr, "GET", "/", Duration::from_secs(20)).await.expect("answered");
+        let text = reply.text();
+        assert!(!text.contains("CPU"), "the memory limit is named, not the CPU one: {text}");
+        assert!(reply.status >= 500, "{} {text}", reply.status);
+    }
+    bystander.assert_unharmed(&mut node).await;
+}
+
 #[test]
 fn a_static_import_out_of_the_bundle_fails_the_load() {
     let dir = support::worker(&[
@@ -271,16 +311,21 @@ async fn a_grant_in_node_toml_shares_a_namespace() {
         VAULT,
         "[[kv_namespaces]]\nbinding = \"VAULT\"\nid = \"vault\"\n",
         grant,
-        &[(
-            "workers/innocent/outpost.toml",
-            "name = \"innocent\"\n[[kv_namespaces]]\nbinding = \"VAULT\"\nid = \"vault\"\n",
-        )],
+        &[
+            (
+                "workers/innocent/outpost.toml",
+                "name = \"innocent\"\n[[kv_namespaces]]\nbinding = \"VAULT\"\nid = \"vault\"\n",
+            ),
+            ("workers/innocent/worker.js", VAULT),
+        ],
     );
     let addr = node.http.unwrap();
     let stored = attack(addr, "GET", "/put?v=shared", Duration::from_secs(20)).await.unwrap();
     assert_eq!(stored.text(), "shared");
     let owners = std::fs::read_to_string(node.dir().join(".outpost-node/owners.json")).unwrap();
     assert!(owners.contains("\"vault\": \"innocent\""), "{owners}");
+    let innocent = support::send(addr, "GET", "/", &[("host", "innocent.test")], b"").await;
+    assert_eq!(innocent.text(), "shared", "the owner sees what its grantee wrote");
     assert!(node.is_running());
 }
 
@@ -345,12 +390,13 @@ async fn env_is_not_fooled_by_binding_names() {
         &[],
     );
     let addr = node.http.unwrap();
+    let bystander = Bystander::watch(addr);
     let reply = attack(addr, "GET", "/", Duration::from_secs(20)).await.unwrap();
     let value: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
     assert_eq!(value["prototypeIntact"], true, "{value}");
     assert_eq!(value["own"], true, "{value}");
     assert_eq!(value["url"], "file:///bundle/worker.js", "{value}");
-    assert!(node.is_running());
+    bystander.assert_unharmed(&mut node).await;
 
     // A binding may not hide a [vars] entry.
     let dir = support::worker(&[
@@ -405,7 +451,11 @@ async fn javascript_still_running_30_s_after_the_last_request_is_stopped() {
     );
     let addr = node.http.unwrap();
     assert_eq!(attack(addr, "GET", "/", Duration::from_secs(20)).await.unwrap().text(), "ticking");
-    let logs = node.wait_for_log("still running JavaScript 30 s after its last request", Duration::from_secs(45));
+    let bystander = Bystander::watch(addr);
+    let needle = "still running JavaScript 30 s after its last request";
+    wait_for_more(&node, needle, 0, Duration::from_secs(45)).await;
+    let logs = node.logs();
+    bystander.assert_unharmed(&mut node).await;
     assert!(!logs.contains("CPU time limit"), "stopped by the CPU meter instead: {logs}");
     // The next request gets a fresh isolate.
     assert_eq!(attack(addr, "GET", "/", Duration::from_secs(20)).await.unwrap().text(), "ticking");
