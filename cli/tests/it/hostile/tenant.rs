@@ -89,21 +89,27 @@ async fn a_worker_cannot_read_files_outside_its_bundle() {
     bystander.assert_unharmed(&mut node).await;
 }
 
-#[tokio::test]
-async fn a_static_import_out_of_the_bundle_is_refused_on_a_running_node() {
+/// Changes the attacker's files on a running node to `files` and reloads:
+/// the reload must refuse the attacker (its log naming `refusal`), which
+/// keeps its running version, while the innocent worker serves throughout.
+async fn assert_reload_refused(files: &[(&str, &str)], refusal: &str) {
     let mut node = hostile_node("export default { fetch() { return new Response('attacker v1'); } };", "", "", &[]);
     let addr = node.http.unwrap();
     let bystander = Bystander::watch(addr);
-    std::fs::write(
-        node.dir().join("workers/attacker/worker.js"),
-        "import victim from \"./..%2finnocent%2fworker.js\";\nexport default victim;\n",
-    )
-    .unwrap();
-    reload(&node, "reloaded the node's workers").await;
-    assert!(node.logs().contains("cannot import"), "{}", node.logs());
-    // The attacker keeps its old version; it never runs the innocent's code.
+    for (name, text) in files {
+        std::fs::write(node.dir().join("workers/attacker").join(name), text).unwrap();
+    }
+    reload(&node, "reload failed for a worker").await;
+    assert!(node.logs().contains(refusal), "{}", node.logs());
     assert_eq!(attack(addr, "GET", "/", Duration::from_secs(20)).await.unwrap().text(), "attacker v1");
     bystander.assert_unharmed(&mut node).await;
+}
+
+#[tokio::test]
+async fn a_static_import_out_of_the_bundle_is_refused_on_a_running_node() {
+    // The attacker would run the innocent worker's code as its own.
+    let worker = "import victim from \"./..%2finnocent%2fworker.js\";\nexport default victim;\n";
+    assert_reload_refused(&[("worker.js", worker)], "cannot import").await;
 }
 
 #[tokio::test]
@@ -234,23 +240,11 @@ fn absurd_limits_are_refused_before_they_reach_v8() {
 
 #[tokio::test]
 async fn absurd_limits_on_reload_change_nothing() {
-    let mut node = hostile_node("export default { fetch() { return new Response('v1'); } };", "", "", &[]);
-    let addr = node.http.unwrap();
-    let bystander = Bystander::watch(addr);
-    std::fs::write(
-        node.dir().join("workers/attacker/outpost.toml"),
-        "name = \"attacker\"\n[limits]\nmemory_mb = 17592186044416\n",
-    )
-    .unwrap();
-    std::fs::write(
-        node.dir().join("workers/attacker/worker.js"),
-        "export default { fetch() { return new Response('v2'); } };",
-    )
-    .unwrap();
-    reload(&node, "reload failed").await;
-    assert!(node.logs().contains("memory_mb"), "{}", node.logs());
-    assert_eq!(attack(addr, "GET", "/", Duration::from_secs(20)).await.unwrap().text(), "v1");
-    bystander.assert_unharmed(&mut node).await;
+    let files = [
+        ("outpost.toml", "name = \"attacker\"\n[limits]\nmemory_mb = 17592186044416\n"),
+        ("worker.js", "export default { fetch() { return new Response('attacker v2'); } };"),
+    ];
+    assert_reload_refused(&files, "memory_mb = 17592186044416 is over this node's maximum").await;
 }
 
 /// Writes to the KV namespace `vault` and reads it back.
