@@ -95,6 +95,46 @@ pub fn valid_authority(authority: &str) -> bool {
     host_ok && port_ok
 }
 
+/// The request target as the worker's URL parser will read it: dot
+/// segments removed (RFC 3986, 5.2.4; `%2e` counts as a dot, as the WHATWG
+/// URL standard says) and backslashes read as slashes (as it reads them in
+/// http URLs). Routes then match the path the worker sees: `/x/../admin`
+/// is `/admin` to both, not `/x` to the router and `/admin` to the worker.
+/// `target` starts with `/`.
+pub fn normalize_target(target: &str) -> std::borrow::Cow<'_, str> {
+    let (path, query) = match target.find('?') {
+        Some(at) => target.split_at(at),
+        None => (target, ""),
+    };
+    let is_dot = |segment: &str| segment == "." || segment.eq_ignore_ascii_case("%2e");
+    let is_dot_dot = |segment: &str| {
+        let lower = segment.to_ascii_lowercase();
+        matches!(lower.as_str(), ".." | ".%2e" | "%2e." | "%2e%2e")
+    };
+    let needs_work = path.contains('\\') || path.split('/').any(|segment| is_dot(segment) || is_dot_dot(segment));
+    if !needs_work {
+        return target.into();
+    }
+    let path = path.replace('\\', "/");
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let last = segments.len().saturating_sub(1);
+    let mut out: Vec<&str> = Vec::new();
+    for (i, segment) in segments.iter().enumerate() {
+        let dot = is_dot(segment);
+        let dot_dot = is_dot_dot(segment);
+        if dot_dot {
+            out.pop();
+        } else if !dot {
+            out.push(segment);
+        }
+        // "/a/.." and "/a/." end in a directory: keep the trailing slash.
+        if i == last && (dot || dot_dot) {
+            out.push("");
+        }
+    }
+    format!("/{}{query}", out.join("/")).into()
+}
+
 /// Headers Cloudflare's edge sets about the client and the request: a
 /// client's own values for them are dropped, never passed on. (Other
 /// `cf-*` headers, such as Access's `CF-Access-Client-Id`, are the
@@ -211,6 +251,27 @@ mod tests {
         let v2 = http::Version::HTTP_2;
         assert_eq!(request_host(v2, Some("a.test"), &headers(&[("host", "b.test")]), local), Ok("a.test".into()));
         assert_eq!(request_host(v2, Some("u@a.test"), &headers(&[]), local), Err(HeadError::InvalidHost));
+    }
+
+    #[test]
+    fn dot_segments_are_removed_as_a_url_parser_would() {
+        for (target, normal) in [
+            ("/", "/"),
+            ("/a/b?x=../y", "/a/b?x=../y"),
+            ("/x/../admin", "/admin"),
+            ("/x/./y", "/x/y"),
+            ("/../../etc", "/etc"),
+            ("/a/b/..", "/a/"),
+            ("/a/.", "/a/"),
+            ("/a/b/../../c?q", "/c?q"),
+            ("/a/%2e%2e/b", "/b"),
+            ("/a/.%2E/b", "/b"),
+            ("/a/%2e/b", "/a/b"),
+            ("/x\\..\\admin", "/admin"),
+            ("/a//b/../c", "/a//c"),
+        ] {
+            assert_eq!(normalize_target(target), normal, "{target}");
+        }
     }
 
     #[test]

@@ -291,7 +291,12 @@ where
         .filter(|id| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_owned)
         .unwrap_or_else(|| shared.ids.next());
-    let path_and_query = request.uri().path_and_query().map_or("/", |pq| pq.as_str()).to_owned();
+    let path_and_query = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let path_and_query = if path_and_query.starts_with('/') {
+        head::normalize_target(path_and_query).into_owned()
+    } else {
+        path_and_query.to_owned()
+    };
     let method = request.method().clone();
     let host =
         head::request_host(request.version(), request.uri().authority().map(|a| a.as_str()), request.headers(), || {

@@ -234,3 +234,21 @@ async fn websocket_protocol_errors_close_with_their_codes() {
     assert_eq!(close_code(&mut socket).await, Some(1009));
     bystander.assert_unharmed(&mut node).await;
 }
+
+#[tokio::test]
+async fn routes_match_the_path_the_worker_sees() {
+    // /admin/ of the attacker's host belongs to the innocent worker.
+    let routes = "[[routes]]\npattern = \"attacker.test/admin/*\"\nworker = \"innocent\"\n";
+    let mut node = hostile_node(MIRROR, "", routes, &[]);
+    let addr = node.http.unwrap();
+    let bystander = Bystander::watch(addr);
+    for target in ["/x/../admin/y", "/x/%2e%2e/admin/y", "/x/./../admin/y"] {
+        let head = format!("GET {target} HTTP/1.1\r\nHost: attacker.test\r\nConnection: close\r\n\r\n");
+        let answer = raw(addr, head.as_bytes()).await;
+        assert!(answer.ends_with("innocent ok"), "{target} was not routed as the path it means: {answer}");
+    }
+    // And the worker sees the same path the router matched.
+    let answer = raw(addr, b"GET /admin/../z HTTP/1.1\r\nHost: attacker.test\r\nConnection: close\r\n\r\n").await;
+    assert!(answer.contains("\"url\":\"http://attacker.test/z\""), "{answer}");
+    bystander.assert_unharmed(&mut node).await;
+}
