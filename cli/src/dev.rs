@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use outpost_ingress::ServerConfig;
 use outpost_isolate_pool::LimitCaps;
+use outpost_runtime::Egress;
 use outpost_runtime::WorkerSource;
 
 use crate::front::{self, PoolHandler, Target};
@@ -46,7 +47,9 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.unwrap_or_else(|| worker.root.join(".outpost"));
     // A broken worker path fails before anything starts.
     WorkerSource::new(&worker.root, &worker.main)?;
-    let (pool, kv_store) = front::start_pool_and_store(&data_dir, !args.no_worker_snapshot, None, LimitCaps::CEILING)?;
+    // A developer's own machine: the worker may call services on it.
+    let (pool, kv_store) =
+        front::start_pool_and_store(&data_dir, !args.no_worker_snapshot, None, LimitCaps::CEILING, Egress::Any)?;
     let name = worker.name.clone();
     pool.deploy(front::worker_spec(worker, &kv_store)?).with_context(|| format!("cannot load worker {name}"))?;
 

@@ -12,7 +12,7 @@ use outpost_ingress::http3::H3Listener;
 use outpost_ingress::routes::Routes;
 use outpost_ingress::{Body, Handler, HandlerError, Listener, RequestContext, ServerConfig};
 use outpost_isolate_pool::{FetchError, LimitCaps, Pool, PoolConfig, Snapshotter, WorkerSpec};
-use outpost_runtime::{DispatchError, WorkerRequestParts, WorkerSource};
+use outpost_runtime::{DispatchError, Egress, WorkerRequestParts, WorkerSource};
 
 /// Which worker a request goes to.
 pub enum Target {
@@ -106,6 +106,7 @@ pub fn start_pool_and_store(
     worker_snapshots: bool,
     threads: Option<usize>,
     caps: LimitCaps,
+    egress: Egress,
 ) -> anyhow::Result<(Pool, outpost_kv::Store)> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
@@ -115,6 +116,7 @@ pub fn start_pool_and_store(
     let mut pool_config = PoolConfig::new(data_dir.join("snapshots"), snapshotter);
     pool_config.worker_snapshots = worker_snapshots;
     pool_config.caps = caps;
+    pool_config.egress = egress;
     // Measured: on 2 cores, 1 isolate thread + 1 front thread serves more
     // than 2 + 1.
     pool_config.threads = threads.unwrap_or_else(|| pool_config.threads.saturating_sub(1).max(1));

@@ -13,6 +13,7 @@ use outpost_ingress::routes::Routes;
 use outpost_ingress::tls::Certificates;
 use outpost_ingress::ServerConfig;
 use outpost_isolate_pool::{LimitCaps, Pool};
+use outpost_runtime::Egress;
 use serde::Deserialize;
 
 use crate::config;
@@ -48,6 +49,28 @@ pub struct NodeConfig {
     /// other workers (see `ownership`).
     #[serde(default)]
     pub grants: Vec<GrantConfig>,
+    #[serde(default)]
+    pub egress: EgressConfig,
+}
+
+/// The `[egress]` table: where workers' outbound `fetch` may connect.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressConfig {
+    /// Whether workers may reach loopback and private addresses (the node's
+    /// own services, its LAN); default false.
+    #[serde(default)]
+    pub private_networks: bool,
+}
+
+impl EgressConfig {
+    pub fn egress(&self) -> Egress {
+        if self.private_networks {
+            Egress::Any
+        } else {
+            Egress::PublicOnly
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -181,7 +204,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let data_dir = resolve(config.data_dir.as_deref().unwrap_or(Path::new(".outpost-node")));
     // Many workers in one process: every isolate from the bootstrap snapshot
     // (see ARCHITECTURE.md, "one snapshot blob per process").
-    let (pool, kv_store) = front::start_pool_and_store(&data_dir, false, config.threads, config.limits.worker_caps())?;
+    let (pool, kv_store) = front::start_pool_and_store(
+        &data_dir,
+        false,
+        config.threads,
+        config.limits.worker_caps(),
+        config.egress.egress(),
+    )?;
     let (names, routes) = load_workers_and_routes(&args.config, &config, &base, &data_dir, &pool, &kv_store)?;
 
     let runtime = front::front_runtime()?;

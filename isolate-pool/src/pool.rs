@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use outpost_runtime::{
-    Body, BoxError, DispatchError, DurableObjectBinding, IsolateSignals, ObjectCall, ObjectEvent, ObjectRouter,
+    Body, BoxError, DispatchError, DurableObjectBinding, Egress, IsolateSignals, ObjectCall, ObjectEvent, ObjectRouter,
     RouteFuture, SharedLogBudget, WorkerCode, WorkerOptions, WorkerRequest, WorkerRequestParts, WorkerSource,
 };
 use tokio::sync::{mpsc, oneshot};
@@ -76,6 +76,8 @@ pub struct PoolConfig {
     /// The most any worker's limits may be; a worker asking for more is
     /// refused at deploy.
     pub caps: LimitCaps,
+    /// Where workers' outbound `fetch` may connect.
+    pub egress: Egress,
 }
 
 impl PoolConfig {
@@ -90,6 +92,7 @@ impl PoolConfig {
             eviction: EvictionRules { idle_timeout: Duration::from_secs(300), memory_budget_bytes: 2 << 30 },
             warm_spares: 2,
             caps: LimitCaps::default(),
+            egress: Egress::PublicOnly,
         }
     }
 }
@@ -799,5 +802,6 @@ pub(crate) fn worker_options(
         kv_namespaces: worker.spec.kv_namespaces.clone(),
         kv_store: worker.spec.kv_store.clone(),
         log_budget: worker.log_budget.clone(),
+        egress: pool.upgrade().map_or(Egress::PublicOnly, |pool| pool.config.egress),
     }
 }

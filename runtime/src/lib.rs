@@ -19,6 +19,7 @@
 //! [`ObjectRouter`] it installs), or watch CPU time (the pool again). It
 //! does enforce the heap limit it is given, by terminating the isolate.
 
+mod egress;
 mod ext;
 #[cfg(test)]
 mod fuzz_tests;
@@ -28,6 +29,7 @@ pub mod snapshot;
 mod worker;
 
 pub use deno_core::v8;
+pub use egress::{Egress, PRIVATE_NETWORKS};
 pub use ext::http::{empty_body, full_body, Body, BoxError, DispatchError, WorkerRequest};
 pub use ext::objects::{
     id_from_name, object_namespace, split_object_namespace, DurableObjectBinding, ObjectCall, ObjectEvent,

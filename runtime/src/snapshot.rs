@@ -80,7 +80,9 @@ pub fn create_worker_snapshot(source: &WorkerSource) -> Result<Vec<u8>, Snapshot
     let mut options = runtime_options(&source.root, wasm.clone(), None);
     options.extensions = extensions_with_embedded_sources();
     let mut runtime = JsRuntimeForSnapshot::try_new(options).map_err(|err| SnapshotError::Runtime(err.to_string()))?;
-    install_op_state(&mut runtime, "snapshot", wasm.clone(), None);
+    // Nothing is fetched while snapshotting (pending I/O makes a worker
+    // unsnapshottable), and the snapshot child serves nobody.
+    install_op_state(&mut runtime, "snapshot", wasm.clone(), None, crate::egress::Egress::Any);
     let (prepare, restore) = lock_down(&mut runtime);
     drop(prepare);
 

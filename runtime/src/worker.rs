@@ -90,6 +90,8 @@ pub struct WorkerOptions {
     pub signals: Arc<IsolateSignals>,
     /// How much the worker may log, shared by all its isolates.
     pub log_budget: SharedLogBudget,
+    /// Where the worker's `fetch` may connect.
+    pub egress: crate::egress::Egress,
 }
 
 impl std::fmt::Debug for dyn ObjectRouter {
@@ -197,7 +199,13 @@ pub(crate) fn runtime_options(root: &Path, wasm: WasmSources, snapshot: Option<&
 }
 
 /// Puts what the worker's ops need into a new runtime's state.
-pub(crate) fn install_op_state(runtime: &mut JsRuntime, name: &str, wasm: WasmSources, queue: Option<RequestReceiver>) {
+pub(crate) fn install_op_state(
+    runtime: &mut JsRuntime,
+    name: &str,
+    wasm: WasmSources,
+    queue: Option<RequestReceiver>,
+    egress: crate::egress::Egress,
+) {
     let op_state = runtime.op_state();
     let mut op_state = op_state.borrow_mut();
     op_state.put(WorkerName(Arc::from(name)));
@@ -206,9 +214,7 @@ pub(crate) fn install_op_state(runtime: &mut JsRuntime, name: &str, wasm: WasmSo
     }
     op_state.put(wasm);
     op_state.put(AbortReason::default());
-    op_state.put(deno_permissions::PermissionsContainer::allow_all(Arc::new(
-        deno_permissions::RuntimePermissionDescriptorParser::new(sys_traits::impls::RealSys),
-    )));
+    op_state.put(crate::egress::permissions(egress));
 }
 
 /// Applies Cloudflare's rules (no code from strings, no wasm from raw bytes)
@@ -256,7 +262,7 @@ impl WorkerIsolate {
                 Some(v8::CreateParams::default().heap_limits(0, limit).array_buffer_allocator(allocator));
         }
         let mut runtime = JsRuntime::try_new(runtime_options).map_err(|err| LoadError::Runtime(err.to_string()))?;
-        install_op_state(&mut runtime, &options.name, wasm, Some(queue));
+        install_op_state(&mut runtime, &options.name, wasm, Some(queue), options.egress);
         if let Some(store) = &options.kv_store {
             runtime.op_state().borrow_mut().put(crate::ext::kv::KvBindings {
                 store: store.clone(),

@@ -193,7 +193,13 @@ async fn a_limit_kill_with_work_pending_answers_and_the_worker_recovers() {
         "#
     );
     let mut node =
-        hostile_node(&worker, "[[durable_objects.bindings]]\nname = \"FILL\"\nclass_name = \"Filler\"\n", "", &[]);
+        // The silent server is on loopback, which a node refuses by default.
+        hostile_node(
+            &worker,
+            "[[durable_objects.bindings]]\nname = \"FILL\"\nclass_name = \"Filler\"\n",
+            "[egress]\nprivate_networks = true\n",
+            &[],
+        );
     let addr = node.http.unwrap();
     let bystander = Bystander::watch(addr);
     for path in ["/timer", "/fetch", "/timers"] {
@@ -518,4 +524,44 @@ async fn a_refused_worker_does_not_hold_back_the_others_reload() {
     assert_eq!(innocent.text(), "innocent v2");
     assert_eq!(attack(addr, "GET", "/", Duration::from_secs(20)).await.unwrap().text(), "attacker v1");
     assert!(node.is_running());
+}
+
+#[tokio::test]
+async fn fetch_cannot_reach_the_nodes_own_network() {
+    // A service on the node's loopback that tenants must not reach.
+    let private = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let private_addr = private.local_addr().unwrap();
+    let served = tokio::spawn(async move {
+        while let Ok((mut socket, _)) = private.accept().await {
+            use tokio::io::AsyncWriteExt as _;
+            let _ = socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsecret").await;
+        }
+    });
+    let worker = r#"export default { async fetch(request) {
+      const target = new URL(request.url).searchParams.get("to");
+      try {
+        const answer = await fetch(target);
+        return new Response(`reached: ${await answer.text()}`);
+      } catch (error) {
+        return new Response(`${error.name}: ${error.message}`, { status: 502 });
+      }
+    } };"#;
+    let mut node = hostile_node(worker, "", "", &[]);
+    let addr = node.http.unwrap();
+    let bystander = Bystander::watch(addr);
+    let port = private_addr.port();
+    for target in [
+        format!("http://127.0.0.1:{port}/"),
+        format!("http://localhost:{port}/"),
+        format!("http://[::ffff:127.0.0.1]:{port}/"),
+        format!("http://2130706433:{port}/"),
+        format!("http://{addr}/"),
+    ] {
+        let path = format!("/?to={}", target.replace(':', "%3A").replace('/', "%2F"));
+        let reply = attack(addr, "GET", &path, Duration::from_secs(20)).await.expect("answered");
+        assert_eq!(reply.status, 502, "{target}: {}", reply.text());
+        assert!(!reply.text().contains("secret"), "{target}: {}", reply.text());
+    }
+    bystander.assert_unharmed(&mut node).await;
+    served.abort();
 }
