@@ -252,11 +252,13 @@ async fn per_request_isolation_from_a_snapshot_keeps_no_state_and_shared_does() 
 async fn top_level_pending_work_falls_back_to_evaluating_in_each_isolate() {
     let (_dir, dev) = dev_worker(
         "name = \"timer\"\n",
-        "let ready = false;\nsetTimeout(() => { ready = true; }, 1);\nexport default { fetch() { return new Response(String(ready)); } };\n",
+        // Long enough to be still pending when the snapshot is taken (a
+        // 1 ms timer could fire while the snapshot child checks the module).
+        "let ready = false;\nsetTimeout(() => { ready = true; }, 200);\nexport default { fetch() { return new Response(String(ready)); } };\n",
     );
     let logs = dev.wait_for_log("no worker snapshot");
     assert!(logs.contains("top-level code left work pending"), "{logs}");
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(support::get(dev.addr, "/").await.text(), "true");
 }
 
