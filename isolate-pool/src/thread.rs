@@ -281,6 +281,9 @@ impl<F: Future> Future for Metered<'_, F> {
             Poll::Ready(output) => Poll::Ready(Ok(output)),
             // Idle for long by both the pool's clock (no request taken or
             // finished) and the meter's own (no socket open either).
+            // (A retired isolate is on its way out already: it ends once
+            // its requests and waitUntil() work do, and no timer keeps it.)
+            Poll::Pending if meter.signals.is_going_away() => Poll::Pending,
             Poll::Pending => match idle_since {
                 Some(since)
                     if work_after_response_expired(

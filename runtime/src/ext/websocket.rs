@@ -66,7 +66,8 @@ impl IsolateSignals {
         self.going_away_changed.notify_waiters();
     }
 
-    fn is_going_away(&self) -> bool {
+    /// Whether the isolate was retired or the node is shutting down.
+    pub fn is_going_away(&self) -> bool {
         self.going_away.load(Ordering::SeqCst)
     }
 
