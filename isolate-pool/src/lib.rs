@@ -17,6 +17,7 @@
 //! budget) are plain functions in [`policy`], testable without V8.
 
 pub mod alarms;
+mod inflight;
 mod limits;
 pub mod policy;
 mod pool;

@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use outpost_runtime::{DispatchError, IsolateSignals, RequestQueue, ServeError, WorkerIsolate, WorkerRequest};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::inflight::LastUsed;
 use crate::policy::{over_cpu_limit, work_after_response_expired, CpuAccount, IsolateId};
-use crate::pool::{worker_options, DeployedWorker, Inner, LastUsed};
+use crate::pool::{worker_options, DeployedWorker, Inner};
 use crate::watchdog::{thread_cpu_time, Running, Slot};
 
 pub(crate) struct StartIsolate {
