@@ -77,7 +77,7 @@ pub fn create_worker_snapshot(source: &WorkerSource) -> Result<Vec<u8>, Snapshot
     let wasm = WasmSources::default();
     // From scratch rather than layered on the bootstrap snapshot: V8
     // snapshots of snapshots lose the external strings of the sources.
-    let mut options = runtime_options(&source.root, wasm.clone(), None);
+    let mut options = runtime_options(&source.root, wasm.clone(), None, crate::egress::Egress::Any);
     options.extensions = extensions_with_embedded_sources();
     let mut runtime = JsRuntimeForSnapshot::try_new(options).map_err(|err| SnapshotError::Runtime(err.to_string()))?;
     // Nothing is fetched while snapshotting (pending I/O makes a worker

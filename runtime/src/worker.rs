@@ -189,10 +189,21 @@ const TAKE_ENTRY_POINT: &str = r#"(() => {
 })()"#;
 
 /// `snapshot: None` builds the runtime from scratch (to snapshot it).
-pub(crate) fn runtime_options(root: &Path, wasm: WasmSources, snapshot: Option<&'static [u8]>) -> RuntimeOptions {
+pub(crate) fn runtime_options(
+    root: &Path,
+    wasm: WasmSources,
+    snapshot: Option<&'static [u8]>,
+    egress: crate::egress::Egress,
+) -> RuntimeOptions {
+    let (fetch_resolver, fetch_request_hook) = crate::egress::fetch_checks(egress);
     RuntimeOptions {
         startup_snapshot: snapshot,
-        extensions: extensions(ExtensionOptions { crypto_seed: None, user_agent: "Outpost-Workers".into() }),
+        extensions: extensions(ExtensionOptions {
+            crypto_seed: None,
+            user_agent: "Outpost-Workers".into(),
+            fetch_resolver,
+            fetch_request_hook,
+        }),
         module_loader: Some(Rc::new(BundleLoader::new(root.to_path_buf(), wasm))),
         ..Default::default()
     }
@@ -251,7 +262,7 @@ impl WorkerIsolate {
             WorkerCode::Evaluate => BOOTSTRAP_SNAPSHOT,
             WorkerCode::Snapshot(snapshot) => snapshot,
         };
-        let mut runtime_options = runtime_options(&source.root, wasm.clone(), Some(snapshot));
+        let mut runtime_options = runtime_options(&source.root, wasm.clone(), Some(snapshot), options.egress);
         let mut buffer_budget = None;
         if let Some(limit) = options.heap_limit_bytes {
             // ArrayBuffer contents live outside the heap: they get a budget

@@ -25,6 +25,11 @@ pub struct ExtensionOptions {
     pub crypto_seed: Option<u64>,
     /// `navigator.userAgent` and the user agent of outbound `fetch`.
     pub user_agent: String,
+    /// How outbound `fetch` resolves names (the default: the system's).
+    pub fetch_resolver: Option<deno_fetch::dns::Resolver>,
+    /// Checks every outbound request before it is sent.
+    #[allow(clippy::type_complexity)]
+    pub fetch_request_hook: Option<fn(&mut ::http::Request<deno_fetch::ReqBody>) -> Result<(), deno_error::JsErrorBox>>,
 }
 
 deno_core::extension!(
@@ -71,7 +76,11 @@ deno_core::extension!(
 
 /// The extensions of every Outpost isolate, in their fixed order.
 pub fn extensions(options: ExtensionOptions) -> Vec<Extension> {
-    let fetch_options = deno_fetch::Options { user_agent: options.user_agent, ..Default::default() };
+    let mut fetch_options = deno_fetch::Options { user_agent: options.user_agent, ..Default::default() };
+    if let Some(resolver) = options.fetch_resolver {
+        fetch_options.resolver = resolver;
+    }
+    fetch_options.request_builder_hook = options.fetch_request_hook;
     vec![
         deno_webidl::deno_webidl::init(),
         deno_web::deno_web::init(

@@ -562,6 +562,13 @@ async fn fetch_cannot_reach_the_nodes_own_network() {
         assert_eq!(reply.status, 502, "{target}: {}", reply.text());
         assert!(!reply.text().contains("secret"), "{target}: {}", reply.text());
     }
+    // IPv6 unique-local and link-local addresses are refused before any
+    // connection is tried.
+    for target in ["http://[fd00::1]:8080/", "http://[fe80::1]/"] {
+        let path = format!("/?to={}", target.replace(':', "%3A").replace('/', "%2F"));
+        let reply = attack(addr, "GET", &path, Duration::from_secs(20)).await.expect("answered");
+        assert!(reply.text().contains("may not connect to the private address"), "{target}: {}", reply.text());
+    }
     bystander.assert_unharmed(&mut node).await;
     served.abort();
 }
