@@ -211,7 +211,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         config.limits.worker_caps(),
         config.egress.egress(),
     )?;
-    let (names, routes) = load_workers_and_routes(&args.config, &config, &base, &data_dir, &pool, &kv_store)?;
+    // At start, every worker of the file must load.
+    let Loaded { deployed, refused, routes } = load_workers(&args.config, &config, &base, &data_dir, &pool, &kv_store)?;
+    if !refused.is_empty() {
+        let reasons: Vec<String> = refused.iter().map(|err| format!("{err:#}")).collect();
+        bail!("{}", reasons.join("\n"));
+    }
+    let routes = routes.expect("every worker the routes name runs when none was refused");
 
     let runtime = front::front_runtime()?;
     runtime.block_on(async move {
@@ -240,7 +246,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .context("cannot listen for SIGHUP")?;
         tokio::spawn(reload_on_sighup(reload, hangups, handler.clone()));
-        println!("outpost serve: {} workers, {} routes", names.len(), config.routes.len());
+        println!("outpost serve: {} workers, {} routes", deployed.len(), config.routes.len());
         std::io::stdout().flush()?;
         front::spawn_store_tasks(&pool, &kv_store);
         // WebSockets close (1001) while the front drains.
@@ -259,59 +265,6 @@ fn resolve_in(base: &Path, path: &Path) -> PathBuf {
     } else {
         base.join(path)
     }
-}
-
-/// Resolves every worker of the file, checks the routes name them, then
-/// (re)deploys the workers; returns their names and the routing table.
-fn load_workers_and_routes(
-    path: &Path,
-    config: &NodeConfig,
-    base: &Path,
-    data_dir: &Path,
-    pool: &Pool,
-    kv_store: &outpost_kv::Store,
-) -> anyhow::Result<(Vec<String>, Routes<String>)> {
-    let resolve = |p: &Path| resolve_in(base, p);
-    let mut workers = Vec::new();
-    for entry in &config.workers {
-        let worker = config::resolve(&resolve(&entry.path))?;
-        if workers.iter().any(|w: &config::ResolvedWorker| w.name == worker.name) {
-            bail!("{}: two workers are named {:?}", path.display(), worker.name);
-        }
-        workers.push(worker);
-    }
-    let names: Vec<String> = workers.iter().map(|w| w.name.clone()).collect();
-    for route in &config.routes {
-        if !names.contains(&route.worker) {
-            bail!(
-                "{}: route {:?} names worker {:?}, which is not in [[workers]]",
-                path.display(),
-                route.pattern,
-                route.worker
-            );
-        }
-    }
-    let routes = Routes::new(config.routes.iter().map(|r| (r.pattern.clone(), r.worker.clone())))
-        .with_context(|| format!("invalid routes in {}", path.display()))?;
-    // Every worker of the file is checked before any is deployed: limits
-    // against the node's caps, and stored data (reached only by its owner
-    // or by grant).
-    let owners_path = ownership::owners_path(data_dir);
-    let mut owners = ownership::read_owners(&owners_path)?;
-    let before = owners.clone();
-    for worker in &workers {
-        pool.check_limits(&worker.limits).with_context(|| format!("cannot load worker {}", worker.name))?;
-        owners.admit(worker, &config.grants).with_context(|| format!("{}", path.display()))?;
-    }
-    for worker in workers {
-        let name = worker.name.clone();
-        pool.deploy(front::worker_spec(worker, kv_store)?).with_context(|| format!("cannot load worker {name}"))?;
-    }
-    // New claims are recorded once the workers that made them run.
-    if owners != before {
-        ownership::write_owners(&owners_path, &owners)?;
-    }
-    Ok((names, routes))
 }
 
 /// What a reload needs: the file, where its paths start, and the node.
@@ -339,7 +292,7 @@ async fn reload_on_sighup(reload: Reload, mut hangups: tokio::signal::unix::Sign
         // Deploying loads workers (and may make snapshots): off the async threads.
         let reloaded = tokio::task::spawn_blocking(move || reload_workers_and_routes(&reload)).await;
         match reloaded {
-            Ok(Ok(Reloaded { deployed, refused, routes })) => {
+            Ok(Ok(Loaded { deployed, refused, routes })) => {
                 for refusal in &refused {
                     tracing::error!("reload failed for a worker, which keeps its running version: {refusal:#}");
                 }
@@ -360,20 +313,36 @@ async fn reload_on_sighup(reload: Reload, mut hangups: tokio::signal::unix::Sign
     }
 }
 
-/// What a reload did.
-struct Reloaded {
+/// What loading a node file's workers did.
+struct Loaded {
     /// Workers now running the file's version.
     deployed: Vec<String>,
-    /// Why the others were not reloaded.
+    /// Why the others were not (re)loaded.
     refused: Vec<anyhow::Error>,
     /// The file's routes, if every worker they name runs.
     routes: Option<Routes<String>>,
 }
 
-fn reload_workers_and_routes(reload: &Reload) -> anyhow::Result<Reloaded> {
+fn reload_workers_and_routes(reload: &Reload) -> anyhow::Result<Loaded> {
     let Reload { path, base, data_dir, pool, kv_store } = reload;
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let config = NodeConfig::parse(&text, path)?;
+    load_workers(path, &config, base, data_dir, pool, kv_store)
+}
+
+/// (Re)deploys the workers of a node file, each on its own: one that does
+/// not load, asks for more than the node's caps or names data that is not
+/// its own is refused (and keeps its running version, if it has one). Its
+/// KV claims are recorded only if it runs. Errs only when the routes do not
+/// parse, or the ownership record cannot be read or written.
+fn load_workers(
+    path: &Path,
+    config: &NodeConfig,
+    base: &Path,
+    data_dir: &Path,
+    pool: &Pool,
+    kv_store: &outpost_kv::Store,
+) -> anyhow::Result<Loaded> {
     let routes = Routes::new(config.routes.iter().map(|r| (r.pattern.clone(), r.worker.clone())))
         .with_context(|| format!("invalid routes in {}", path.display()))?;
     let owners_path = ownership::owners_path(data_dir);
@@ -417,7 +386,7 @@ fn reload_workers_and_routes(reload: &Reload) -> anyhow::Result<Reloaded> {
         ));
         None
     };
-    Ok(Reloaded { deployed, refused, routes })
+    Ok(Loaded { deployed, refused, routes })
 }
 
 #[cfg(test)]

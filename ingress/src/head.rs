@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{HeaderMap, HeaderValue, HOST};
+use http::header::{HeaderMap, HeaderName, HeaderValue, HOST};
 
 /// Why a request is refused before it reaches a worker.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -139,26 +139,26 @@ pub fn normalize_target(target: &str) -> std::borrow::Cow<'_, str> {
 /// client's own values for them are dropped, never passed on. (Other
 /// `cf-*` headers, such as Access's `CF-Access-Client-Id`, are the
 /// client's to send.)
-const EDGE_HEADERS: &[&str] = &[
-    "cf-connecting-ip",
-    "cf-connecting-ipv6",
-    "cf-ew-via",
-    "cf-ipcity",
-    "cf-ipcontinent",
-    "cf-ipcountry",
-    "cf-iplatitude",
-    "cf-iplongitude",
-    "cf-metro-code",
-    "cf-postal-code",
-    "cf-pseudo-ipv4",
-    "cf-ray",
-    "cf-region",
-    "cf-region-code",
-    "cf-timezone",
-    "cf-visitor",
-    "cf-worker",
-    "true-client-ip",
-    "x-real-ip",
+const EDGE_HEADERS: [HeaderName; 19] = [
+    HeaderName::from_static("cf-connecting-ip"),
+    HeaderName::from_static("cf-connecting-ipv6"),
+    HeaderName::from_static("cf-ew-via"),
+    HeaderName::from_static("cf-ipcity"),
+    HeaderName::from_static("cf-ipcontinent"),
+    HeaderName::from_static("cf-ipcountry"),
+    HeaderName::from_static("cf-iplatitude"),
+    HeaderName::from_static("cf-iplongitude"),
+    HeaderName::from_static("cf-metro-code"),
+    HeaderName::from_static("cf-postal-code"),
+    HeaderName::from_static("cf-pseudo-ipv4"),
+    HeaderName::from_static("cf-ray"),
+    HeaderName::from_static("cf-region"),
+    HeaderName::from_static("cf-region-code"),
+    HeaderName::from_static("cf-timezone"),
+    HeaderName::from_static("cf-visitor"),
+    HeaderName::from_static("cf-worker"),
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("x-real-ip"),
 ];
 
 /// What the front tells a worker about the client and the request, in the
@@ -168,31 +168,42 @@ const EDGE_HEADERS: &[&str] = &[
 /// its last entry is the one to trust), `X-Request-Id` and `CF-Ray` are the
 /// node's id for the request.
 pub fn set_client_headers(headers: &mut HeaderMap, host: &str, client: IpAddr, scheme: &'static str, request_id: &str) {
-    for name in EDGE_HEADERS {
-        headers.remove(*name);
+    for name in &EDGE_HEADERS {
+        headers.remove(name);
     }
     if let Ok(value) = HeaderValue::from_str(host) {
         headers.insert(HOST, value);
     }
     let ip = client.to_string();
-    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(earlier) if !earlier.trim().is_empty() => format!("{earlier}, {ip}"),
-        _ => ip.clone(),
-    };
-    headers.remove("x-forwarded-for");
+    let earlier: Vec<&str> = headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .map(str::trim)
+        .filter(|value| !value.is_empty())
+        .collect();
+    let forwarded_for = if earlier.is_empty() { ip.clone() } else { format!("{}, {ip}", earlier.join(", ")) };
+    // `insert` replaces every value the client sent.
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert("x-forwarded-for", value);
+        headers.insert(X_FORWARDED_FOR, value);
     }
     if let Ok(value) = HeaderValue::from_str(&ip) {
-        headers.insert("cf-connecting-ip", value.clone());
-        headers.insert("x-real-ip", value);
+        headers.insert(CF_CONNECTING_IP, value.clone());
+        headers.insert(X_REAL_IP, value);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
     if let Ok(value) = HeaderValue::from_str(request_id) {
-        headers.insert("cf-ray", value.clone());
-        headers.insert("x-request-id", value);
+        headers.insert(CF_RAY, value.clone());
+        headers.insert(X_REQUEST_ID, value);
     }
 }
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const CF_CONNECTING_IP: HeaderName = HeaderName::from_static("cf-connecting-ip");
+const CF_RAY: HeaderName = HeaderName::from_static("cf-ray");
 
 #[cfg(test)]
 mod tests {

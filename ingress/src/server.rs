@@ -302,9 +302,9 @@ where
         head::request_host(request.version(), request.uri().authority().map(|a| a.as_str()), request.headers(), || {
             connection.local.to_string()
         });
-    let mut log = AccessLog {
+    let log = AccessLog {
         method: method.to_string(),
-        host: host.clone().unwrap_or_default(),
+        host: host.as_ref().map_or_else(|_| String::new(), String::clone),
         path: path_and_query.clone(),
         protocol,
         request_id: request_id.clone(),
@@ -322,7 +322,6 @@ where
             .insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"));
         return finish(response, log, connection);
     }
-    log.host.clone_from(&host);
     // `OPTIONS *` and the like: a URL needs a path, and "http://host*" is
     // not one a worker can be given.
     if !path_and_query.starts_with('/') {

@@ -280,23 +280,21 @@ impl<F: Future> Future for Metered<'_, F> {
         }
         match result {
             Poll::Ready(output) => Poll::Ready(Ok(output)),
-            // Idle for long by both the pool's clock (no request taken or
-            // finished) and the meter's own (no socket open either).
-            // (A retired isolate is on its way out already: it ends once
-            // its requests and waitUntil() work do, and no timer keeps it.)
+            // A retired isolate is on its way out already: it ends once its
+            // requests and waitUntil() work do, and no timer keeps it.
             Poll::Pending if meter.signals.is_going_away() => Poll::Pending,
-            Poll::Pending => match idle_since {
-                Some(since)
-                    if work_after_response_expired(
-                        meter.in_flight.load(Ordering::Relaxed),
-                        open_sockets,
-                        now.saturating_sub(since),
-                    ) && work_after_response_expired(in_flight, open_sockets, meter.last_used.elapsed()) =>
-                {
-                    Poll::Ready(Err(Stop::AfterResponse))
+            Poll::Pending => {
+                // Idle for long by both the meter's clock (no socket open
+                // either) and the pool's (no request taken or finished).
+                let idle_for = idle_since.map(|since| now.saturating_sub(since).min(meter.last_used.elapsed()));
+                let in_flight = meter.in_flight.load(Ordering::Relaxed);
+                match idle_for {
+                    Some(idle_for) if work_after_response_expired(in_flight, open_sockets, idle_for) => {
+                        Poll::Ready(Err(Stop::AfterResponse))
+                    }
+                    _ => Poll::Pending,
                 }
-                _ => Poll::Pending,
-            },
+            }
         }
     }
 }

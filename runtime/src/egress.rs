@@ -5,7 +5,7 @@
 //! connector against the deny list here.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use deno_permissions::{Permissions, PermissionsContainer, PermissionsOptions, RuntimePermissionDescriptorParser};
 
@@ -40,19 +40,24 @@ pub const PRIVATE_NETWORKS: &[&str] = &[
 /// The permissions an isolate's ops are checked against: everything a
 /// worker can ask for is allowed (workers have no filesystem, processes or
 /// environment to begin with), but for the network, as `egress` says.
+/// Parsed once per process; each isolate gets a container of its own.
 pub(crate) fn permissions(egress: Egress) -> PermissionsContainer {
-    let parser = Arc::new(RuntimePermissionDescriptorParser::new(sys_traits::impls::RealSys));
+    static PARSER: OnceLock<Arc<RuntimePermissionDescriptorParser<sys_traits::impls::RealSys>>> = OnceLock::new();
+    static PUBLIC_ONLY: OnceLock<Permissions> = OnceLock::new();
+    let parser = PARSER.get_or_init(|| Arc::new(RuntimePermissionDescriptorParser::new(sys_traits::impls::RealSys)));
     match egress {
-        Egress::Any => PermissionsContainer::allow_all(parser),
+        Egress::Any => PermissionsContainer::allow_all(parser.clone()),
         Egress::PublicOnly => {
-            let options = PermissionsOptions {
-                // Empty: every host, but for those denied.
-                allow_net: Some(Vec::new()),
-                deny_net: Some(PRIVATE_NETWORKS.iter().map(|net| net.to_string()).collect()),
-                ..Default::default()
-            };
-            let permissions = Permissions::from_options(parser.as_ref(), &options).expect("the private networks parse");
-            PermissionsContainer::new(parser, permissions)
+            let permissions = PUBLIC_ONLY.get_or_init(|| {
+                let options = PermissionsOptions {
+                    // Empty: every host, but for those denied.
+                    allow_net: Some(Vec::new()),
+                    deny_net: Some(PRIVATE_NETWORKS.iter().map(|net| net.to_string()).collect()),
+                    ..Default::default()
+                };
+                Permissions::from_options(parser.as_ref(), &options).expect("the private networks parse")
+            });
+            PermissionsContainer::new(parser.clone(), permissions.clone())
         }
     }
 }
@@ -80,12 +85,16 @@ pub(crate) fn fetch_checks(
 ) {
     match egress {
         Egress::Any => (None, None),
-        Egress::PublicOnly => (
-            Some(deno_fetch::dns::Resolver::custom(Arc::new(PublicResolver(
-                hyper_util::client::legacy::connect::dns::GaiResolver::new(),
-            )))),
-            Some(refuse_private_literal),
-        ),
+        Egress::PublicOnly => {
+            // One resolver for the process; each isolate's client clones it.
+            static RESOLVER: OnceLock<deno_fetch::dns::Resolver> = OnceLock::new();
+            let resolver = RESOLVER.get_or_init(|| {
+                deno_fetch::dns::Resolver::custom(Arc::new(PublicResolver(
+                    hyper_util::client::legacy::connect::dns::GaiResolver::new(),
+                )))
+            });
+            (Some(resolver.clone()), Some(refuse_private_literal))
+        }
     }
 }
 
