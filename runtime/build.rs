@@ -2,7 +2,7 @@
 //! `js/bootstrap.js` ran, with every web API loaded. Every isolate of every
 //! worker starts from it.
 
-#[allow(dead_code)] // the library uses more of it than the snapshot build
+#[allow(dead_code, unused_imports)] // the library uses more of it than the snapshot build
 #[path = "src/ext/mod.rs"]
 mod ext;
 

@@ -100,9 +100,7 @@ fn single_worker_pool(
         vars: Default::default(),
         isolation,
         limits: Limits::default(),
-        kv_namespaces: Vec::new(),
-        kv_store: None,
-        durable_objects: Vec::new(),
+        bindings: Vec::new(),
     })
     .expect("the worker deploys");
     (pool, name)
@@ -110,7 +108,7 @@ fn single_worker_pool(
 
 async fn request(pool: &Pool, worker: &str) -> Bytes {
     let request = http::Request::get("/").body(outpost_runtime::empty_body()).unwrap();
-    let parts = outpost_runtime::WorkerRequestParts {
+    let parts = outpost_runtime::HttpRequest {
         request,
         url: "http://bench.test/".into(),
         request_id: "bench".into(),

@@ -51,7 +51,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     let (pool, kv_store) =
         front::start_pool_and_store(&data_dir, !args.no_worker_snapshot, None, LimitCaps::CEILING, Egress::Any)?;
     let name = worker.name.clone();
-    pool.deploy(front::worker_spec(worker, &kv_store)?).with_context(|| format!("cannot load worker {name}"))?;
+    pool.deploy(front::worker_spec(worker)?).with_context(|| format!("cannot load worker {name}"))?;
 
     let runtime = front::front_runtime()?;
     let tls = if args.https {

@@ -12,7 +12,7 @@ use outpost_ingress::http3::H3Listener;
 use outpost_ingress::routes::Routes;
 use outpost_ingress::{Body, Handler, HandlerError, Listener, RequestContext, ServerConfig};
 use outpost_isolate_pool::{FetchError, LimitCaps, Pool, PoolConfig, Snapshotter, WorkerSpec};
-use outpost_runtime::{DispatchError, Egress, WorkerRequestParts, WorkerSource};
+use outpost_runtime::{Binding, DispatchError, Egress, HttpRequest, WorkerSource};
 
 /// Which worker a request goes to.
 pub enum Target {
@@ -63,23 +63,23 @@ impl Handler for PoolHandler {
         Box::pin(async move {
             let worker = worker?;
             let cf = Some(context.cf_json());
-            let parts = WorkerRequestParts { request, url: context.url, request_id: context.request_id, cf };
-            pool.fetch(&worker, parts).await.map_err(handler_error)
+            let request = HttpRequest { request, url: context.url, request_id: context.request_id, cf };
+            pool.fetch(&worker, request).await.map_err(handler_error)
         })
     }
 }
 
 /// The pool's view of a worker from its configuration.
-pub fn worker_spec(worker: crate::config::ResolvedWorker, kv_store: &outpost_kv::Store) -> anyhow::Result<WorkerSpec> {
+pub fn worker_spec(worker: crate::config::ResolvedWorker) -> anyhow::Result<WorkerSpec> {
+    let kv = worker.kv_namespaces.into_iter().map(|b| Arc::new(b) as Arc<dyn Binding>);
+    let objects = worker.durable_objects.into_iter().map(|b| Arc::new(b) as Arc<dyn Binding>);
     Ok(WorkerSpec {
         source: WorkerSource::new(&worker.root, &worker.main)?,
         name: worker.name,
         vars: worker.vars,
         isolation: worker.isolation,
         limits: worker.limits,
-        kv_namespaces: worker.kv_namespaces,
-        kv_store: Some(kv_store.clone()),
-        durable_objects: worker.durable_objects,
+        bindings: kv.chain(objects).collect(),
     })
 }
 
@@ -88,6 +88,7 @@ pub fn handler_error(err: FetchError) -> HandlerError {
     match err {
         FetchError::NoSuchWorker(_) => HandlerError::NotFound(err.to_string()),
         FetchError::Dispatch(DispatchError::WorkerThrew) => HandlerError::WorkerFailed,
+        FetchError::Dispatch(DispatchError::NoHandler(message)) => HandlerError::NoHandler(message),
         FetchError::Dispatch(
             limit @ (DispatchError::CpuLimitExceeded { .. }
             | DispatchError::WallLimitExceeded { .. }
@@ -113,17 +114,18 @@ pub fn start_pool_and_store(
     outpost_runtime::init_v8();
     let snapshotter =
         Snapshotter::current_exe(crate::SNAPSHOT_SUBCOMMAND).context("cannot find the outpost executable")?;
+    let kv_path = data_dir.join("kv.redb");
+    let store = outpost_kv::Store::open(&kv_path, outpost_kv::StoreConfig::default())
+        .with_context(|| format!("cannot open the store {}", kv_path.display()))?;
     let mut pool_config = PoolConfig::new(data_dir.join("snapshots"), snapshotter);
     pool_config.worker_snapshots = worker_snapshots;
     pool_config.caps = caps;
     pool_config.egress = egress;
+    pool_config.services.insert(store.clone());
     // Measured: on 2 cores, 1 isolate thread + 1 front thread serves more
     // than 2 + 1.
     pool_config.threads = threads.unwrap_or_else(|| pool_config.threads.saturating_sub(1).max(1));
     let pool = Pool::start(pool_config);
-    let kv_path = data_dir.join("kv.redb");
-    let store = outpost_kv::Store::open(&kv_path, outpost_kv::StoreConfig::default())
-        .with_context(|| format!("cannot open the store {}", kv_path.display()))?;
     Ok((pool, store))
 }
 

@@ -212,7 +212,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         config.egress.egress(),
     )?;
     // At start, every worker of the file must load.
-    let Loaded { deployed, refused, routes } = load_workers(&args.config, &config, &base, &data_dir, &pool, &kv_store)?;
+    let Loaded { deployed, refused, routes } = load_workers(&args.config, &config, &base, &data_dir, &pool)?;
     if !refused.is_empty() {
         let reasons: Vec<String> = refused.iter().map(|err| format!("{err:#}")).collect();
         bail!("{}", reasons.join("\n"));
@@ -239,8 +239,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
         let handler =
             Arc::new(PoolHandler { pool: pool.clone(), target: Target::Routes(RwLock::new(Arc::new(routes))) });
-        let reload =
-            Reload { path: args.config.clone(), base, data_dir, pool: pool.clone(), kv_store: kv_store.clone() };
+        let reload = Reload { path: args.config.clone(), base, data_dir, pool: pool.clone() };
         // Listening for SIGHUP before saying the node is up: a hangup that
         // arrived before would otherwise end the process.
         let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -273,7 +272,6 @@ struct Reload {
     base: PathBuf,
     data_dir: PathBuf,
     pool: Pool,
-    kv_store: outpost_kv::Store,
 }
 
 /// SIGHUP: read the file again, (re)deploy its workers (a new version of a
@@ -324,10 +322,10 @@ struct Loaded {
 }
 
 fn reload_workers_and_routes(reload: &Reload) -> anyhow::Result<Loaded> {
-    let Reload { path, base, data_dir, pool, kv_store } = reload;
+    let Reload { path, base, data_dir, pool } = reload;
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let config = NodeConfig::parse(&text, path)?;
-    load_workers(path, &config, base, data_dir, pool, kv_store)
+    load_workers(path, &config, base, data_dir, pool)
 }
 
 /// (Re)deploys the workers of a node file, each on its own: one that does
@@ -335,14 +333,7 @@ fn reload_workers_and_routes(reload: &Reload) -> anyhow::Result<Loaded> {
 /// its own is refused (and keeps its running version, if it has one). Its
 /// KV claims are recorded only if it runs. Errs only when the routes do not
 /// parse, or the ownership record cannot be read or written.
-fn load_workers(
-    path: &Path,
-    config: &NodeConfig,
-    base: &Path,
-    data_dir: &Path,
-    pool: &Pool,
-    kv_store: &outpost_kv::Store,
-) -> anyhow::Result<Loaded> {
+fn load_workers(path: &Path, config: &NodeConfig, base: &Path, data_dir: &Path, pool: &Pool) -> anyhow::Result<Loaded> {
     let routes = Routes::new(config.routes.iter().map(|r| (r.pattern.clone(), r.worker.clone())))
         .with_context(|| format!("invalid routes in {}", path.display()))?;
     let owners_path = ownership::owners_path(data_dir);
@@ -362,7 +353,7 @@ fn load_workers(
             let mut trial = owners.clone();
             trial.admit(&worker, &config.grants).with_context(|| format!("{}", path.display()))?;
             let name = worker.name.clone();
-            pool.deploy(front::worker_spec(worker, kv_store)?).with_context(|| format!("cannot load worker {name}"))?;
+            pool.deploy(front::worker_spec(worker)?).with_context(|| format!("cannot load worker {name}"))?;
             owners = trial;
             Ok(name)
         })();

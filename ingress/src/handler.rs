@@ -4,14 +4,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 
-use bytes::Bytes;
-use http_body_util::combinators::UnsyncBoxBody;
-
-/// Errors carried inside bodies.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// A streaming body, for requests and responses alike.
-pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+pub use outpost_seam::{Body, BoxError};
 
 /// The HTTP version a request came in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +76,10 @@ pub enum HandlerError {
     /// The code answering the request failed (a worker threw). 500.
     #[error("the worker threw an exception")]
     WorkerFailed,
+    /// The worker cannot take this kind of request: it has no handler for
+    /// it (the message names the one missing). 500.
+    #[error("{0}")]
+    NoHandler(String),
     /// Nothing is able to answer right now. 503.
     #[error("the worker is unavailable")]
     Unavailable,
@@ -97,7 +94,7 @@ pub enum HandlerError {
 impl HandlerError {
     pub fn status(&self) -> http::StatusCode {
         match self {
-            Self::WorkerFailed => http::StatusCode::INTERNAL_SERVER_ERROR,
+            Self::WorkerFailed | Self::NoHandler(_) => http::StatusCode::INTERNAL_SERVER_ERROR,
             Self::Unavailable | Self::LimitExceeded(_) => http::StatusCode::SERVICE_UNAVAILABLE,
             Self::NotFound(_) => http::StatusCode::NOT_FOUND,
         }

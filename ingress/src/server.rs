@@ -76,9 +76,9 @@ pub enum ServeError {
 const REQUEST_ID: &str = "x-request-id";
 
 /// A handler that answers `101 Switching Protocols` puts one end of an
-/// in-memory pipe in the response's extensions, in this slot; the front
-/// joins it to the upgraded connection and moves bytes both ways.
-pub type UpgradePipe = Arc<std::sync::Mutex<Option<tokio::io::DuplexStream>>>;
+/// in-memory pipe in the response's extensions; the front joins it to the
+/// upgraded connection and moves bytes both ways.
+pub use outpost_seam::UpgradePipe;
 
 /// A bound TCP socket and, for HTTPS, its TLS settings.
 pub struct Listener {
@@ -390,7 +390,7 @@ where
         );
     }
     if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-        let pipe = response.extensions_mut().remove::<UpgradePipe>().and_then(|slot| slot.lock().unwrap().take());
+        let pipe = response.extensions_mut().remove::<UpgradePipe>().and_then(|slot| slot.take());
         response = match (upgrade, pipe) {
             (Some(upgrade), Some(pipe)) => {
                 tokio::spawn(join_upgraded(upgrade, pipe, connection.clone()).instrument(span));

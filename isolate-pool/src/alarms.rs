@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use outpost_kv::objects::{alarm_retry_delay_ms, ObjectKey};
 use outpost_kv::Store;
-use outpost_runtime::{empty_body, split_object_namespace, ObjectCall, ObjectEvent, WorkerRequestParts};
+use outpost_runtime::{split_object_namespace, ObjectAddress};
 
 use crate::pool::Pool;
 
@@ -76,18 +76,14 @@ pub async fn run_alarms(pool: Pool, store: Store) {
                         }
                         tracker.failures.get(&object).copied().unwrap_or(0)
                     };
-                    let call = ObjectCall {
-                        class_name: class_name.to_string(),
-                        id: object.id,
-                        name: None,
-                        event: ObjectEvent::Alarm { retry_count: failures },
-                    };
+                    let address = ObjectAddress { class_name: class_name.to_string(), id: object.id, name: None };
                     tokio::spawn(fire(
                         pool.clone(),
                         store.clone(),
                         tracker.clone(),
                         worker.to_string(),
-                        call,
+                        address,
+                        failures,
                         object,
                         at_ms,
                     ));
@@ -113,17 +109,15 @@ async fn fire(
     store: Store,
     tracker: Arc<Mutex<Tracker>>,
     worker: String,
-    call: ObjectCall,
+    address: ObjectAddress,
+    retry_count: u32,
     object: ObjectKey,
     at_ms: u64,
 ) {
-    let class_name = call.class_name.clone();
+    let class_name = address.class_name.clone();
     let request_id = format!("alarm-{:016x}", u64::from_be_bytes(object.id[..8].try_into().expect("8 bytes")));
-    let request = http::Request::builder().method("POST").body(empty_body()).expect("a valid request");
-    let parts =
-        WorkerRequestParts { request, url: "http://alarm.invalid/".into(), request_id: request_id.clone(), cf: None };
-    let succeeded = match pool.fetch_object(&worker, call, parts).await {
-        Ok(response) => response.status().is_success(),
+    let succeeded = match pool.run_alarm(&worker, address, retry_count, request_id.clone()).await {
+        Ok(()) => true,
         Err(err) => {
             tracing::warn!(worker = %worker, class = %class_name, request_id, "alarm failed: {err}");
             false

@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use outpost_runtime::{
-    Body, DispatchError, DurableObjectBinding, Egress, IsolateSignals, ObjectCall, ObjectEvent, ObjectRouter,
-    RouteFuture, SharedLogBudget, WorkerCode, WorkerOptions, WorkerRequest, WorkerRequestParts, WorkerSource,
+    Bindings, Body, DispatchError, DurableObjectBinding, Egress, HttpRequest, IsolateSignals, ObjectAddress,
+    ObjectRouter, Responder, RouteFuture, RpcCall, RpcOutcome, SharedLogBudget, WorkerCode, WorkerEvent, WorkerOptions,
+    WorkerSource,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -36,13 +37,16 @@ pub struct WorkerSpec {
     pub vars: serde_json::Map<String, serde_json::Value>,
     pub isolation: Isolation,
     pub limits: Limits,
-    /// KV namespaces on the worker's `env`.
-    pub kv_namespaces: Vec<outpost_runtime::KvNamespaceBinding>,
-    /// The node's store; needed for KV namespaces and for hosting Durable
-    /// Objects.
-    pub kv_store: Option<outpost_kv::Store>,
-    /// Durable Object namespaces on the worker's `env`.
-    pub durable_objects: Vec<DurableObjectBinding>,
+    /// What the worker finds on `env` besides `vars` (KV namespaces,
+    /// Durable Object namespaces, ...), in order.
+    pub bindings: Bindings,
+}
+
+impl WorkerSpec {
+    /// The worker's Durable Object bindings.
+    pub fn durable_objects(&self) -> impl Iterator<Item = &DurableObjectBinding> {
+        self.bindings.iter().filter_map(|binding| binding.as_any().downcast_ref::<DurableObjectBinding>())
+    }
 }
 
 /// Node-wide settings.
@@ -75,6 +79,9 @@ pub struct PoolConfig {
     pub caps: LimitCaps,
     /// Where workers' outbound `fetch` may connect.
     pub egress: Egress,
+    /// What the node lends every worker's bindings (its store, ...); the
+    /// pool adds the router of Durable Object calls.
+    pub services: outpost_runtime::BindingServices,
 }
 
 impl PoolConfig {
@@ -90,6 +97,7 @@ impl PoolConfig {
             warm_spares: 2,
             caps: LimitCaps::default(),
             egress: Egress::PublicOnly,
+            services: outpost_runtime::BindingServices::new(),
         }
     }
 }
@@ -138,7 +146,7 @@ struct LiveIsolate {
     thread: usize,
     /// `None` once nothing more may be sent: evicted, replaced, or (in
     /// per-request mode) taken by its one request.
-    sender: Option<mpsc::UnboundedSender<WorkerRequest>>,
+    sender: Option<mpsc::UnboundedSender<WorkerEvent>>,
     in_flight: Arc<AtomicUsize>,
     /// Requests answered, for the CPU meter (a completion refills the budget).
     completed: Arc<AtomicU64>,
@@ -324,12 +332,11 @@ impl Pool {
     /// already; otherwise the first call says so.
     fn check_object_bindings(&self, spec: &WorkerSpec) -> Result<(), DeployError> {
         let state = self.inner.state.lock().unwrap();
-        for binding in spec.durable_objects.iter().filter(|b| b.script != spec.name) {
+        for binding in spec.durable_objects().filter(|b| b.script != spec.name) {
             let Some(host) = state.workers.get(&binding.script) else { continue };
             let declared = host
                 .spec
-                .durable_objects
-                .iter()
+                .durable_objects()
                 .any(|own| own.script == binding.script && own.class_name == binding.class_name);
             if !declared {
                 return Err(DeployError::Load(format!(
@@ -341,26 +348,52 @@ impl Pool {
         Ok(())
     }
 
-    /// Sends a request to a worker and waits for the response head.
-    pub async fn fetch(&self, worker: &str, request: WorkerRequestParts) -> Result<http::Response<Body>, FetchError> {
+    /// Sends a request to a worker's `fetch` and waits for the response head.
+    pub async fn fetch(&self, worker: &str, request: HttpRequest) -> Result<http::Response<Body>, FetchError> {
         let placed = self.place(worker)?;
-        dispatch(placed, request, None, true).await
+        let response = dispatch(&placed, |respond| WorkerEvent::Fetch { request, respond }, true).await?;
+        Ok(placed.guard_body(response))
     }
 
     /// Sends a request to a Durable Object of `worker` (one of the classes
-    /// it exports) and waits for the response head. Every call for the
-    /// worker's objects goes to the one isolate hosting them. An alarm is
-    /// not bound by the wall-clock limit: its handler is waited for until it
-    /// ends (its CPU is still limited), so a slow one never runs twice at once.
+    /// it exports) and waits for the response head. Every event for the
+    /// worker's objects goes to the one isolate hosting them.
     pub async fn fetch_object(
         &self,
         worker: &str,
-        call: ObjectCall,
-        request: WorkerRequestParts,
+        object: ObjectAddress,
+        request: HttpRequest,
     ) -> Result<http::Response<Body>, FetchError> {
-        let wall_limit = !matches!(call.event, ObjectEvent::Alarm { .. });
         let placed = self.place_object(worker)?;
-        dispatch(placed, request, Some(call), wall_limit).await
+        let event = |respond| WorkerEvent::ObjectFetch { object, request, respond };
+        let response = dispatch(&placed, event, true).await?;
+        Ok(placed.guard_body(response))
+    }
+
+    /// Calls a method of a Durable Object of `worker` (JS RPC).
+    pub async fn call_object(
+        &self,
+        worker: &str,
+        object: ObjectAddress,
+        call: RpcCall,
+    ) -> Result<RpcOutcome, FetchError> {
+        let placed = self.place_object(worker)?;
+        dispatch(&placed, |respond| WorkerEvent::ObjectCall { object, call, respond }, true).await
+    }
+
+    /// Runs the `alarm()` of a Durable Object of `worker`; `Ok` once it ran
+    /// to the end. An alarm is not bound by the wall-clock limit: its
+    /// handler is waited for until it ends (its CPU is still limited), so a
+    /// slow one never runs twice at once.
+    pub async fn run_alarm(
+        &self,
+        worker: &str,
+        object: ObjectAddress,
+        retry_count: u32,
+        request_id: String,
+    ) -> Result<(), FetchError> {
+        let placed = self.place_object(worker)?;
+        dispatch(&placed, |respond| WorkerEvent::Alarm { object, retry_count, request_id, respond }, false).await
     }
 
     fn place_object(&self, worker: &str) -> Result<Placed, FetchError> {
@@ -664,52 +697,70 @@ impl Inner {
     }
 }
 
-/// Where a request goes, and what counts it in flight.
+/// Where an event goes, and what counts it in flight.
 struct Placed {
-    sender: mpsc::UnboundedSender<WorkerRequest>,
+    sender: mpsc::UnboundedSender<WorkerEvent>,
     guard: InFlightGuard,
     limits: Limits,
 }
 
-/// Sends a placed request and waits for the response head, within the
-/// worker's wall-clock limit.
-async fn dispatch(
-    placed: Placed,
-    parts: WorkerRequestParts,
-    object: Option<ObjectCall>,
+impl Placed {
+    /// The response, counted in flight until its body is done.
+    fn guard_body(self, response: http::Response<Body>) -> http::Response<Body> {
+        let guard = self.guard;
+        response.map(|body| Body::new(GuardedBody { body, _guard: guard }))
+    }
+}
+
+/// Sends a placed event and waits for its outcome (for a response, its
+/// head), within the worker's wall-clock limit if `wall_limit`.
+async fn dispatch<T>(
+    placed: &Placed,
+    event: impl FnOnce(Responder<T>) -> WorkerEvent,
     wall_limit: bool,
-) -> Result<http::Response<Body>, FetchError> {
-    let Placed { sender, guard, limits } = placed;
-    let wall_ms = if wall_limit { limits.wall_ms } else { None };
-    let (respond, response) = oneshot::channel();
-    sender.send(parts.into_request(object, respond)).map_err(|_| DispatchError::WorkerGone)?;
-    drop(sender);
-    let response = match wall_ms {
-        Some(limit_ms) => match tokio::time::timeout(Duration::from_millis(limit_ms), response).await {
-            Ok(response) => response,
+) -> Result<T, FetchError> {
+    let wall_ms = if wall_limit { placed.limits.wall_ms } else { None };
+    let (respond, outcome) = oneshot::channel();
+    placed.sender.send(event(respond)).map_err(|_| DispatchError::WorkerGone)?;
+    let outcome = match wall_ms {
+        Some(limit_ms) => match tokio::time::timeout(Duration::from_millis(limit_ms), outcome).await {
+            Ok(outcome) => outcome,
             Err(_) => return Err(DispatchError::WallLimitExceeded { limit_ms }.into()),
         },
-        None => response.await,
+        None => outcome.await,
     };
-    let response = response.map_err(|_| DispatchError::WorkerGone)??;
-    Ok(response.map(|body| Body::new(GuardedBody { body, _guard: guard })))
+    Ok(outcome.map_err(|_| DispatchError::WorkerGone)??)
 }
 
 /// Routes the calls of Durable Object stubs back into the pool.
 struct PoolRouter(Weak<Inner>);
 
+impl PoolRouter {
+    fn pool(&self) -> Result<Pool, DispatchError> {
+        self.0.upgrade().map(|inner| Pool { inner }).ok_or(DispatchError::WorkerGone)
+    }
+}
+
+/// What a stub is told when the event did not get through.
+fn route_error(err: FetchError) -> DispatchError {
+    match err {
+        FetchError::Dispatch(err) => err,
+        // The class's worker is not deployed on this node.
+        FetchError::NoSuchWorker(_) => DispatchError::WorkerGone,
+    }
+}
+
 impl ObjectRouter for PoolRouter {
-    fn route(&self, script: &str, call: ObjectCall, request: WorkerRequestParts) -> RouteFuture {
-        let pool = self.0.upgrade().map(|inner| Pool { inner });
+    fn fetch(&self, script: &str, object: ObjectAddress, request: HttpRequest) -> RouteFuture<http::Response<Body>> {
+        let pool = self.pool();
         let script = script.to_string();
-        Box::pin(async move {
-            let pool = pool.ok_or(DispatchError::WorkerGone)?;
-            pool.fetch_object(&script, call, request).await.map_err(|err| match err {
-                FetchError::Dispatch(err) => err,
-                // The class's worker is not deployed on this node.
-                FetchError::NoSuchWorker(_) => DispatchError::WorkerGone,
-            })
-        })
+        Box::pin(async move { pool?.fetch_object(&script, object, request).await.map_err(route_error) })
+    }
+
+    fn call(&self, script: &str, object: ObjectAddress, call: RpcCall) -> RouteFuture<RpcOutcome> {
+        let pool = self.pool();
+        let script = script.to_string();
+        Box::pin(async move { pool?.call_object(&script, object, call).await.map_err(route_error) })
     }
 }
 
@@ -718,16 +769,17 @@ pub(crate) fn worker_options(
     pool: &Weak<Inner>,
     signals: Arc<IsolateSignals>,
 ) -> WorkerOptions {
+    let config = pool.upgrade().map(|pool| (pool.config.egress, pool.config.services.clone()));
+    let (egress, mut services) = config.unwrap_or((Egress::PublicOnly, Default::default()));
+    services.insert::<Arc<dyn ObjectRouter>>(Arc::new(PoolRouter(pool.clone())));
     WorkerOptions {
         signals,
-        durable_objects: worker.spec.durable_objects.clone(),
-        object_router: Some(Arc::new(PoolRouter(pool.clone()))),
         name: worker.spec.name.clone(),
         vars: worker.spec.vars.clone(),
         heap_limit_bytes: Some((worker.spec.limits.memory_mb as usize) << 20),
-        kv_namespaces: worker.spec.kv_namespaces.clone(),
-        kv_store: worker.spec.kv_store.clone(),
+        bindings: worker.spec.bindings.clone(),
+        services,
         log_budget: worker.log_budget.clone(),
-        egress: pool.upgrade().map_or(Egress::PublicOnly, |pool| pool.config.egress),
+        egress,
     }
 }

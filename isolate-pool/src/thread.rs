@@ -9,7 +9,7 @@ use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use outpost_runtime::{DispatchError, IsolateSignals, RequestQueue, ServeError, WorkerIsolate, WorkerRequest};
+use outpost_runtime::{DispatchError, EventQueue, IsolateSignals, ServeError, WorkerEvent, WorkerIsolate};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::inflight::LastUsed;
@@ -20,7 +20,7 @@ use crate::watchdog::{thread_cpu_time, Running, Slot};
 pub(crate) struct StartIsolate {
     pub(crate) id: IsolateId,
     pub(crate) worker: Arc<DeployedWorker>,
-    pub(crate) receiver: mpsc::UnboundedReceiver<WorkerRequest>,
+    pub(crate) receiver: mpsc::UnboundedReceiver<WorkerEvent>,
     pub(crate) in_flight: Arc<AtomicUsize>,
     pub(crate) completed: Arc<AtomicU64>,
     pub(crate) signals: Arc<IsolateSignals>,
@@ -77,7 +77,7 @@ async fn run_isolate(start: StartIsolate, slot: Arc<Slot>, pool: Weak<Inner>) {
             tracing::error!(worker = %name, isolate = id, "isolate failed to load: {message}");
         }
     };
-    let queue = Rc::new(RequestQueue::new(receiver));
+    let queue = Rc::new(EventQueue::new(receiver));
     let mut isolate = match WorkerIsolate::new(
         &worker.spec.source,
         worker.code,

@@ -5,7 +5,7 @@
 
 use std::path::{Component, Path};
 
-use crate::ext::objects::{id_from_name, id_to_hex, parse_id};
+use crate::ext::bindings::durable_objects::ids::{id_from_name, id_to_hex, parse_id};
 use crate::loader::{bundle_relative_path, bundle_url, resolve_specifier};
 
 /// Input: `specifier \n referrer path`.

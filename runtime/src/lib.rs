@@ -3,8 +3,10 @@
 //!
 //! What it does: starts an isolate from a snapshot (the bootstrap snapshot
 //! built by `build.rs`, or a per-worker snapshot made by [`snapshot`]),
-//! loads a worker's bundle of modules into it, and serves the requests that
-//! arrive on the isolate's queue, streaming bodies both ways. The worker
+//! loads a worker's bundle of modules into it, and delivers the events that
+//! arrive on the isolate's queue ([`WorkerEvent`]: HTTP requests, Durable
+//! Object requests, calls and alarms) to the worker's handlers, streaming
+//! bodies both ways. The worker
 //! sees the WinterTC globals, `env` with its variables and bindings (KV
 //! namespaces, Durable Object namespaces) and a `ctx` with `waitUntil()`;
 //! nothing of Deno, the filesystem or processes. It hosts the Durable
@@ -13,8 +15,8 @@
 //! runs server-side WebSockets (frames here, bytes through a pipe the front
 //! joins to the connection).
 //!
-//! What it does not do: speak HTTP (the `ingress` crate does, and hands
-//! requests over as [`WorkerRequest`]s), decide which thread or isolate
+//! What it does not do: speak HTTP (the `ingress` crate does, and the node
+//! hands requests over as [`WorkerEvent::Fetch`]), decide which thread or isolate
 //! serves a request or hosts an object (the pool does, through the
 //! [`ObjectRouter`] it installs), or watch CPU time (the pool again). It
 //! does enforce the heap limit it is given, by terminating the isolate.
@@ -30,17 +32,18 @@ mod worker;
 
 pub use deno_core::v8;
 pub use egress::{Egress, PRIVATE_NETWORKS};
-pub use ext::http::{empty_body, full_body, Body, BoxError, DispatchError, WorkerRequest};
-pub use ext::objects::{
-    id_from_name, object_namespace, split_object_namespace, DurableObjectBinding, ObjectCall, ObjectEvent,
-    ObjectRouter, RouteFuture, WorkerRequestParts,
+pub use ext::bindings::durable_objects::{
+    id_from_name, object_namespace, split_object_namespace, DurableObjectBinding, ObjectRouter, RouteFuture,
 };
-pub use ext::ops::{RequestQueue, SharedLogBudget};
+pub use ext::bindings::kv::KvNamespaceBinding;
+pub use ext::bindings::{Binding, BindingError, BindingServices, Bindings};
+pub use ext::console::SharedLogBudget;
+pub use ext::events::{EventQueue, ObjectAddress, Responder, RpcCall, RpcOutcome, WorkerEvent};
+pub use ext::http::{empty_body, full_body, Body, BoxError, DispatchError, HttpRequest};
 pub use ext::websocket::{IsolateSignals, UpgradePipe};
 pub use loader::ModuleKind;
 pub use worker::{
-    init_v8, KvNamespaceBinding, LoadError, RequestReceiver, ServeError, WorkerCode, WorkerIsolate, WorkerOptions,
-    WorkerSource,
+    init_v8, EventReceiver, LoadError, ServeError, WorkerCode, WorkerIsolate, WorkerOptions, WorkerSource,
 };
 
 /// Identifies this build of the runtime (a digest of its bootstrap snapshot,

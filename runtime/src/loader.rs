@@ -15,7 +15,7 @@ use deno_core::{
 };
 use deno_error::JsErrorBox;
 
-use crate::ext::ops::WasmSources;
+use crate::ext::wasm::WasmSources;
 
 /// The one built-in module workers may import: the base classes of
 /// Cloudflare's runtime API (`DurableObject`, `WorkerEntrypoint`,

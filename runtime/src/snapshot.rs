@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use deno_core::{v8, Extension, ExtensionFileSource, JsRuntimeForSnapshot, PollEventLoopOptions};
 
-use crate::ext::ops::WasmSources;
+use crate::ext::wasm::WasmSources;
 use crate::ext::{extensions, ExtensionOptions};
 use crate::worker::{install_op_state, lock_down, runtime_options, WorkerSource};
 

@@ -17,11 +17,11 @@ use std::task::{Context, Poll};
 
 use deno_core::{v8, JsRuntime, ModuleSpecifier, PollEventLoopOptions, RuntimeOptions};
 
+use crate::ext::bindings::{install_all, BindingServices, Bindings};
+use crate::ext::console::{SharedLogBudget, WorkerName};
+use crate::ext::events::{AbortReason, EventQueue};
 use crate::ext::http::DispatchError;
-use crate::ext::objects::{DurableObjectBinding, ObjectBindings, ObjectRouter};
-use crate::ext::ops::{
-    allow_wasm_code_generation, AbortReason, RequestQueue, SharedLogBudget, WasmSources, WorkerName,
-};
+use crate::ext::wasm::{allow_wasm_code_generation, WasmSources};
 use crate::ext::websocket::IsolateSignals;
 use crate::ext::{extensions, ExtensionOptions};
 use crate::loader::BundleLoader;
@@ -76,15 +76,11 @@ pub struct WorkerOptions {
     pub vars: serde_json::Map<String, serde_json::Value>,
     /// Largest V8 heap of one isolate, in bytes; `None` is V8's default.
     pub heap_limit_bytes: Option<usize>,
-    /// KV namespaces bound to the worker: `env` name and namespace id.
-    pub kv_namespaces: Vec<KvNamespaceBinding>,
-    /// Where KV data and Durable Object storage live; required when
-    /// `kv_namespaces` is not empty or the worker hosts Durable Objects.
-    pub kv_store: Option<outpost_kv::Store>,
-    /// Durable Object namespaces bound on `env`.
-    pub durable_objects: Vec<DurableObjectBinding>,
-    /// Where the worker's stubs send their calls; without one, calls fail.
-    pub object_router: Option<Arc<dyn ObjectRouter>>,
+    /// What the worker finds on `env` besides `vars`, in order.
+    pub bindings: Bindings,
+    /// What the node lends the bindings (the store, the router of object
+    /// calls), by type.
+    pub services: BindingServices,
     /// Shared with whoever runs the isolate (the pool): open WebSockets and
     /// retirement.
     pub signals: Arc<IsolateSignals>,
@@ -92,21 +88,6 @@ pub struct WorkerOptions {
     pub log_budget: SharedLogBudget,
     /// Where the worker's `fetch` may connect.
     pub egress: crate::egress::Egress,
-}
-
-impl std::fmt::Debug for dyn ObjectRouter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ObjectRouter")
-    }
-}
-
-/// One `[[kv_namespaces]]` binding.
-#[derive(Debug, Clone)]
-pub struct KvNamespaceBinding {
-    /// The name on `env`.
-    pub binding: String,
-    /// The namespace's id in the store.
-    pub id: String,
 }
 
 /// Why a worker could not be loaded.
@@ -126,6 +107,8 @@ pub enum LoadError {
     NoHandler(String),
     #[error("the runtime failed to start: {0}")]
     Runtime(String),
+    #[error(transparent)]
+    Binding(#[from] crate::ext::bindings::BindingError),
 }
 
 /// Why an isolate stopped serving.
@@ -150,8 +133,8 @@ pub fn init_v8() {
     let _ = aws_lc_rs::rand::fill(&mut seed_probe);
 }
 
-/// The receiving end of an isolate's request queue.
-pub type RequestReceiver = Rc<RequestQueue>;
+/// The receiving end of an isolate's event queue.
+pub type EventReceiver = Rc<EventQueue>;
 
 /// A worker's isolate. `!Send`: it lives on the thread that made it.
 pub struct WorkerIsolate {
@@ -163,9 +146,8 @@ pub struct WorkerIsolate {
     code: WorkerCode,
     main: ModuleSpecifier,
     vars: serde_json::Map<String, serde_json::Value>,
-    kv_names: Vec<String>,
-    /// `[{ binding, className, hosted }]` for the bootstrap's `prepare`.
-    object_bindings_json: String,
+    /// `[{ name, kind, ... }]` for the bootstrap's `prepare`.
+    bindings_json: String,
     abort_reason: AbortReason,
     heap_limit_hit: Rc<Cell<bool>>,
     buffer_budget: Option<Arc<crate::memory::BufferBudget>>,
@@ -199,7 +181,6 @@ pub(crate) fn runtime_options(
     RuntimeOptions {
         startup_snapshot: snapshot,
         extensions: extensions(ExtensionOptions {
-            crypto_seed: None,
             user_agent: "Outpost-Workers".into(),
             fetch_resolver,
             fetch_request_hook,
@@ -214,7 +195,7 @@ pub(crate) fn install_op_state(
     runtime: &mut JsRuntime,
     name: &str,
     wasm: WasmSources,
-    queue: Option<RequestReceiver>,
+    queue: Option<EventReceiver>,
     egress: crate::egress::Egress,
 ) {
     let op_state = runtime.op_state();
@@ -255,7 +236,7 @@ impl WorkerIsolate {
         source: &WorkerSource,
         code: WorkerCode,
         options: &WorkerOptions,
-        queue: RequestReceiver,
+        queue: EventReceiver,
     ) -> Result<Self, LoadError> {
         let wasm = WasmSources::default();
         let snapshot = match code {
@@ -274,33 +255,13 @@ impl WorkerIsolate {
         }
         let mut runtime = JsRuntime::try_new(runtime_options).map_err(|err| LoadError::Runtime(err.to_string()))?;
         install_op_state(&mut runtime, &options.name, wasm, Some(queue), options.egress);
-        if let Some(store) = &options.kv_store {
-            runtime.op_state().borrow_mut().put(crate::ext::kv::KvBindings {
-                store: store.clone(),
-                namespaces: options.kv_namespaces.iter().map(|b| b.id.clone()).collect(),
-            });
-        }
-        runtime.op_state().borrow_mut().put(options.signals.clone());
-        runtime.op_state().borrow_mut().put(options.log_budget.clone());
-        runtime.op_state().borrow_mut().put(ObjectBindings {
-            bindings: options.durable_objects.clone(),
-            router: options.object_router.clone(),
-            store: options.kv_store.clone(),
-        });
-        let object_bindings_json = serde_json::Value::Array(
-            options
-                .durable_objects
-                .iter()
-                .map(|b| {
-                    serde_json::json!({
-                        "binding": b.binding,
-                        "className": b.class_name,
-                        "hosted": b.script == options.name,
-                    })
-                })
-                .collect(),
-        )
-        .to_string();
+        let bindings_json = {
+            let op_state = runtime.op_state();
+            let mut op_state = op_state.borrow_mut();
+            op_state.put(options.signals.clone());
+            op_state.put(options.log_budget.clone());
+            install_all(&mut op_state, &options.name, &options.bindings, &options.services)?.to_string()
+        };
         let abort_reason = runtime.op_state().borrow().borrow::<AbortReason>().clone();
 
         // Near the heap limit: stop the isolate, and give V8 room to unwind
@@ -331,8 +292,7 @@ impl WorkerIsolate {
             code,
             main: source.main_url(),
             vars: options.vars.clone(),
-            kv_names: options.kv_namespaces.iter().map(|b| b.binding.clone()).collect(),
-            object_bindings_json,
+            bindings_json,
             abort_reason,
             heap_limit_hit,
             buffer_budget,
@@ -340,8 +300,8 @@ impl WorkerIsolate {
     }
 
     /// Loads (or, from a worker snapshot, finds) the worker's modules and its
-    /// fetch handler. A worker without a handler fails here, not on its first
-    /// request.
+    /// handlers. A worker without any handler fails here, not on its first
+    /// event.
     pub async fn load(&mut self) -> Result<(), LoadError> {
         let isolate = self.isolate;
         Entered { isolate, inner: Box::pin(self.load_inner()) }.await
@@ -362,20 +322,13 @@ impl WorkerIsolate {
         }
         let namespace = runtime.get_module_namespace(module_id).map_err(|err| LoadError::Module(err.to_string()))?;
         let env_json = serde_json::Value::Object(std::mem::take(&mut self.vars)).to_string();
-        let kv_json = serde_json::to_string(&self.kv_names).expect("names serialize");
         let args = {
             deno_core::scope!(scope, runtime);
             let namespace: v8::Local<v8::Value> = v8::Local::new(scope, namespace).into();
             let env_json: v8::Local<v8::Value> = v8::String::new(scope, &env_json).expect("env fits a string").into();
-            let kv_json: v8::Local<v8::Value> = v8::String::new(scope, &kv_json).expect("names fit a string").into();
-            let objects_json: v8::Local<v8::Value> =
-                v8::String::new(scope, &self.object_bindings_json).expect("bindings fit a string").into();
-            [
-                v8::Global::new(scope, namespace),
-                v8::Global::new(scope, env_json),
-                v8::Global::new(scope, kv_json),
-                v8::Global::new(scope, objects_json),
-            ]
+            let bindings_json: v8::Local<v8::Value> =
+                v8::String::new(scope, &self.bindings_json).expect("bindings fit a string").into();
+            [v8::Global::new(scope, namespace), v8::Global::new(scope, env_json), v8::Global::new(scope, bindings_json)]
         };
         let prepare = self.prepare.take().expect("load runs once");
         let serve = runtime
@@ -391,7 +344,7 @@ impl WorkerIsolate {
         Ok(())
     }
 
-    /// Serves requests from the queue until it closes and outstanding
+    /// Serves events from the queue until it closes and outstanding
     /// `waitUntil()` work has settled, or until the isolate is terminated.
     pub async fn serve(&mut self) -> Result<(), ServeError> {
         let isolate = self.isolate;

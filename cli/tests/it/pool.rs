@@ -18,6 +18,11 @@ use crate::support::{self, Dev};
 /// one per process (see `PoolConfig::worker_snapshots`); those are tested
 /// through `outpost dev` below.
 fn pool(dir: &Path) -> Pool {
+    pool_with_store(dir, None)
+}
+
+/// A pool whose workers' bindings use `store`.
+fn pool_with_store(dir: &Path, store: Option<&outpost_kv::Store>) -> Pool {
     static V8: Once = Once::new();
     V8.call_once(outpost_runtime::init_v8);
     let snapshotter =
@@ -25,6 +30,9 @@ fn pool(dir: &Path) -> Pool {
     let mut config = PoolConfig::new(dir.join("snapshots"), snapshotter);
     config.threads = 2;
     config.worker_snapshots = false;
+    if let Some(store) = store {
+        config.services.insert(store.clone());
+    }
     Pool::start(config)
 }
 
@@ -36,21 +44,12 @@ fn write_worker(root: &Path, name: &str, code: &str) -> WorkerSource {
 }
 
 fn spec(name: &str, source: WorkerSource, isolation: Isolation, limits: Limits) -> WorkerSpec {
-    WorkerSpec {
-        name: name.into(),
-        source,
-        vars: Default::default(),
-        isolation,
-        limits,
-        kv_namespaces: Vec::new(),
-        kv_store: None,
-        durable_objects: Vec::new(),
-    }
+    WorkerSpec { name: name.into(), source, vars: Default::default(), isolation, limits, bindings: Vec::new() }
 }
 
 async fn call(pool: &Pool, worker: &str, path: &str) -> Result<(u16, String), FetchError> {
     let request = http::Request::get(path).body(outpost_runtime::empty_body()).unwrap();
-    let parts = outpost_runtime::WorkerRequestParts {
+    let parts = outpost_runtime::HttpRequest {
         request,
         url: format!("http://{worker}.test{path}"),
         request_id: "test".into(),
@@ -280,29 +279,22 @@ export default {
 
 /// A shared-isolation worker with one Durable Object binding
 /// `(binding, class, worker that exports it)`, on `store`.
-fn object_spec(
-    root: &Path,
-    name: &str,
-    code: &str,
-    store: &outpost_kv::Store,
-    (binding, class, script): (&str, &str, &str),
-) -> WorkerSpec {
+fn object_spec(root: &Path, name: &str, code: &str, (binding, class, script): (&str, &str, &str)) -> WorkerSpec {
     let mut spec = spec(name, write_worker(root, name, code), Isolation::Shared, Limits::default());
-    spec.kv_store = Some(store.clone());
-    spec.durable_objects = vec![outpost_runtime::DurableObjectBinding {
+    spec.bindings = vec![std::sync::Arc::new(outpost_runtime::DurableObjectBinding {
         binding: binding.into(),
         class_name: class.into(),
         script: script.into(),
-    }];
+    })];
     spec
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redeploy_never_runs_an_object_twice_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let pool = pool(dir.path());
     let store = outpost_kv::Store::open(&dir.path().join("kv.redb"), Default::default()).unwrap();
-    let slow = || object_spec(dir.path(), "slow", SLOW_OBJECT, &store, ("SLOW", "Slow", "slow"));
+    let pool = pool_with_store(dir.path(), Some(&store));
+    let slow = || object_spec(dir.path(), "slow", SLOW_OBJECT, ("SLOW", "Slow", "slow"));
     deploy(&pool, slow()).await;
     let first = tokio::spawn({
         let pool = pool.clone();
@@ -326,16 +318,16 @@ async fn a_redeploy_never_runs_an_object_twice_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn objects_of_another_worker_must_be_declared_by_it() {
     let dir = tempfile::tempdir().unwrap();
-    let pool = pool(dir.path());
     let store = outpost_kv::Store::open(&dir.path().join("kv.redb"), Default::default()).unwrap();
-    deploy(&pool, object_spec(dir.path(), "host", SLOW_OBJECT, &store, ("SLOW", "Slow", "host"))).await;
+    let pool = pool_with_store(dir.path(), Some(&store));
+    deploy(&pool, object_spec(dir.path(), "host", SLOW_OBJECT, ("SLOW", "Slow", "host"))).await;
     let caller_code = "export default { fetch(request, env) { return env.REMOTE.get(env.REMOTE.idFromName('x')).fetch(request); } };\n";
     // A class the host declares: reachable from another worker.
-    deploy(&pool, object_spec(dir.path(), "caller", caller_code, &store, ("REMOTE", "Slow", "host"))).await;
+    deploy(&pool, object_spec(dir.path(), "caller", caller_code, ("REMOTE", "Slow", "host"))).await;
     let (status, body) = call(&pool, "caller", "/").await.unwrap();
     assert_eq!(status, 200, "{body}");
     // An export the host does not declare as a Durable Object: refused.
-    let sneaky = object_spec(dir.path(), "sneaky", caller_code, &store, ("REMOTE", "default", "host"));
+    let sneaky = object_spec(dir.path(), "sneaky", caller_code, ("REMOTE", "default", "host"));
     let refused = {
         let pool = pool.clone();
         tokio::task::spawn_blocking(move || pool.deploy(sneaky)).await.unwrap()
@@ -369,7 +361,7 @@ async fn an_isolate_with_an_open_websocket_is_not_evicted() {
         .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
         .body(outpost_runtime::empty_body())
         .unwrap();
-    let parts = outpost_runtime::WorkerRequestParts {
+    let parts = outpost_runtime::HttpRequest {
         request,
         url: "http://sockets.test/".into(),
         request_id: "test".into(),
@@ -381,8 +373,6 @@ async fn an_isolate_with_an_open_websocket_is_not_evicted() {
         .extensions()
         .get::<outpost_runtime::UpgradePipe>()
         .expect("a 101 carries the pipe")
-        .lock()
-        .unwrap()
         .take()
         .expect("the front end of the pipe");
     // As the front does: the (empty) body goes, and with it the request's

@@ -1,5 +1,6 @@
-//! The `outpost_runtime` deno extension: the ops and the bootstrap script that
-//! turn a bare deno_core isolate into a Cloudflare-style worker.
+//! The `outpost_runtime` deno extension (the ops and the bootstrap modules
+//! that turn a bare deno_core isolate into a Cloudflare-style worker) and
+//! one extension per binding kind (`bindings/`).
 //!
 //! This module is compiled twice: into the library, and into `build.rs`,
 //! which evaluates the bootstrap once and writes the startup snapshot. Both
@@ -7,10 +8,11 @@
 //! order (V8 external references are indexed by position), so the list lives
 //! here, in one place, and this module depends on nothing else in the crate.
 
+pub mod bindings;
+pub mod console;
+pub mod events;
 pub mod http;
-pub mod kv;
-pub mod objects;
-pub mod ops;
+pub mod wasm;
 pub mod websocket;
 
 use std::sync::Arc;
@@ -21,8 +23,6 @@ use deno_core::Extension;
 /// uses `Default`: none of these values end up in the snapshot.
 #[derive(Clone, Default)]
 pub struct ExtensionOptions {
-    /// Seed for `crypto.getRandomValues` and friends; `None` means the OS RNG.
-    pub crypto_seed: Option<u64>,
     /// `navigator.userAgent` and the user agent of outbound `fetch`.
     pub user_agent: String,
     /// How outbound `fetch` resolves names (the default: the system's).
@@ -36,27 +36,17 @@ deno_core::extension!(
     outpost_runtime,
     deps = [deno_webidl, deno_web, deno_crypto, deno_fetch],
     ops = [
-        ops::op_outpost_next_request,
-        ops::op_outpost_respond,
-        ops::op_outpost_respond_stream,
-        ops::op_outpost_respond_error,
-        ops::op_outpost_body_write,
-        ops::op_outpost_body_close,
-        ops::op_outpost_log,
-        ops::op_outpost_wasm_module,
-        kv::op_outpost_kv_get,
-        kv::op_outpost_kv_put,
-        kv::op_outpost_kv_delete,
-        kv::op_outpost_kv_list,
-        objects::op_outpost_do_id,
-        objects::op_outpost_do_send,
-        objects::op_outpost_do_storage_get,
-        objects::op_outpost_do_storage_list,
-        objects::op_outpost_do_storage_write,
-        objects::op_outpost_do_storage_delete,
-        objects::op_outpost_do_storage_delete_all,
-        objects::op_outpost_do_alarm_get,
-        objects::op_outpost_do_alarm_set,
+        events::op_outpost_next_event,
+        events::op_outpost_event_done,
+        events::op_outpost_event_unhandled,
+        events::op_outpost_rpc_return,
+        http::op_outpost_respond,
+        http::op_outpost_respond_stream,
+        http::op_outpost_respond_error,
+        http::op_outpost_body_write,
+        http::op_outpost_body_close,
+        console::op_outpost_log,
+        wasm::op_outpost_wasm_module,
         websocket::op_outpost_respond_websocket,
         websocket::op_outpost_ws_next,
         websocket::op_outpost_ws_send_text,
@@ -65,8 +55,22 @@ deno_core::extension!(
         websocket::op_outpost_respond_forwarded_websocket,
         websocket::op_outpost_going_away,
     ],
-    esm_entry_point = "ext:outpost_runtime/bootstrap.js",
-    esm = [dir "js", "bootstrap.js"],
+    // Evaluated in this order: each module imports only from those before
+    // it. The binding kinds' modules come with their own extensions.
+    esm_entry_point = "ext:outpost_runtime/99_main.js",
+    esm = [
+        dir "js",
+        "00_prelude.js",
+        "01_console.js",
+        "02_websocket.js",
+        "03_global_scope.js",
+        "04_registry.js",
+        "05_entrypoints.js",
+        "10_http.js",
+        "20_context.js",
+        "30_fetch.js",
+        "99_main.js",
+    ],
     lazy_loaded_js = [
         // deno_fetch's HTTP client module loads this at its top level to get at
         // client certificates, which workers cannot configure.
@@ -89,8 +93,11 @@ pub fn extensions(options: ExtensionOptions) -> Vec<Extension> {
             false,
             deno_web::InMemoryBroadcastChannel::default(),
         ),
-        deno_crypto::deno_crypto::init(options.crypto_seed),
+        deno_crypto::deno_crypto::init(None),
         deno_fetch::deno_fetch::init(fetch_options),
         outpost_runtime::init(),
+        // One line per binding kind.
+        bindings::kv::outpost_binding_kv::init(),
+        bindings::durable_objects::outpost_binding_durable_objects::init(),
     ]
 }

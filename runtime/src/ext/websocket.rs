@@ -30,13 +30,10 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use super::http::empty_body;
-use super::ops::{header_map, take_in_flight};
+pub use outpost_seam::UpgradePipe;
 
-/// How a 101 response hands the front its end of the pipe (the front's
-/// `outpost_ingress` names the same type): extensions must be `Clone`, so
-/// the end travels in a shared slot and is taken out once.
-pub type UpgradePipe = std::sync::Arc<std::sync::Mutex<Option<DuplexStream>>>;
+use super::events::take_event;
+use super::http::{empty_body, header_map};
 
 /// What an isolate and the pool that runs it tell each other besides
 /// requests.
@@ -149,9 +146,9 @@ pub async fn op_outpost_respond_websocket(
     #[serde] headers: Vec<(ByteString, ByteString)>,
     #[string] key: String,
 ) -> Result<ResourceId, JsErrorBox> {
-    let in_flight = take_in_flight(&mut state.borrow_mut(), rid).map_err(JsErrorBox::from_err)?;
+    let in_flight = take_event(&mut state.borrow_mut(), rid)?;
     let (front, ours) = tokio::io::duplex(PIPE_BYTES);
-    let pipe: UpgradePipe = std::sync::Arc::new(std::sync::Mutex::new(Some(front)));
+    let pipe = UpgradePipe::new(front);
     // Counted before the 101 goes out: the request stops counting as in
     // flight then, and the isolate must not look idle meanwhile.
     let open = OpenSocket::new(&state.borrow());
@@ -220,7 +217,7 @@ pub fn op_outpost_respond_forwarded_websocket(
 ) -> Result<(), JsErrorBox> {
     // The socket first: whatever fails next, it is not left behind.
     let forwarded = state.resource_table.take::<ForwardedSocket>(socket).map_err(JsErrorBox::from_err)?;
-    let in_flight = take_in_flight(state, rid).map_err(JsErrorBox::from_err)?;
+    let in_flight = take_event(state, rid)?;
     in_flight.answer(upgrade_response(headers, &key, forwarded.0.clone()))
 }
 

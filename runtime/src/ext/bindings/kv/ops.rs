@@ -1,8 +1,4 @@
-//! Ops behind the `KVNamespace` bindings a worker gets on `env`.
-//!
-//! A worker's namespaces are numbered in the order of its bindings; the JS
-//! side only ever holds those numbers, so a worker reaches exactly the
-//! namespaces bound to it.
+//! The ops behind `KVNamespace`.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -12,18 +8,12 @@ use deno_error::JsErrorBox;
 use outpost_kv::{GetError, ListError, ListOptions, PutError, PutOptions, Store};
 use serde::{Deserialize, Serialize};
 
-/// The store and the namespaces bound to this worker, by binding number.
-#[derive(Clone)]
-pub struct KvBindings {
-    pub store: Store,
-    pub namespaces: Vec<String>,
-}
+use super::KvNamespaces;
 
 fn namespace(state: &OpState, index: u32) -> Result<(Store, String), JsErrorBox> {
     let bindings =
-        state.try_borrow::<KvBindings>().ok_or_else(|| JsErrorBox::type_error("this worker has no KV bindings"))?;
-    let namespace =
-        bindings.namespaces.get(index as usize).ok_or_else(|| JsErrorBox::type_error("no such KV binding"))?;
+        state.try_borrow::<KvNamespaces>().ok_or_else(|| JsErrorBox::type_error("this worker has no KV bindings"))?;
+    let namespace = bindings.ids.get(index as usize).ok_or_else(|| JsErrorBox::type_error("no such KV binding"))?;
     Ok((bindings.store.clone(), namespace.clone()))
 }
 

@@ -6,8 +6,8 @@ use std::sync::OnceLock;
 
 use bytes::Bytes;
 
-use crate::encoding::{decode_header, decode_record, encode_record};
-use crate::store::{decode_cursor, encode_cursor};
+use crate::engine::encoding::{decode_header, decode_record, encode_record};
+use crate::namespaces::{decode_cursor, encode_cursor};
 use crate::{limits, ListOptions, PutOptions, Store, StoreConfig};
 
 /// Keys stored in namespace "a" (and, to tell them apart, "b" and "ab").

@@ -1,14 +1,7 @@
 //! How keys and records are laid out in redb (see `kv/DESIGN.md`).
 
-/// A stored record: the value and what Workers KV keeps beside it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
-    pub value: bytes::Bytes,
-    /// Seconds since the epoch; `None` never expires.
-    pub expiration: Option<u64>,
-    /// Metadata as the caller serialized it (JSON for workers).
-    pub metadata: Option<Vec<u8>>,
-}
+use crate::namespaces::Record;
+use crate::objects::ObjectKey;
 
 const FORMAT: u8 = 1;
 
@@ -100,6 +93,39 @@ pub fn expiry_key(expiration: u64, composite: &[u8]) -> Vec<u8> {
     out
 }
 
+/// `[class length: u16 BE][class][id: 32 bytes]`: an object's keys are
+/// contiguous and ordered.
+pub fn object_prefix(object: &ObjectKey) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + object.class.len() + 32);
+    out.extend_from_slice(&(object.class.len() as u16).to_be_bytes());
+    out.extend_from_slice(object.class.as_bytes());
+    out.extend_from_slice(&object.id);
+    out
+}
+
+/// `[object prefix][key]`: one key of an object's storage.
+pub fn object_entry_key(object: &ObjectKey, key: &[u8]) -> Vec<u8> {
+    let mut out = object_prefix(object);
+    out.extend_from_slice(key);
+    out
+}
+
+/// The inverse of [`object_prefix`] (bytes after the prefix are ignored).
+pub fn decode_object_prefix(prefix: &[u8]) -> Option<ObjectKey> {
+    let len = u16::from_be_bytes(prefix.get(..2)?.try_into().ok()?) as usize;
+    let class = std::str::from_utf8(prefix.get(2..2 + len)?).ok()?.to_string();
+    let id = prefix.get(2 + len..2 + len + 32)?.try_into().ok()?;
+    Some(ObjectKey { class, id })
+}
+
+/// `[at_ms: u64 BE][object prefix]`: the alarm time index, in time order.
+pub fn alarm_time_key(at_ms: u64, object: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + object.len());
+    key.extend_from_slice(&at_ms.to_be_bytes());
+    key.extend_from_slice(object);
+    key
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,5 +163,13 @@ mod tests {
         assert!(a < ab, "every key of \"a\" sorts before namespace \"ab\"");
         assert!(composite_key("ns", b"a") < composite_key("ns", b"b"));
         assert!(composite_key("ns", b"a").starts_with(&namespace_prefix("ns")));
+    }
+
+    #[test]
+    fn object_keys_round_trip_and_stay_apart() {
+        let a = ObjectKey { class: "Counter".into(), id: [1; 32] };
+        assert_eq!(decode_object_prefix(&object_prefix(&a)), Some(a.clone()));
+        let b = ObjectKey { class: "Counter".into(), id: [2; 32] };
+        assert!(object_entry_key(&a, &[0xff; 10]) < object_entry_key(&b, b""));
     }
 }

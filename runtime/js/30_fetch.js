@@ -1,0 +1,108 @@
+// Outpost's bootstrap: the `fetch` event, delivered to the worker's
+// `fetch` handler (module syntax) or its `fetch` listeners (service-worker
+// syntax).
+
+import { core, primordials } from "ext:core/mod.js";
+import { op_outpost_event_done, op_outpost_event_unhandled } from "ext:core/ops";
+import { DOMException, event } from "ext:outpost_runtime/00_prelude.js";
+import { collectErrors, currentRequest, describeError, log } from "ext:outpost_runtime/01_console.js";
+import { ExecutionContext, kPassThrough } from "ext:outpost_runtime/20_context.js";
+import { buildRequest, closeUnreturnedSockets, sendResponse } from "ext:outpost_runtime/10_http.js";
+import { registerEventKind } from "ext:outpost_runtime/04_registry.js";
+
+const {
+  Error,
+  FunctionPrototypeCall,
+  Promise,
+} = primordials;
+
+class FetchEvent extends event.Event {
+  #request;
+  #respondWith;
+  #ctx;
+  #responded = false;
+  constructor(type, init, respondWith, ctx) {
+    super(type);
+    this.#request = init.request;
+    this.#respondWith = respondWith;
+    this.#ctx = ctx;
+  }
+  get request() {
+    return this.#request;
+  }
+  respondWith(responseOrPromise) {
+    if (this.#responded) {
+      throw new DOMException("respondWith() was already called", "InvalidStateError");
+    }
+    this.#responded = true;
+    this.#respondWith(responseOrPromise);
+  }
+  waitUntil(promise) {
+    this.#ctx.waitUntil(promise);
+  }
+  passThroughOnException() {
+    this.#ctx.passThroughOnException();
+  }
+}
+
+/** Delivers a `fetch` event to the worker's handler and sends its response. */
+async function deliverFetch(next, worker) {
+  const handler = worker.handlers.fetch;
+  if (handler === undefined) {
+    if (next.bodyRid !== null) core.tryClose(next.bodyRid);
+    op_outpost_event_unhandled(next.rid, worker.handlers.missingFetch);
+    return;
+  }
+  const request = { id: next.requestId, sockets: null };
+  const prev = currentRequest.enter(request);
+  const ctx = new ExecutionContext(next.requestId);
+  try {
+    const req = buildRequest(next);
+    const result = await handler(req, ctx);
+    await sendResponse(next.rid, result, req);
+  } catch (error) {
+    const note = ctx[kPassThrough] ? " (passThroughOnException() was set, but there is no origin to pass to)" : "";
+    op_outpost_event_done(next.rid, describeError(error) + note);
+  } finally {
+    // The response is complete: a request body the worker left unread is
+    // released now rather than held by the isolate forever.
+    if (next.bodyRid !== null) core.tryClose(next.bodyRid);
+    closeUnreturnedSockets(request.sockets);
+    core.setAsyncContext(prev);
+  }
+}
+
+registerEventKind("fetch", deliverFetch);
+
+/**
+ * The worker's fetch handler, as `(request, ctx) => response`: the `fetch`
+ * method of its default export (module syntax), else its `fetch` event
+ * listeners (service-worker syntax), else undefined.
+ */
+export function fetchHandler(namespace, env) {
+  const exported = namespace.default;
+  if (exported !== undefined && exported !== null) {
+    const fetchMethod = exported.fetch;
+    if (typeof fetchMethod !== "function") return undefined;
+    return (req, ctx) => FunctionPrototypeCall(fetchMethod, exported, req, env, ctx);
+  }
+  if (event.listenerCount(globalThis, "fetch") === 0) return undefined;
+  return (req, ctx) =>
+    new Promise((resolve, reject) => {
+      let responded = false;
+      const respondWith = (value) => {
+        responded = true;
+        resolve(value);
+      };
+      const errors = collectErrors(() =>
+        globalThis.dispatchEvent(new FetchEvent("fetch", { request: req }, respondWith, ctx))
+      );
+      if (responded) {
+        for (let i = 0; i < errors.length; i++) log(3, `uncaught exception: ${describeError(errors[i])}`);
+      } else if (errors.length > 0) {
+        reject(errors[0]);
+      } else {
+        reject(new Error("no 'fetch' event listener called respondWith()"));
+      }
+    });
+}

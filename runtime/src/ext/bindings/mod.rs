@@ -1,0 +1,79 @@
+//! Bindings: what a worker finds on `env` besides its plain variables.
+//!
+//! Each kind lives in a folder of its own (`kv/`, `durable_objects/`): its
+//! configuration type (a [`Binding`]), its ops and its JavaScript, which is
+//! a deno extension of its own whose entry module registers the kind's
+//! constructor with the bootstrap (`registerBindingKind` in
+//! `js/04_registry.js`). The extension is one line of the list in
+//! `ext/mod.rs`; nothing else in the runtime names a kind.
+//!
+//! When an isolate starts, every binding of the worker [`Binding::install`]s
+//! what its ops need into the isolate's `OpState` and returns the
+//! description its constructor gets; the bootstrap's `prepare` then puts
+//! `new <Kind>(description)` on `env` under the binding's name.
+
+pub mod durable_objects;
+pub mod kv;
+
+use std::sync::Arc;
+
+use deno_core::OpState;
+
+/// What the node lends bindings: the store, the router of object calls,
+/// and whatever a kind to come needs (a queue broker, ...), by type.
+pub type BindingServices = http::Extensions;
+
+/// One binding of a worker, of some kind.
+pub trait Binding: Send + Sync + std::fmt::Debug + 'static {
+    /// The name on `env`.
+    fn name(&self) -> &str;
+
+    /// The kind, as the bootstrap's binding registry knows it.
+    fn kind(&self) -> &'static str;
+
+    /// Puts what this binding's ops need into a new isolate's state (`worker`
+    /// is the worker's name), and returns the description (JSON) its
+    /// JavaScript constructor gets. Errors name what the node lacks.
+    fn install(
+        &self,
+        state: &mut OpState,
+        worker: &str,
+        services: &BindingServices,
+    ) -> Result<serde_json::Value, BindingError>;
+
+    /// For checks across a deployment (a Durable Object binding names a
+    /// class of another worker) that need the concrete type.
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
+/// A worker's bindings, in the order of its configuration.
+pub type Bindings = Vec<Arc<dyn Binding>>;
+
+/// Why a binding cannot be set up in an isolate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BindingError {
+    /// The node gives the worker no service this binding needs.
+    #[error("the binding {binding} needs {service}, which this node does not provide")]
+    MissingService { binding: String, service: &'static str },
+}
+
+/// Installs every binding; returns `[{ name, kind, ...description }]` for
+/// the bootstrap's `prepare`.
+pub(crate) fn install_all(
+    state: &mut OpState,
+    worker: &str,
+    bindings: &[Arc<dyn Binding>],
+    services: &BindingServices,
+) -> Result<serde_json::Value, BindingError> {
+    let mut described = Vec::with_capacity(bindings.len());
+    for binding in bindings {
+        let mut description = binding.install(state, worker, services)?;
+        if let Some(fields) = description.as_object_mut() {
+            fields.insert("name".into(), binding.name().into());
+            fields.insert("kind".into(), binding.kind().into());
+        }
+        described.push(description);
+    }
+    Ok(serde_json::Value::Array(described))
+}
