@@ -78,6 +78,26 @@ fn worker_without_a_handler_fails_the_load() {
     assert!(stderr.contains("default export has no fetch() handler"), "{stderr}");
 }
 
+/// A worker may handle only other events (cron's `scheduled`, a queue):
+/// it loads, and an HTTP request to it fails with a 500 that says which
+/// handler is missing, in both syntaxes.
+#[tokio::test]
+async fn a_worker_without_fetch_loads_and_answers_http_with_a_clear_500() {
+    for (code, missing) in [
+        ("export default { scheduled(controller, env, ctx) {} };\n", "default export has no fetch() handler"),
+        (
+            "addEventListener('scheduled', (event) => {});\n",
+            "neither has a default export with a fetch() handler nor registers a 'fetch' event listener",
+        ),
+    ] {
+        let dir = worker(&[("worker.js", code)]);
+        let dev = Dev::start(dir.path(), &[]);
+        let reply = support::get(dev.addr, "/").await;
+        assert_eq!(reply.status, 500, "{code}");
+        assert!(reply.text().contains(missing), "{code}: {}", reply.text());
+    }
+}
+
 #[test]
 fn config_errors_name_the_key() {
     let dir = worker(&[
