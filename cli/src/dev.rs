@@ -12,7 +12,7 @@ use outpost_isolate_pool::LimitCaps;
 use outpost_runtime::Egress;
 use outpost_runtime::WorkerSource;
 
-use crate::front::{self, PoolHandler, Target};
+use crate::front;
 use crate::{config, dev_tls};
 
 #[derive(clap::Args)]
@@ -48,10 +48,9 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     // A broken worker path fails before anything starts.
     WorkerSource::new(&worker.root, &worker.main)?;
     // A developer's own machine: the worker may call services on it.
-    let (pool, kv_store) =
-        front::start_pool_and_store(&data_dir, !args.no_worker_snapshot, None, LimitCaps::CEILING, Egress::Any)?;
+    let node = front::start_node(&data_dir, !args.no_worker_snapshot, None, LimitCaps::CEILING, Egress::Any)?;
     let name = worker.name.clone();
-    pool.deploy(front::worker_spec(worker)?).with_context(|| format!("cannot load worker {name}"))?;
+    node.deploy(front::worker_spec(worker)?).with_context(|| format!("cannot load worker {name}"))?;
 
     let runtime = front::front_runtime()?;
     let tls = if args.https {
@@ -82,13 +81,13 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
             }
         };
         std::io::stdout().flush()?;
-        front::spawn_store_tasks(&pool, &kv_store);
-        let handler = Arc::new(PoolHandler { pool: pool.clone(), target: Target::One(name) });
+        node.spawn_triggers();
+        let handler = Arc::new(node.handler_for(&name));
         // WebSockets close (1001) while the front drains.
         // A developer's own machine: a client's X-Request-Id is the request's id.
         let config = ServerConfig { client_request_ids: true, ..ServerConfig::default() };
-        front::serve_until_signal(listeners, config, handler, || pool.close_websockets()).await?;
-        pool.stop();
+        front::serve_until_signal(listeners, config, handler, || node.close_websockets()).await?;
+        node.stop();
         Ok(())
     })
 }

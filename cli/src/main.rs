@@ -7,7 +7,6 @@ mod front;
 #[cfg(test)]
 mod fuzz_tests;
 mod node;
-mod ownership;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;

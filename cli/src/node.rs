@@ -5,20 +5,19 @@
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use outpost_ingress::routes::Routes;
 use outpost_ingress::tls::Certificates;
 use outpost_ingress::ServerConfig;
-use outpost_isolate_pool::{LimitCaps, Pool};
+use outpost_isolate_pool::LimitCaps;
+use outpost_node::{Applied, Candidate, Desired, Grant, Node};
 use outpost_runtime::Egress;
 use serde::Deserialize;
 
 use crate::config;
-use crate::front::{self, PoolHandler, Target};
-use crate::ownership::{self, GrantConfig};
+use crate::front;
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
@@ -48,7 +47,7 @@ pub struct NodeConfig {
     /// Access to KV namespaces and Durable Object classes that belong to
     /// other workers (see `ownership`).
     #[serde(default)]
-    pub grants: Vec<GrantConfig>,
+    pub grants: Vec<Grant>,
     #[serde(default)]
     pub egress: EgressConfig,
 }
@@ -204,20 +203,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let data_dir = resolve(config.data_dir.as_deref().unwrap_or(Path::new(".outpost-node")));
     // Many workers in one process: every isolate from the bootstrap snapshot
     // (see ARCHITECTURE.md, "one snapshot blob per process").
-    let (pool, kv_store) = front::start_pool_and_store(
-        &data_dir,
-        false,
-        config.threads,
-        config.limits.worker_caps(),
-        config.egress.egress(),
-    )?;
+    let node =
+        front::start_node(&data_dir, false, config.threads, config.limits.worker_caps(), config.egress.egress())?;
+    let node = Arc::new(node);
     // At start, every worker of the file must load.
-    let Loaded { deployed, refused, routes } = load_workers(&args.config, &config, &base, &data_dir, &pool)?;
-    if !refused.is_empty() {
-        let reasons: Vec<String> = refused.iter().map(|err| format!("{err:#}")).collect();
-        bail!("{}", reasons.join("\n"));
+    let applied =
+        node.apply(desired(&args.config, &config, &base)).with_context(|| args.config.display().to_string())?;
+    if !applied.refused.is_empty() {
+        bail!("{}", applied.refused.join("\n"));
     }
-    let routes = routes.expect("every worker the routes name runs when none was refused");
 
     let runtime = front::front_runtime()?;
     runtime.block_on(async move {
@@ -237,21 +231,20 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 listeners.push(bound);
             }
         }
-        let handler =
-            Arc::new(PoolHandler { pool: pool.clone(), target: Target::Routes(RwLock::new(Arc::new(routes))) });
-        let reload = Reload { path: args.config.clone(), base, data_dir, pool: pool.clone() };
+        let handler = Arc::new(node.routed_handler());
+        let reload = Reload { path: args.config.clone(), base, node: node.clone() };
         // Listening for SIGHUP before saying the node is up: a hangup that
         // arrived before would otherwise end the process.
         let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .context("cannot listen for SIGHUP")?;
-        tokio::spawn(reload_on_sighup(reload, hangups, handler.clone()));
-        println!("outpost serve: {} workers, {} routes", deployed.len(), config.routes.len());
+        tokio::spawn(reload_on_sighup(reload, hangups));
+        println!("outpost serve: {} workers, {} routes", applied.deployed.len(), config.routes.len());
         std::io::stdout().flush()?;
-        front::spawn_store_tasks(&pool, &kv_store);
+        node.spawn_triggers();
         // WebSockets close (1001) while the front drains.
-        front::serve_until_signal(listeners, config.limits.server_config(), handler, || pool.close_websockets())
+        front::serve_until_signal(listeners, config.limits.server_config(), handler, || node.close_websockets())
             .await?;
-        pool.stop();
+        node.stop();
         tracing::info!("stopped");
         Ok(())
     })
@@ -270,33 +263,30 @@ fn resolve_in(base: &Path, path: &Path) -> PathBuf {
 struct Reload {
     path: PathBuf,
     base: PathBuf,
-    data_dir: PathBuf,
-    pool: Pool,
+    node: Arc<Node>,
 }
 
-/// SIGHUP: read the file again, (re)deploy its workers (a new version of a
-/// worker takes new requests at once; the old one finishes what it has)
-/// and swap in its routes. Listeners, certificates and limits stay as they
-/// were started. A file that does not parse changes nothing. Each worker
-/// stands alone: one whose configuration is refused (it does not load, asks
-/// for more than the node's caps, or names data that is not its own) is
-/// logged and keeps its running version, and the others are reloaded all
-/// the same, so one tenant cannot hold back everyone's updates. The routes
-/// are swapped in only if every worker they name is running.
-async fn reload_on_sighup(reload: Reload, mut hangups: tokio::signal::unix::Signal, handler: Arc<PoolHandler>) {
+/// SIGHUP: read the file again and apply its workers and routes to the
+/// node (see [`Node::apply`]: each worker stands alone, and one refused
+/// keeps its running version). Listeners, certificates and limits stay as
+/// they were started. A file that does not parse changes nothing.
+async fn reload_on_sighup(reload: Reload, mut hangups: tokio::signal::unix::Signal) {
     let reload = Arc::new(reload);
     while hangups.recv().await.is_some() {
         let reload = reload.clone();
         // Deploying loads workers (and may make snapshots): off the async threads.
-        let reloaded = tokio::task::spawn_blocking(move || reload_workers_and_routes(&reload)).await;
+        let reloaded = tokio::task::spawn_blocking(move || -> anyhow::Result<Applied> {
+            let text = std::fs::read_to_string(&reload.path)
+                .with_context(|| format!("cannot read {}", reload.path.display()))?;
+            let config = NodeConfig::parse(&text, &reload.path)?;
+            let desired = desired(&reload.path, &config, &reload.base);
+            reload.node.apply(desired).with_context(|| reload.path.display().to_string())
+        })
+        .await;
         match reloaded {
-            Ok(Ok(Loaded { deployed, refused, routes })) => {
+            Ok(Ok(Applied { deployed, refused, routes_swapped })) => {
                 for refusal in &refused {
-                    tracing::error!("reload failed for a worker, which keeps its running version: {refusal:#}");
-                }
-                let routes_swapped = routes.is_some();
-                if let Some(routes) = routes {
-                    handler.replace_routes(routes);
+                    tracing::error!("reload failed for a worker, which keeps its running version: {refusal}");
                 }
                 tracing::info!(
                     deployed = deployed.len(),
@@ -311,73 +301,25 @@ async fn reload_on_sighup(reload: Reload, mut hangups: tokio::signal::unix::Sign
     }
 }
 
-/// What loading a node file's workers did.
-struct Loaded {
-    /// Workers now running the file's version.
-    deployed: Vec<String>,
-    /// Why the others were not (re)loaded.
-    refused: Vec<anyhow::Error>,
-    /// The file's routes, if every worker they name runs.
-    routes: Option<Routes<String>>,
-}
-
-fn reload_workers_and_routes(reload: &Reload) -> anyhow::Result<Loaded> {
-    let Reload { path, base, data_dir, pool } = reload;
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let config = NodeConfig::parse(&text, path)?;
-    load_workers(path, &config, base, data_dir, pool)
-}
-
-/// (Re)deploys the workers of a node file, each on its own: one that does
-/// not load, asks for more than the node's caps or names data that is not
-/// its own is refused (and keeps its running version, if it has one). Its
-/// KV claims are recorded only if it runs. Errs only when the routes do not
-/// parse, or the ownership record cannot be read or written.
-fn load_workers(path: &Path, config: &NodeConfig, base: &Path, data_dir: &Path, pool: &Pool) -> anyhow::Result<Loaded> {
-    let routes = Routes::new(config.routes.iter().map(|r| (r.pattern.clone(), r.worker.clone())))
-        .with_context(|| format!("invalid routes in {}", path.display()))?;
-    let owners_path = ownership::owners_path(data_dir);
-    let mut owners = ownership::read_owners(&owners_path)?;
-    let before = owners.clone();
-    let (mut deployed, mut refused, mut seen) = (Vec::new(), Vec::new(), Vec::new());
-    for entry in &config.workers {
-        let worker_path = resolve_in(base, &entry.path);
-        let outcome = (|| {
-            let worker = config::resolve(&worker_path)?;
-            if seen.contains(&worker.name) {
-                bail!("{}: two workers are named {:?}", path.display(), worker.name);
-            }
-            seen.push(worker.name.clone());
-            pool.check_limits(&worker.limits).with_context(|| format!("cannot load worker {}", worker.name))?;
-            // Claims count only for a worker that runs.
-            let mut trial = owners.clone();
-            trial.admit(&worker, &config.grants).with_context(|| format!("{}", path.display()))?;
-            let name = worker.name.clone();
-            pool.deploy(front::worker_spec(worker)?).with_context(|| format!("cannot load worker {name}"))?;
-            owners = trial;
-            Ok(name)
-        })();
-        match outcome {
-            Ok(name) => deployed.push(name),
-            Err(err) => refused.push(err.context(format!("worker {}", worker_path.display()))),
-        }
+/// What a node file asks the node to run: its workers (each read from its
+/// directory's `outpost.toml`, or why it could not be), routes and grants.
+fn desired(path: &Path, config: &NodeConfig, base: &Path) -> Desired {
+    let workers = config
+        .workers
+        .iter()
+        .map(|entry| {
+            let worker_path = resolve_in(base, &entry.path);
+            let spec = config::resolve(&worker_path)
+                .and_then(front::worker_spec)
+                .map_err(|err| format!("{}: {err:#}", path.display()));
+            Candidate { label: worker_path.display().to_string(), spec }
+        })
+        .collect();
+    Desired {
+        workers,
+        routes: config.routes.iter().map(|r| (r.pattern.clone(), r.worker.clone())).collect(),
+        grants: config.grants.clone(),
     }
-    if owners != before {
-        ownership::write_owners(&owners_path, &owners)?;
-    }
-    let missing: Vec<&str> =
-        config.routes.iter().map(|r| r.worker.as_str()).filter(|worker| !pool.is_deployed(worker)).collect();
-    let routes = if missing.is_empty() {
-        Some(routes)
-    } else {
-        refused.push(anyhow::anyhow!(
-            "{}: routes name workers that are not running ({}); the routes stay as they were",
-            path.display(),
-            missing.join(", ")
-        ));
-        None
-    };
-    Ok(Loaded { deployed, refused, routes })
 }
 
 #[cfg(test)]

@@ -8,15 +8,13 @@
 //! isolation, evicts idle isolates (LRU within a memory budget), and
 //! enforces limits: CPU time per request (a watchdog terminates the
 //! isolate), V8 heap per isolate, wall time to the response head. Durable
-//! Objects: every call for a worker's objects goes to the one isolate that
-//! hosts them (so each object has one live instance on the node), and
-//! [`alarms`] fires their stored alarms, retrying failures with backoff.
+//! Objects: every event for a worker's objects goes to the one isolate that
+//! hosts them (so each object has one live instance on the node).
 //!
 //! What it does not do: speak HTTP, route hosts or paths to workers, or
 //! parse configuration files. Its decisions (placement, eviction, CPU
 //! budget) are plain functions in [`policy`], testable without V8.
 
-pub mod alarms;
 mod inflight;
 mod limits;
 pub mod policy;
@@ -25,7 +23,6 @@ pub mod snapshots;
 mod thread;
 mod watchdog;
 
-pub use alarms::run_alarms;
 pub use limits::{LimitCaps, LimitError, Limits};
 pub use pool::{DeployError, FetchError, Isolation, Pool, PoolConfig, PoolStats, WorkerSpec};
 pub use snapshots::{Snapshotter, EXIT_LOAD_ERROR, EXIT_UNSUPPORTED};

@@ -80,13 +80,6 @@ pub enum ObjectError {
     Storage(#[from] StorageError),
 }
 
-/// Retry delay after `attempt` failed runs of an alarm handler (1-based):
-/// 2 s doubling up to 1 h, as plain data for the scheduler.
-pub fn alarm_retry_delay_ms(attempt: u32) -> u64 {
-    let base: u64 = 2_000;
-    base.saturating_mul(1u64 << attempt.saturating_sub(1).min(20)).min(3_600_000)
-}
-
 /// Durable Object storage and alarms for every object of a node: the seam
 /// between the runtime (and the alarm scheduler) and a backend. The
 /// redb-backed [`Store`](crate::Store) implements it; a PostgreSQL backend
@@ -162,13 +155,5 @@ mod tests {
         assert!(check(&[0; 2048], Some(&[0; 131072])).is_ok());
         assert_eq!(check(&[0; 2049], None), Err(ObjectLimitError::KeyTooLong(2049)));
         assert_eq!(check(b"k", Some(&[0; 131073])), Err(ObjectLimitError::ValueTooLarge(131073)));
-    }
-
-    #[test]
-    fn alarm_backoff_doubles_and_caps() {
-        assert_eq!(alarm_retry_delay_ms(1), 2_000);
-        assert_eq!(alarm_retry_delay_ms(2), 4_000);
-        assert_eq!(alarm_retry_delay_ms(5), 32_000);
-        assert_eq!(alarm_retry_delay_ms(30), 3_600_000);
     }
 }

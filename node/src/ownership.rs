@@ -11,15 +11,14 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context as _};
+use outpost_isolate_pool::WorkerSpec;
+use outpost_runtime::KvNamespaceBinding;
 use serde::{Deserialize, Serialize};
-
-use crate::config::ResolvedWorker;
 
 /// One `[[grants]]` entry of node.toml: what a worker may use besides its own.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct GrantConfig {
+pub struct Grant {
     /// The worker given access.
     pub worker: String,
     /// KV namespace ids that belong to other workers.
@@ -40,42 +39,58 @@ pub struct Owners {
 impl Owners {
     /// Checks what `worker` binds against the owners and the grants, and
     /// claims the KV namespace ids nobody owns yet for it.
-    pub fn admit(&mut self, worker: &ResolvedWorker, grants: &[GrantConfig]) -> anyhow::Result<()> {
-        let granted = |pick: fn(&GrantConfig) -> &Vec<String>, what: &str| {
+    pub fn admit(&mut self, worker: &WorkerSpec, grants: &[Grant]) -> Result<(), OwnershipError> {
+        let granted = |pick: fn(&Grant) -> &Vec<String>, what: &str| {
             grants.iter().filter(|g| g.worker == worker.name).any(|g| pick(g).iter().any(|item| item == what))
         };
-        for binding in &worker.kv_namespaces {
+        let kv_namespaces = worker.bindings.iter().filter_map(|b| b.as_any().downcast_ref::<KvNamespaceBinding>());
+        for binding in kv_namespaces {
             match self.kv_namespaces.get(&binding.id) {
                 None => {
                     self.kv_namespaces.insert(binding.id.clone(), worker.name.clone());
                 }
                 Some(owner) if *owner == worker.name => {}
                 Some(_) if granted(|g| &g.kv_namespaces, &binding.id) => {}
-                Some(owner) => bail!(
-                    "worker {:?}: the KV namespace {:?} (binding {}) belongs to worker {owner:?}; node.toml can grant access with [[grants]] worker = {:?}, kv_namespaces = [{:?}]",
-                    worker.name,
-                    binding.id,
-                    binding.binding,
-                    worker.name,
-                    binding.id
-                ),
+                Some(owner) => {
+                    return Err(OwnershipError::KvNamespace {
+                        worker: worker.name.clone(),
+                        id: binding.id.clone(),
+                        binding: binding.binding.clone(),
+                        owner: owner.clone(),
+                    })
+                }
             }
         }
-        for binding in worker.durable_objects.iter().filter(|b| b.script != worker.name) {
+        for binding in worker.durable_objects().filter(|b| b.script != worker.name) {
             let class = format!("{}:{}", binding.script, binding.class_name);
             if !granted(|g| &g.durable_objects, &class) {
-                bail!(
-                    "worker {:?}: the Durable Object binding {} reaches class {} of worker {:?}; node.toml can grant access with [[grants]] worker = {:?}, durable_objects = [{class:?}]",
-                    worker.name,
-                    binding.binding,
-                    binding.class_name,
-                    binding.script,
-                    worker.name
-                );
+                return Err(OwnershipError::ObjectClass {
+                    worker: worker.name.clone(),
+                    binding: binding.binding.clone(),
+                    class_name: binding.class_name.clone(),
+                    script: binding.script.clone(),
+                    class,
+                });
             }
         }
         Ok(())
     }
+}
+
+/// Why a worker may not use what it binds, or the record cannot be kept.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OwnershipError {
+    #[error("worker {worker:?}: the KV namespace {id:?} (binding {binding}) belongs to worker {owner:?}; node.toml can grant access with [[grants]] worker = {worker:?}, kv_namespaces = [{id:?}]")]
+    KvNamespace { worker: String, id: String, binding: String, owner: String },
+    #[error("worker {worker:?}: the Durable Object binding {binding} reaches class {class_name} of worker {script:?}; node.toml can grant access with [[grants]] worker = {worker:?}, durable_objects = [{class:?}]")]
+    ObjectClass { worker: String, binding: String, class_name: String, script: String, class: String },
+    #[error("{} is corrupt: {source}", path.display())]
+    Corrupt { path: PathBuf, source: serde_json::Error },
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot write {}: {source}", path.display())]
+    Write { path: PathBuf, source: std::io::Error },
 }
 
 /// Where a node keeps its owners.
@@ -84,16 +99,17 @@ pub fn owners_path(data_dir: &Path) -> PathBuf {
 }
 
 /// Reads the record; none yet is an empty one.
-pub fn read_owners(path: &Path) -> anyhow::Result<Owners> {
+pub fn read_owners(path: &Path) -> Result<Owners, OwnershipError> {
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("{} is corrupt", path.display())),
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|source| OwnershipError::Corrupt { path: path.to_path_buf(), source }),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(Owners::default()),
-        Err(err) => Err(err).with_context(|| format!("cannot read {}", path.display())),
+        Err(source) => Err(OwnershipError::Read { path: path.to_path_buf(), source }),
     }
 }
 
 /// Writes the record whole or not at all (a new file renamed over the old).
-pub fn write_owners(path: &Path, owners: &Owners) -> anyhow::Result<()> {
+pub fn write_owners(path: &Path, owners: &Owners) -> Result<(), OwnershipError> {
     let partial = path.with_extension("json.partial");
     let write = || -> std::io::Result<()> {
         use std::io::Write as _;
@@ -102,34 +118,35 @@ pub fn write_owners(path: &Path, owners: &Owners) -> anyhow::Result<()> {
         file.sync_all()?;
         std::fs::rename(&partial, path)
     };
-    write().with_context(|| format!("cannot write {}", path.display()))
+    write().map_err(|source| OwnershipError::Write { path: path.to_path_buf(), source })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use outpost_runtime::{DurableObjectBinding, KvNamespaceBinding};
+    use std::sync::Arc;
 
-    fn worker(name: &str, kv: &[&str], objects: &[(&str, &str)]) -> ResolvedWorker {
-        ResolvedWorker {
+    use outpost_runtime::{Binding, DurableObjectBinding, WorkerSource};
+
+    use super::*;
+
+    fn worker(name: &str, kv: &[&str], objects: &[(&str, &str)]) -> WorkerSpec {
+        let kv = kv.iter().map(|id| {
+            Arc::new(KvNamespaceBinding { binding: format!("B_{id}"), id: id.to_string() }) as Arc<dyn Binding>
+        });
+        let objects = objects.iter().map(|(script, class)| {
+            Arc::new(DurableObjectBinding {
+                binding: class.to_uppercase(),
+                class_name: class.to_string(),
+                script: script.to_string(),
+            }) as Arc<dyn Binding>
+        });
+        WorkerSpec {
             name: name.into(),
-            root: PathBuf::from("/w"),
-            main: PathBuf::from("/w/worker.js"),
+            source: WorkerSource { root: PathBuf::from("/w"), main: PathBuf::from("/w/worker.js") },
             vars: Default::default(),
             isolation: Default::default(),
             limits: Default::default(),
-            kv_namespaces: kv
-                .iter()
-                .map(|id| KvNamespaceBinding { binding: format!("B_{id}"), id: id.to_string() })
-                .collect(),
-            durable_objects: objects
-                .iter()
-                .map(|(script, class)| DurableObjectBinding {
-                    binding: class.to_uppercase(),
-                    class_name: class.to_string(),
-                    script: script.to_string(),
-                })
-                .collect(),
+            bindings: kv.chain(objects).collect(),
         }
     }
 
@@ -141,7 +158,7 @@ mod tests {
         owners.admit(&worker("a", &["sessions"], &[]), &[]).unwrap();
         let err = owners.admit(&worker("b", &["sessions"], &[]), &[]).unwrap_err().to_string();
         assert!(err.contains("belongs to worker \"a\""), "{err}");
-        let grant = GrantConfig { worker: "b".into(), kv_namespaces: vec!["sessions".into()], ..Default::default() };
+        let grant = Grant { worker: "b".into(), kv_namespaces: vec!["sessions".into()], ..Default::default() };
         owners.admit(&worker("b", &["sessions"], &[]), &[grant]).unwrap();
         assert_eq!(owners.kv_namespaces["sessions"], "a", "a grant gives access, not ownership");
     }
@@ -152,7 +169,7 @@ mod tests {
         owners.admit(&worker("b", &[], &[("b", "Counter")]), &[]).unwrap();
         let err = owners.admit(&worker("a", &[], &[("b", "Counter")]), &[]).unwrap_err().to_string();
         assert!(err.contains("durable_objects = [\"b:Counter\"]"), "{err}");
-        let grant = GrantConfig { worker: "a".into(), durable_objects: vec!["b:Counter".into()], ..Default::default() };
+        let grant = Grant { worker: "a".into(), durable_objects: vec!["b:Counter".into()], ..Default::default() };
         owners.admit(&worker("a", &[], &[("b", "Counter")]), std::slice::from_ref(&grant)).unwrap();
         // A grant to one worker is not a grant to another.
         assert!(owners.admit(&worker("c", &[], &[("b", "Counter")]), &[grant]).is_err());

@@ -8,11 +8,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use outpost_kv::objects::{alarm_retry_delay_ms, ObjectKey};
+use outpost_isolate_pool::Pool;
+use outpost_kv::objects::ObjectKey;
 use outpost_kv::Store;
 use outpost_runtime::{split_object_namespace, ObjectAddress};
-
-use crate::pool::Pool;
+use tracing::Instrument as _;
 
 /// Failed runs of one alarm before it is dropped (as on Cloudflare: six
 /// retries after the first run).
@@ -31,6 +31,13 @@ pub enum AlarmOutcome {
     Retry { at_ms: u64, failures: u32 },
     /// It failed too often: clear it and say so.
     GiveUp,
+}
+
+/// Retry delay after `attempt` failed runs of an alarm handler (1-based):
+/// 2 s doubling up to 1 h.
+pub fn alarm_retry_delay_ms(attempt: u32) -> u64 {
+    let base: u64 = 2_000;
+    base.saturating_mul(1u64 << attempt.saturating_sub(1).min(20)).min(3_600_000)
 }
 
 /// Decides an alarm's fate: `failures_before` earlier runs of it failed.
@@ -77,7 +84,8 @@ pub async fn run_alarms(pool: Pool, store: Store) {
                         tracker.failures.get(&object).copied().unwrap_or(0)
                     };
                     let address = ObjectAddress { class_name: class_name.to_string(), id: object.id, name: None };
-                    tokio::spawn(fire(
+                    let span = tracing::info_span!("node.alarm", worker = %worker, class = %class_name);
+                    let fire = fire(
                         pool.clone(),
                         store.clone(),
                         tracker.clone(),
@@ -86,7 +94,8 @@ pub async fn run_alarms(pool: Pool, store: Store) {
                         failures,
                         object,
                         at_ms,
-                    ));
+                    );
+                    tokio::spawn(fire.instrument(span));
                 }
             }
             Err(err) => tracing::warn!("cannot read due alarms: {err}"),
@@ -154,6 +163,14 @@ async fn fire(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn alarm_backoff_doubles_and_caps() {
+        assert_eq!(alarm_retry_delay_ms(1), 2_000);
+        assert_eq!(alarm_retry_delay_ms(2), 4_000);
+        assert_eq!(alarm_retry_delay_ms(5), 32_000);
+        assert_eq!(alarm_retry_delay_ms(30), 3_600_000);
+    }
 
     #[test]
     fn success_clears_and_failures_back_off_then_give_up() {

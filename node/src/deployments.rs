@@ -1,0 +1,202 @@
+//! The node's deployments: which workers run, which routes lead to them,
+//! and who owns which stored data. Changed as a whole by [`Node::apply`].
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use outpost_ingress::routes::{RouteError, Routes};
+use outpost_isolate_pool::{LimitCaps, Pool, PoolConfig, Snapshotter, WorkerSpec};
+use outpost_runtime::Egress;
+
+use crate::handler::{NodeHandler, Target};
+use crate::ownership::{self, Grant, OwnershipError};
+
+/// How a node starts.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// Where the node keeps its state (the store, snapshots, owners).
+    pub data_dir: PathBuf,
+    /// Threads running isolates (default: cores − 1, at least 1).
+    pub threads: Option<usize>,
+    /// The most any worker's limits may be.
+    pub caps: LimitCaps,
+    /// Where workers' outbound `fetch` may connect.
+    pub egress: Egress,
+    /// Whether isolates start from per-worker snapshots (a one-worker node).
+    pub worker_snapshots: bool,
+    /// How the pool makes worker snapshots (a child process).
+    pub snapshotter: Snapshotter,
+}
+
+/// Why a node did not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    #[error("cannot create the data directory {}: {source}", path.display())]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error("cannot open the store {}: {source}", path.display())]
+    Store { path: PathBuf, source: outpost_kv::OpenError },
+}
+
+/// One worker the caller wants running, or why it could not even be read.
+#[derive(Debug)]
+pub struct Candidate {
+    /// How the caller names it in messages (its directory, say).
+    pub label: String,
+    pub spec: Result<WorkerSpec, String>,
+}
+
+/// What the node should run: its workers, its routes (`host/path` pattern,
+/// worker name) and its grants.
+#[derive(Debug, Default)]
+pub struct Desired {
+    pub workers: Vec<Candidate>,
+    pub routes: Vec<(String, String)>,
+    pub grants: Vec<Grant>,
+}
+
+/// What [`Node::apply`] did.
+#[derive(Debug)]
+pub struct Applied {
+    /// Workers now running the desired version.
+    pub deployed: Vec<String>,
+    /// Why the others (and, if so, the routes) were not taken: each keeps
+    /// what was running before.
+    pub refused: Vec<String>,
+    /// Whether the new routes are in place.
+    pub routes_swapped: bool,
+}
+
+/// Why nothing of a desired state was taken.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApplyError {
+    #[error("invalid routes: {0}")]
+    Routes(#[from] RouteError),
+    #[error(transparent)]
+    Ownership(#[from] OwnershipError),
+}
+
+/// A running node: the isolate pool, the store and the deployments.
+pub struct Node {
+    pool: Pool,
+    store: outpost_kv::Store,
+    data_dir: PathBuf,
+    routes: Arc<RwLock<Arc<Routes<String>>>>,
+}
+
+impl Node {
+    /// Opens the store and starts the pool (initialising V8: call it once,
+    /// from the main thread).
+    pub fn start(options: NodeOptions) -> Result<Node, StartError> {
+        let NodeOptions { data_dir, threads, caps, egress, worker_snapshots, snapshotter } = options;
+        std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir { path: data_dir.clone(), source })?;
+        outpost_runtime::init_v8();
+        let kv_path = data_dir.join("kv.redb");
+        let store = outpost_kv::Store::open(&kv_path, outpost_kv::StoreConfig::default())
+            .map_err(|source| StartError::Store { path: kv_path, source })?;
+        let mut config = PoolConfig::new(data_dir.join("snapshots"), snapshotter);
+        config.worker_snapshots = worker_snapshots;
+        config.caps = caps;
+        config.egress = egress;
+        config.services.insert(store.clone());
+        // Measured: on 2 cores, 1 isolate thread + 1 front thread serves
+        // more than 2 + 1.
+        config.threads = threads.unwrap_or_else(|| config.threads.saturating_sub(1).max(1));
+        let pool = Pool::start(config);
+        Ok(Node { pool, store, data_dir, routes: Arc::default() })
+    }
+
+    /// The pool, for what the node does not wrap.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// The handler for the front: every request to `worker`.
+    pub fn handler_for(&self, worker: &str) -> NodeHandler {
+        NodeHandler { pool: self.pool.clone(), target: Target::One(worker.to_string()) }
+    }
+
+    /// The handler for the front: requests by the node's routes.
+    pub fn routed_handler(&self) -> NodeHandler {
+        NodeHandler { pool: self.pool.clone(), target: Target::Routes(self.routes.clone()) }
+    }
+
+    /// Deploys one worker (a new version replaces the running one once it
+    /// has loaded). No ownership checks: for a node of one tenant.
+    pub fn deploy(&self, spec: WorkerSpec) -> Result<(), outpost_isolate_pool::DeployError> {
+        let _span = tracing::info_span!("node.deploy", worker = %spec.name).entered();
+        self.pool.deploy(spec)
+    }
+
+    /// Moves the node towards `desired`, each worker on its own: one that
+    /// could not be read, does not load, asks for more than the node's caps
+    /// or names data that is not its own is refused (and keeps its running
+    /// version, if it has one), and the others are deployed all the same,
+    /// so one tenant cannot hold back everyone's updates. Its KV claims are
+    /// recorded only if it runs. The routes are swapped in only if every
+    /// worker they name runs. Blocks while workers load: call it off the
+    /// async threads. Errs, changing nothing, when the routes do not parse
+    /// or the ownership record cannot be read or written.
+    pub fn apply(&self, desired: Desired) -> Result<Applied, ApplyError> {
+        let _span = tracing::info_span!("node.apply", workers = desired.workers.len()).entered();
+        let routes = Routes::new(desired.routes.iter().cloned())?;
+        let owners_path = ownership::owners_path(&self.data_dir);
+        let mut owners = ownership::read_owners(&owners_path)?;
+        let before = owners.clone();
+        let (mut deployed, mut refused, mut seen) = (Vec::new(), Vec::new(), Vec::new());
+        for Candidate { label, spec } in desired.workers {
+            let outcome = (|| {
+                let spec = spec?;
+                if seen.contains(&spec.name) {
+                    return Err(format!("two workers are named {:?}", spec.name));
+                }
+                seen.push(spec.name.clone());
+                let name = spec.name.clone();
+                self.pool.check_limits(&spec.limits).map_err(|err| format!("cannot load worker {name}: {err}"))?;
+                // Claims count only for a worker that runs.
+                let mut trial = owners.clone();
+                trial.admit(&spec, &desired.grants).map_err(|err| err.to_string())?;
+                self.deploy(spec).map_err(|err| format!("cannot load worker {name}: {err}"))?;
+                owners = trial;
+                Ok(name)
+            })();
+            match outcome {
+                Ok(name) => deployed.push(name),
+                Err(reason) => refused.push(format!("worker {label}: {reason}")),
+            }
+        }
+        if owners != before {
+            ownership::write_owners(&owners_path, &owners)?;
+        }
+        let missing: Vec<&str> =
+            desired.routes.iter().map(|(_, worker)| worker.as_str()).filter(|w| !self.pool.is_deployed(w)).collect();
+        let routes_swapped = missing.is_empty();
+        if routes_swapped {
+            *self.routes.write().unwrap() = Arc::new(routes);
+        } else {
+            refused.push(format!(
+                "routes name workers that are not running ({}); the routes stay as they were",
+                missing.join(", ")
+            ));
+        }
+        Ok(Applied { deployed, refused, routes_swapped })
+    }
+
+    /// Starts the node's background work on the current tokio runtime:
+    /// expired KV entries are swept and due alarms fire.
+    pub fn spawn_triggers(&self) {
+        crate::triggers::spawn(&self.pool, &self.store);
+    }
+
+    /// Has every isolate close its WebSockets as going away (1001), for
+    /// the start of a shutdown.
+    pub fn close_websockets(&self) {
+        self.pool.close_websockets();
+    }
+
+    /// Stops every isolate after its in-flight work.
+    pub fn stop(&self) {
+        self.pool.stop();
+    }
+}

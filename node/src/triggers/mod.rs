@@ -1,0 +1,15 @@
+//! What makes workers run besides requests: Durable Object alarms (and,
+//! next, cron schedules and queue consumers). Each trigger is a task on the
+//! node's tokio runtime that decides when to fire (pure functions of time
+//! and what it saw) and hands the pool an event.
+
+pub mod alarms;
+
+use outpost_isolate_pool::Pool;
+
+/// Starts every trigger, and the store's sweeper of expired KV entries, on
+/// the current tokio runtime.
+pub fn spawn(pool: &Pool, store: &outpost_kv::Store) {
+    store.spawn_sweeper(std::time::Duration::from_secs(60));
+    tokio::spawn(alarms::run_alarms(pool.clone(), store.clone()));
+}
