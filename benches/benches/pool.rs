@@ -26,7 +26,8 @@ fn main() {
     // This binary is also the pool's snapshot process.
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some(SNAPSHOT_SUBCOMMAND) {
-        std::process::exit(make_snapshot(&args[2], &args[3], &args[4]));
+        let (root, main, out) = (Path::new(&args[2]), Path::new(&args[3]), Path::new(&args[4]));
+        std::process::exit(outpost_isolate_pool::snapshots::run_snapshot_process(root, main, out));
     }
     let mode = std::env::var("OUTPOST_BENCH_SNAPSHOT").unwrap_or_else(|_| "worker".into());
     let worker_snapshots = match mode.as_str() {
@@ -52,25 +53,6 @@ fn main() {
 }
 
 const HELLO: &str = "export default { fetch() { return new Response('Hello from Outpost!\\n'); } };\n";
-
-fn make_snapshot(root: &str, main: &str, out: &str) -> i32 {
-    use outpost_runtime::snapshot::{create_worker_snapshot, SnapshotError};
-    let source = WorkerSource::new(Path::new(root), Path::new(main)).expect("the worker exists");
-    match create_worker_snapshot(&source) {
-        Ok(bytes) => {
-            std::fs::write(out, bytes).expect("the snapshot is written");
-            0
-        }
-        Err(SnapshotError::Module(message)) => {
-            eprintln!("{message}");
-            outpost_isolate_pool::EXIT_LOAD_ERROR
-        }
-        Err(err) => {
-            eprintln!("{err}");
-            outpost_isolate_pool::EXIT_UNSUPPORTED
-        }
-    }
-}
 
 fn tempdir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("outpost-bench-{}", std::process::id()));

@@ -63,35 +63,8 @@ fn main() -> ExitCode {
 }
 
 fn snapshot_worker(root: &std::path::Path, main: &std::path::Path, out: &std::path::Path) -> ExitCode {
-    use outpost_runtime::snapshot::{create_worker_snapshot, SnapshotError};
-    let source = match outpost_runtime::WorkerSource::new(root, main) {
-        Ok(source) => source,
-        Err(err) => {
-            eprintln!("{err}");
-            return ExitCode::from(outpost_isolate_pool::EXIT_LOAD_ERROR as u8);
-        }
-    };
-    match create_worker_snapshot(&source) {
-        Ok(bytes) => match std::fs::write(out, bytes) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err) => {
-                eprintln!("cannot write {}: {err}", out.display());
-                ExitCode::FAILURE
-            }
-        },
-        Err(SnapshotError::Module(message)) => {
-            eprintln!("{message}");
-            ExitCode::from(outpost_isolate_pool::EXIT_LOAD_ERROR as u8)
-        }
-        Err(SnapshotError::Unsupported(message)) => {
-            eprintln!("{message}");
-            ExitCode::from(outpost_isolate_pool::EXIT_UNSUPPORTED as u8)
-        }
-        Err(err) => {
-            eprintln!("{err}");
-            ExitCode::FAILURE
-        }
-    }
+    let status = outpost_isolate_pool::snapshots::run_snapshot_process(root, main, out);
+    ExitCode::from(u8::try_from(status).unwrap_or(1))
 }
 
 /// Human-readable lines on a terminal, JSON lines otherwise; `RUST_LOG`

@@ -27,6 +27,7 @@ pub mod http3;
 pub mod routes;
 mod server;
 pub mod tls;
+mod upgrade;
 
 pub use handler::{Body, BoxError, Handler, HandlerError, Protocol, RequestContext, TlsInfo};
 pub use server::{serve, Listener, ServeError, ServerConfig, UpgradePipe};

@@ -1,5 +1,8 @@
 //! Pool decisions as plain functions: state and time in, decisions out. No
-//! V8, no threads, no clocks, so they are tested in microseconds.
+//! V8, no threads, no clocks, so they are tested in microseconds. The pool's
+//! state machine (`state.rs`) applies them to the pool's bookkeeping; a
+//! pool thread's CPU meter applies [`CpuAccount`], [`over_cpu_limit`],
+//! [`IdleWatch`] and [`work_after_response_expired`] to each slice.
 
 use std::time::{Duration, Instant};
 
@@ -171,6 +174,33 @@ pub fn work_after_response_expired(in_flight: usize, open_sockets: usize, idle_f
     in_flight == 0 && open_sockets == 0 && idle_for > WORK_AFTER_RESPONSE
 }
 
+/// Since when an isolate has been idle as its slices see it: nothing in
+/// flight and no WebSocket open. Idle from the first slice that saw it so;
+/// the pool's last-used time alone would count a socket that just closed,
+/// or a response just finished, as long idle. Times are on any one
+/// monotonic clock.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IdleWatch {
+    since: Option<Duration>,
+}
+
+impl IdleWatch {
+    /// At a slice at `now`.
+    pub fn observe(&mut self, in_flight: usize, open_sockets: usize, now: Duration) {
+        self.since = match (in_flight, open_sockets) {
+            (0, 0) => Some(self.since.unwrap_or(now)),
+            _ => None,
+        };
+    }
+
+    /// How long the isolate has been idle at `now` by both the slices'
+    /// clock (no socket open either) and the pool's (`since_last_used`: no
+    /// request taken or finished); `None` if it was busy at the last slice.
+    pub fn idle_for(&self, now: Duration, since_last_used: Duration) -> Option<Duration> {
+        self.since.map(|since| now.saturating_sub(since).min(since_last_used))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,6 +298,22 @@ mod tests {
         assert!(work_after_response_expired(0, 0, s(31)));
         assert!(!work_after_response_expired(1, 0, s(31)), "a request in flight is not idle");
         assert!(!work_after_response_expired(0, 1, s(600)), "an open WebSocket is not idle");
+    }
+
+    #[test]
+    fn idle_time_counts_from_the_first_idle_slice_and_restarts_when_busy() {
+        let s = Duration::from_secs;
+        let mut watch = IdleWatch::default();
+        watch.observe(1, 0, s(0));
+        assert_eq!(watch.idle_for(s(1), s(100)), None);
+        watch.observe(0, 0, s(10));
+        watch.observe(0, 0, s(20));
+        assert_eq!(watch.idle_for(s(25), s(100)), Some(s(15)));
+        assert_eq!(watch.idle_for(s(25), s(3)), Some(s(3)), "a request finished since");
+        watch.observe(0, 1, s(30));
+        assert_eq!(watch.idle_for(s(40), s(100)), None, "an open WebSocket is not idle");
+        watch.observe(0, 0, s(50));
+        assert_eq!(watch.idle_for(s(80), s(100)), Some(s(30)));
     }
 
     #[test]

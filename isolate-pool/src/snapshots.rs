@@ -14,6 +14,44 @@ pub const EXIT_LOAD_ERROR: i32 = 2;
 /// snapshotted.
 pub const EXIT_UNSUPPORTED: i32 = 3;
 
+/// The snapshot process's whole job, for the binary that is the pool's
+/// snapshotter (`outpost snapshot-worker`, the pool bench): evaluates the
+/// worker at `main` in `root` and writes its snapshot to `out`. Returns the
+/// exit status the pool reads ([`EXIT_LOAD_ERROR`], [`EXIT_UNSUPPORTED`],
+/// 1 for anything else); the reason goes to standard error, which the pool
+/// reads as the message.
+pub fn run_snapshot_process(root: &Path, main: &Path, out: &Path) -> i32 {
+    use outpost_runtime::snapshot::{create_worker_snapshot, SnapshotError};
+    let source = match WorkerSource::new(root, main) {
+        Ok(source) => source,
+        Err(err) => {
+            eprintln!("{err}");
+            return EXIT_LOAD_ERROR;
+        }
+    };
+    match create_worker_snapshot(&source) {
+        Ok(bytes) => match std::fs::write(out, bytes) {
+            Ok(()) => 0,
+            Err(err) => {
+                eprintln!("cannot write {}: {err}", out.display());
+                1
+            }
+        },
+        Err(SnapshotError::Module(message)) => {
+            eprintln!("{message}");
+            EXIT_LOAD_ERROR
+        }
+        Err(SnapshotError::Unsupported(message)) => {
+            eprintln!("{message}");
+            EXIT_UNSUPPORTED
+        }
+        Err(err) => {
+            eprintln!("{err}");
+            1
+        }
+    }
+}
+
 /// How to run the snapshot process: `program args... <root> <main> <out>`.
 #[derive(Debug, Clone)]
 pub struct Snapshotter {

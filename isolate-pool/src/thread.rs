@@ -1,21 +1,39 @@
 //! A pool thread: a current-thread tokio runtime whose tasks are isolates.
+//!
+//! A thread knows its pool only as an [`IsolateHost`]: what an isolate is
+//! started with, and where to say it loaded and that it is gone. So this
+//! module does not depend on `pool.rs`, which depends on it.
 
 use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use outpost_runtime::{DispatchError, EventQueue, IsolateSignals, ServeError, WorkerEvent, WorkerIsolate};
+use outpost_runtime::{
+    DispatchError, EventQueue, IsolateSignals, ServeError, WorkerEvent, WorkerIsolate, WorkerOptions,
+};
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument as _;
 
 use crate::inflight::LastUsed;
-use crate::policy::{over_cpu_limit, work_after_response_expired, CpuAccount, IsolateId};
-use crate::pool::{worker_options, DeployedWorker, Inner};
+use crate::policy::{over_cpu_limit, work_after_response_expired, CpuAccount, IdleWatch, IsolateId};
 use crate::watchdog::{thread_cpu_time, Running, Slot};
+use crate::worker::DeployedWorker;
+
+/// What a pool thread needs from its pool (implemented by `pool.rs`).
+pub(crate) trait IsolateHost: Send + Sync {
+    /// What an isolate of `worker` is started with besides its code.
+    fn worker_options(&self, worker: &DeployedWorker, signals: Arc<IsolateSignals>) -> WorkerOptions;
+    /// Isolate `id` loaded, using `memory_bytes` of heap.
+    fn isolate_loaded(&self, id: IsolateId, memory_bytes: usize);
+    /// Isolate `id` takes no more events (done, evicted, terminated or
+    /// failed to load).
+    fn isolate_gone(&self, id: IsolateId);
+}
 
 pub(crate) struct StartIsolate {
     pub(crate) id: IsolateId,
@@ -38,7 +56,7 @@ pub(crate) struct ThreadHandle {
     pub(crate) slot: Arc<Slot>,
 }
 
-pub(crate) fn spawn(index: usize, pool: Weak<Inner>) -> ThreadHandle {
+pub(crate) fn spawn(index: usize, host: Arc<dyn IsolateHost>) -> ThreadHandle {
     let (commands, mut receiver) = mpsc::unbounded_channel();
     let slot = Arc::new(Slot::default());
     let thread_slot = slot.clone();
@@ -52,7 +70,7 @@ pub(crate) fn spawn(index: usize, pool: Weak<Inner>) -> ThreadHandle {
                 while let Some(command) = receiver.recv().await {
                     match command {
                         Command::Start(start) => {
-                            tokio::task::spawn_local(run_isolate(*start, thread_slot.clone(), pool.clone()));
+                            tokio::task::spawn_local(run_isolate(*start, thread_slot.clone(), host.clone()));
                         }
                         Command::Stop => break,
                     }
@@ -66,7 +84,7 @@ pub(crate) fn spawn(index: usize, pool: Weak<Inner>) -> ThreadHandle {
 }
 
 /// Runs one isolate from creation to drop.
-async fn run_isolate(start: StartIsolate, slot: Arc<Slot>, pool: Weak<Inner>) {
+async fn run_isolate(start: StartIsolate, slot: Arc<Slot>, host: Arc<dyn IsolateHost>) {
     let StartIsolate { id, worker, receiver, in_flight, completed, signals, last_used, mut loaded } = start;
     let name = worker.spec.name.clone();
     let limits = worker.spec.limits;
@@ -77,20 +95,18 @@ async fn run_isolate(start: StartIsolate, slot: Arc<Slot>, pool: Weak<Inner>) {
             tracing::error!(worker = %name, isolate = id, "isolate failed to load: {message}");
         }
     };
+    let span = tracing::debug_span!("pool.isolate_start", worker = %name, isolate = id);
     let queue = Rc::new(EventQueue::new(receiver));
-    let mut isolate = match WorkerIsolate::new(
-        &worker.spec.source,
-        worker.code,
-        &worker_options(&worker, &pool, signals.clone()),
-        queue,
-    ) {
+    let options = host.worker_options(&worker, signals.clone());
+    let mut isolate = match span.in_scope(|| WorkerIsolate::new(&worker.spec.source, worker.code, &options, queue)) {
         Ok(isolate) => isolate,
         Err(err) => {
             report_load(&mut loaded, Err(err.to_string()));
-            gone(&pool, id);
+            host.isolate_gone(id);
             return;
         }
     };
+    drop(options);
     let meter = Meter {
         slot,
         handle: isolate.thread_safe_handle(),
@@ -103,9 +119,9 @@ async fn run_isolate(start: StartIsolate, slot: Arc<Slot>, pool: Weak<Inner>) {
         account: Cell::new(CpuAccount::default()),
         tripped: Arc::new(AtomicBool::new(false)),
         epoch: Instant::now(),
-        idle_since: Cell::new(None),
+        idle: Cell::new(IdleWatch::default()),
     };
-    let load = match meter.run(isolate.load()).await {
+    let load = match meter.run(isolate.load()).instrument(span).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(err)) => Err(err.to_string()),
         Err(Stop::Cpu) => Err(format!("top-level code exceeded the CPU limit of {} ms", limits.cpu_ms)),
@@ -114,17 +130,15 @@ async fn run_isolate(start: StartIsolate, slot: Arc<Slot>, pool: Weak<Inner>) {
     };
     if let Err(message) = load {
         report_load(&mut loaded, Err(message));
-        gone(&pool, id);
+        host.isolate_gone(id);
         return;
     }
-    if let Some(pool) = pool.upgrade() {
-        pool.isolate_loaded(id, isolate.used_heap_bytes());
-    }
+    host.isolate_loaded(id, isolate.used_heap_bytes());
     report_load(&mut loaded, Ok(()));
 
     let served = meter.run(isolate.serve()).await;
     // No new requests for this isolate from here on.
-    gone(&pool, id);
+    host.isolate_gone(id);
     // A stopped isolate is dropped at once, whatever it still waits for (a
     // timer, a fetch, a storage write): requests in flight get the reason.
     let reason = match served {
@@ -159,12 +173,6 @@ async fn run_isolate(start: StartIsolate, slot: Arc<Slot>, pool: Weak<Inner>) {
         isolate.set_abort_reason(reason);
     }
     drop(isolate);
-}
-
-fn gone(pool: &Weak<Inner>, id: IsolateId) {
-    if let Some(pool) = pool.upgrade() {
-        pool.isolate_gone(id);
-    }
 }
 
 /// Why the meter stopped an isolate.
@@ -205,7 +213,7 @@ struct Meter {
     /// The meter's clock.
     epoch: Instant,
     /// Since when (on `epoch`) slices have seen the isolate idle.
-    idle_since: Cell<Option<Duration>>,
+    idle: Cell<IdleWatch>,
 }
 
 impl Meter {
@@ -246,15 +254,9 @@ impl<F: Future> Future for Metered<'_, F> {
         let now = meter.epoch.elapsed();
         let charged = account.begin_slice(in_flight, refills, now);
         let open_sockets = meter.signals.open_sockets.load(Ordering::Relaxed);
-        // Idle from the first slice that saw nothing in flight and no
-        // socket open (the pool's last-used time alone would count a socket
-        // that just closed, or a response just finished, as long idle).
-        let idle_since = match (in_flight, open_sockets, meter.idle_since.get()) {
-            (0, 0, Some(since)) => Some(since),
-            (0, 0, None) => Some(now),
-            _ => None,
-        };
-        meter.idle_since.set(idle_since);
+        let mut idle = meter.idle.get();
+        idle.observe(in_flight, open_sockets, now);
+        meter.idle.set(idle);
         let started = thread_cpu_time();
         meter.slot.begin(Running {
             handle: meter.handle.clone(),
@@ -284,9 +286,7 @@ impl<F: Future> Future for Metered<'_, F> {
             // requests and waitUntil() work do, and no timer keeps it.
             Poll::Pending if meter.signals.is_going_away() => Poll::Pending,
             Poll::Pending => {
-                // Idle for long by both the meter's clock (no socket open
-                // either) and the pool's (no request taken or finished).
-                let idle_for = idle_since.map(|since| now.saturating_sub(since).min(meter.last_used.elapsed()));
+                let idle_for = idle.idle_for(now, meter.last_used.elapsed());
                 let in_flight = meter.in_flight.load(Ordering::Relaxed);
                 match idle_for {
                     Some(idle_for) if work_after_response_expired(in_flight, open_sockets, idle_for) => {

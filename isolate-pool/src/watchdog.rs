@@ -3,13 +3,12 @@
 //! that never yields is stopped this way; nothing else could interrupt it.
 
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use outpost_runtime::v8::IsolateHandle;
 
 use crate::policy::over_cpu_limit;
-use crate::pool::Inner;
 
 /// How often the watchdog looks.
 const TICK: Duration = Duration::from_millis(1);
@@ -107,7 +106,10 @@ fn clock_time(clock: libc::clockid_t) -> Duration {
     Duration::new(spec.tv_sec as u64, spec.tv_nsec as u32)
 }
 
-pub(crate) fn spawn(pool: Weak<Inner>, slots: Vec<Arc<Slot>>) {
+/// Starts the watchdog over `slots`; once a second it also calls
+/// `maintain` (the pool's eviction and deadlines), and stops when that
+/// returns false (the pool is gone or stopping).
+pub(crate) fn spawn(maintain: impl Fn() -> bool + Send + 'static, slots: Vec<Arc<Slot>>) {
     std::thread::Builder::new()
         .name("isolate-watchdog".into())
         .spawn(move || {
@@ -119,11 +121,8 @@ pub(crate) fn spawn(pool: Weak<Inner>, slots: Vec<Arc<Slot>>) {
                 }
                 ticks += 1;
                 // Eviction is not urgent: once a second is enough.
-                if ticks.is_multiple_of(1000) {
-                    match pool.upgrade() {
-                        Some(pool) if pool.maintain() => {}
-                        _ => return,
-                    }
+                if ticks.is_multiple_of(1000) && !maintain() {
+                    return;
                 }
             }
         })

@@ -6,6 +6,8 @@ use std::sync::{Arc, RwLock};
 
 use outpost_ingress::routes::{RouteError, Routes};
 use outpost_isolate_pool::{LimitCaps, Pool, PoolConfig, Snapshotter, WorkerSpec};
+use outpost_kv::objects::ObjectStorage;
+use outpost_kv::KvStorage;
 use outpost_runtime::Egress;
 
 use crate::handler::{NodeHandler, Target};
@@ -99,7 +101,10 @@ impl Node {
         config.worker_snapshots = worker_snapshots;
         config.caps = caps;
         config.egress = egress;
-        config.services.insert(store.clone());
+        let kv: Arc<dyn KvStorage> = Arc::new(store.clone());
+        let objects: Arc<dyn ObjectStorage> = Arc::new(store.clone());
+        config.services.insert(kv);
+        config.services.insert(objects);
         // Measured: on 2 cores, 1 isolate thread + 1 front thread serves
         // more than 2 + 1.
         config.threads = threads.unwrap_or_else(|| config.threads.saturating_sub(1).max(1));

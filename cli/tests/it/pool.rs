@@ -31,7 +31,10 @@ fn pool_with_store(dir: &Path, store: Option<&outpost_kv::Store>) -> Pool {
     config.threads = 2;
     config.worker_snapshots = false;
     if let Some(store) = store {
-        config.services.insert(store.clone());
+        let kv: std::sync::Arc<dyn outpost_kv::KvStorage> = std::sync::Arc::new(store.clone());
+        let objects: std::sync::Arc<dyn outpost_kv::objects::ObjectStorage> = std::sync::Arc::new(store.clone());
+        config.services.insert(kv);
+        config.services.insert(objects);
     }
     Pool::start(config)
 }

@@ -9,8 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use outpost_isolate_pool::Pool;
-use outpost_kv::objects::ObjectKey;
-use outpost_kv::Store;
+use outpost_kv::objects::{ObjectKey, ObjectStorage};
 use outpost_runtime::{split_object_namespace, ObjectAddress};
 use tracing::Instrument as _;
 
@@ -65,11 +64,11 @@ struct Tracker {
 
 /// Runs until the pool stops: fires every due alarm of every deployed
 /// worker. Spawn it on the node's tokio runtime.
-pub async fn run_alarms(pool: Pool, store: Store) {
+pub async fn run_alarms(pool: Pool, store: Arc<dyn ObjectStorage>) {
     let tracker = Arc::new(Mutex::new(Tracker::default()));
     while !pool.is_stopping() {
         let now = now_ms();
-        match store.due_alarms(now) {
+        match store.due_alarms(now).await {
             Ok(due) => {
                 for (object, at_ms) in due {
                     let Some((worker, class_name)) = split_object_namespace(&object.class) else { continue };
@@ -83,19 +82,9 @@ pub async fn run_alarms(pool: Pool, store: Store) {
                         }
                         tracker.failures.get(&object).copied().unwrap_or(0)
                     };
-                    let address = ObjectAddress { class_name: class_name.to_string(), id: object.id, name: None };
                     let span = tracing::info_span!("node.alarm", worker = %worker, class = %class_name);
-                    let fire = fire(
-                        pool.clone(),
-                        store.clone(),
-                        tracker.clone(),
-                        worker.to_string(),
-                        address,
-                        failures,
-                        object,
-                        at_ms,
-                    );
-                    tokio::spawn(fire.instrument(span));
+                    let due = DueAlarm { worker: worker.to_string(), object, at_ms, failures };
+                    tokio::spawn(fire(pool.clone(), store.clone(), tracker.clone(), due).instrument(span));
                 }
             }
             Err(err) => tracing::warn!("cannot read due alarms: {err}"),
@@ -104,7 +93,7 @@ pub async fn run_alarms(pool: Pool, store: Store) {
         // running or cannot run (its worker is not deployed): wait POLL
         // rather than spin on it.
         let now = now_ms();
-        let next = store.next_alarm().ok().flatten();
+        let next = store.next_alarm().await.ok().flatten();
         let wait = match next {
             Some(at) if at > now => Duration::from_millis(at - now).min(POLL),
             _ => POLL,
@@ -113,17 +102,18 @@ pub async fn run_alarms(pool: Pool, store: Store) {
     }
 }
 
-async fn fire(
-    pool: Pool,
-    store: Store,
-    tracker: Arc<Mutex<Tracker>>,
+/// An alarm that came due: whose, for when, and how often it failed so far.
+struct DueAlarm {
     worker: String,
-    address: ObjectAddress,
-    retry_count: u32,
     object: ObjectKey,
     at_ms: u64,
-) {
-    let class_name = address.class_name.clone();
+    failures: u32,
+}
+
+async fn fire(pool: Pool, store: Arc<dyn ObjectStorage>, tracker: Arc<Mutex<Tracker>>, due: DueAlarm) {
+    let DueAlarm { worker, object, at_ms, failures: retry_count } = due;
+    let class_name = split_object_namespace(&object.class).map_or("", |(_, class)| class).to_string();
+    let address = ObjectAddress { class_name: class_name.clone(), id: object.id, name: None };
     let request_id = format!("alarm-{:016x}", u64::from_be_bytes(object.id[..8].try_into().expect("8 bytes")));
     let succeeded = match pool.run_alarm(&worker, address, retry_count, request_id.clone()).await {
         Ok(()) => true,

@@ -11,5 +11,5 @@ use outpost_isolate_pool::Pool;
 /// the current tokio runtime.
 pub fn spawn(pool: &Pool, store: &outpost_kv::Store) {
     store.spawn_sweeper(std::time::Duration::from_secs(60));
-    tokio::spawn(alarms::run_alarms(pool.clone(), store.clone()));
+    tokio::spawn(alarms::run_alarms(pool.clone(), std::sync::Arc::new(store.clone())));
 }

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use deno_core::OpState;
 pub use ids::id_from_name;
-use outpost_kv::Store;
+use outpost_kv::objects::ObjectStorage;
 
 use super::{Binding, BindingError, BindingServices};
 use crate::ext::events::{ObjectAddress, RpcCall, RpcOutcome};
@@ -83,7 +83,7 @@ pub(crate) struct ObjectBindings {
     /// Where stubs' calls go.
     pub(crate) router: Option<Arc<dyn ObjectRouter>>,
     /// The node's store, for the objects this worker hosts.
-    pub(crate) store: Option<Store>,
+    pub(crate) store: Option<Arc<dyn ObjectStorage>>,
 }
 
 impl Binding for DurableObjectBinding {
@@ -109,10 +109,9 @@ impl Binding for DurableObjectBinding {
         // Without a router, stubs' calls fail with a message saying so.
         objects.router = services.get::<Arc<dyn ObjectRouter>>().cloned();
         if hosted {
-            let store = services
-                .get::<Store>()
-                .cloned()
-                .ok_or_else(|| BindingError::MissingService { binding: self.binding.clone(), service: "a store" })?;
+            let store = services.get::<Arc<dyn ObjectStorage>>().cloned().ok_or_else(|| {
+                BindingError::MissingService { binding: self.binding.clone(), service: "Durable Object storage" }
+            })?;
             objects.store = Some(store);
         }
         objects.bindings.push(self.clone());

@@ -61,7 +61,7 @@ export class InputGate {
     this.#holds--;
     if (this.#holds === 0 && this.#waiting.length > 0) this.#schedule();
   }
-  /** For reads, which complete at once: held until the next turn. */
+  /** Held until the next turn of the event loop. */
   holdForTurn() {
     this.hold();
     PromisePrototypeThen(op_void_async_deferred(), () => this.release());
@@ -296,17 +296,27 @@ export class DurableObjectStorage {
     return this.#schedule(false, () => op_outpost_do_storage_write(object.className, object.hex, puts, deletes));
   }
 
+  /** Runs `read` (async) after every earlier write is committed, holding the gate until the turn after it. */
   async #read(read) {
     if (this.#uncommitted > 0 || this.#waiting > 0) await this.#settled();
-    this.#object.gate.holdForTurn();
-    return read();
+    const gate = this.#object.gate;
+    gate.hold();
+    try {
+      return await read();
+    } finally {
+      // The code awaiting the read runs before the next event.
+      gate.holdForTurn();
+      gate.release();
+    }
   }
 
   get(keys, _options = undefined) {
     const object = this.#object;
     return rejectingBadArguments(() => {
       const { many, names } = keyArgument(keys);
-      return this.#read(() => gotten(many, names, op_outpost_do_storage_get(object.className, object.hex, names)));
+      return this.#read(async () =>
+        gotten(many, names, await op_outpost_do_storage_get(object.className, object.hex, names))
+      );
     });
   }
 
@@ -334,7 +344,7 @@ export class DurableObjectStorage {
     const object = this.#object;
     return rejectingBadArguments(() => {
       const checked = listOptions(options);
-      return this.#read(() => listed(op_outpost_do_storage_list(object.className, object.hex, checked)));
+      return this.#read(async () => listed(await op_outpost_do_storage_list(object.className, object.hex, checked)));
     });
   }
 
@@ -409,16 +419,16 @@ class DurableObjectTransaction {
     if (this.#finished) throw new TypeError("this transaction has already ended");
   }
 
-  #stored(names) {
+  async #stored(names) {
     const object = this.#object;
-    const values = op_outpost_do_storage_get(object.className, object.hex, names);
+    const values = await op_outpost_do_storage_get(object.className, object.hex, names);
     return ArrayPrototypeMap(names, (name, i) => MapPrototypeHas(this.#writes, name) ? MapPrototypeGet(this.#writes, name) : values[i]);
   }
 
   async get(keys, _options = undefined) {
     this.#check();
     const { many, names } = keyArgument(keys);
-    return gotten(many, names, this.#stored(names));
+    return gotten(many, names, await this.#stored(names));
   }
 
   async put(keyOrEntries, value = undefined, _options = undefined) {
@@ -431,7 +441,7 @@ class DurableObjectTransaction {
   async delete(keys, _options = undefined) {
     this.#check();
     const { many, names } = keyArgument(keys);
-    const existing = this.#stored(names);
+    const existing = await this.#stored(names);
     for (let i = 0; i < names.length; i++) MapPrototypeSet(this.#writes, names[i], null);
     return deleted(many, existing);
   }
@@ -442,7 +452,7 @@ class DurableObjectTransaction {
     const object = this.#object;
     // The stored entries in bounds, with this transaction's writes over them.
     const merged = new SafeMap();
-    const stored = op_outpost_do_storage_list(object.className, object.hex, { ...checked, limit: null });
+    const stored = await op_outpost_do_storage_list(object.className, object.hex, { ...checked, limit: null });
     for (let i = 0; i < stored.length; i++) MapPrototypeSet(merged, stored[i][0], stored[i][1]);
     for (const { 0: key, 1: value } of new SafeMapIterator(this.#writes)) {
       if (!inListBounds(key, checked)) continue;

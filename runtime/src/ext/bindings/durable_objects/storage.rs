@@ -4,19 +4,19 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use deno_core::{op2, JsBuffer, OpState, ToJsBuffer};
 use deno_error::JsErrorBox;
-use outpost_kv::objects::{ObjectError, ObjectKey, ObjectListOptions, ObjectWrite};
-use outpost_kv::Store;
+use outpost_kv::objects::{ObjectError, ObjectKey, ObjectListOptions, ObjectStorage, ObjectWrite};
 use serde::Deserialize;
 
 use super::ids::parse_id;
 use super::{object_namespace, ObjectBindings};
 use crate::ext::console::WorkerName;
 
-fn object(state: &OpState, class_name: &str, id: &str) -> Result<(Store, ObjectKey), JsErrorBox> {
+fn object(state: &OpState, class_name: &str, id: &str) -> Result<(Arc<dyn ObjectStorage>, ObjectKey), JsErrorBox> {
     let store = state
         .try_borrow::<ObjectBindings>()
         .and_then(|bindings| bindings.store.clone())
@@ -37,15 +37,15 @@ fn storage_error(err: ObjectError) -> JsErrorBox {
 
 #[op2]
 #[serde]
-pub fn op_outpost_do_storage_get(
-    state: &mut OpState,
-    #[string] class_name: &str,
-    #[string] id: &str,
+pub async fn op_outpost_do_storage_get(
+    state: Rc<RefCell<OpState>>,
+    #[string] class_name: String,
+    #[string] id: String,
     #[serde] keys: Vec<String>,
 ) -> Result<Vec<Option<ToJsBuffer>>, JsErrorBox> {
-    let (store, object) = object(state, class_name, id)?;
+    let (store, object) = object(&state.borrow(), &class_name, &id)?;
     let keys: Vec<Vec<u8>> = keys.into_iter().map(String::into_bytes).collect();
-    let values = store.object_get(&object, &keys).map_err(storage_error)?;
+    let values = store.object_get(&object, &keys).await.map_err(storage_error)?;
     Ok(values.into_iter().map(|value| value.map(|v| v.to_vec().into())).collect())
 }
 
@@ -62,13 +62,13 @@ pub struct StorageListOptions {
 
 #[op2]
 #[serde]
-pub fn op_outpost_do_storage_list(
-    state: &mut OpState,
-    #[string] class_name: &str,
-    #[string] id: &str,
+pub async fn op_outpost_do_storage_list(
+    state: Rc<RefCell<OpState>>,
+    #[string] class_name: String,
+    #[string] id: String,
     #[serde] options: StorageListOptions,
 ) -> Result<Vec<(String, ToJsBuffer)>, JsErrorBox> {
-    let (store, object) = object(state, class_name, id)?;
+    let (store, object) = object(&state.borrow(), &class_name, &id)?;
     // `startAfter` is `start` at the smallest key after it.
     let start = match (options.start, options.start_after) {
         (_, Some(after)) => {
@@ -85,7 +85,7 @@ pub fn op_outpost_do_storage_list(
         reverse: options.reverse,
         limit: options.limit.map(|limit| limit as usize),
     };
-    let entries = store.object_list(&object, list).map_err(storage_error)?;
+    let entries = store.object_list(&object, list).await.map_err(storage_error)?;
     Ok(entries
         .into_iter()
         .map(|(key, value)| (String::from_utf8_lossy(&key).into_owned(), value.to_vec().into()))
@@ -135,13 +135,13 @@ pub async fn op_outpost_do_storage_delete_all(
 }
 
 #[op2]
-pub fn op_outpost_do_alarm_get(
-    state: &mut OpState,
-    #[string] class_name: &str,
-    #[string] id: &str,
+pub async fn op_outpost_do_alarm_get(
+    state: Rc<RefCell<OpState>>,
+    #[string] class_name: String,
+    #[string] id: String,
 ) -> Result<Option<f64>, JsErrorBox> {
-    let (store, object) = object(state, class_name, id)?;
-    Ok(store.get_alarm(&object).map_err(storage_error)?.map(|at| at as f64))
+    let (store, object) = object(&state.borrow(), &class_name, &id)?;
+    Ok(store.get_alarm(&object).await.map_err(storage_error)?.map(|at| at as f64))
 }
 
 /// Sets (milliseconds since the epoch) or, with `null`, deletes the alarm.

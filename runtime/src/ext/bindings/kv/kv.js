@@ -70,13 +70,13 @@ class KVNamespace {
 
   async get(key, options) {
     const type = kvGetType(options);
-    const found = op_outpost_kv_get(this.#binding, String(key));
+    const found = await op_outpost_kv_get(this.#binding, String(key));
     return found === null ? null : kvValue(found.value, type);
   }
 
   async getWithMetadata(key, options) {
     const type = kvGetType(options);
-    const found = op_outpost_kv_get(this.#binding, String(key));
+    const found = await op_outpost_kv_get(this.#binding, String(key));
     if (found === null) return { value: null, metadata: null, cacheStatus: null };
     return {
       value: kvValue(found.value, type),
@@ -101,7 +101,7 @@ class KVNamespace {
   }
 
   async list(options = {}) {
-    const page = op_outpost_kv_list(this.#binding, {
+    const page = await op_outpost_kv_list(this.#binding, {
       prefix: options?.prefix ?? null,
       limit: options?.limit ?? null,
       cursor: options?.cursor ?? null,

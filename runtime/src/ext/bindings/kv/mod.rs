@@ -7,7 +7,9 @@
 mod ops;
 
 use deno_core::OpState;
-use outpost_kv::Store;
+use std::sync::Arc;
+
+use outpost_kv::KvStorage;
 
 use super::{Binding, BindingError, BindingServices};
 
@@ -23,7 +25,7 @@ pub struct KvNamespaceBinding {
 /// The store and the namespaces bound to this isolate's worker, by number.
 #[derive(Clone)]
 pub(crate) struct KvNamespaces {
-    pub(crate) store: Store,
+    pub(crate) store: Arc<dyn KvStorage>,
     pub(crate) ids: Vec<String>,
 }
 
@@ -44,9 +46,9 @@ impl Binding for KvNamespaceBinding {
     ) -> Result<serde_json::Value, BindingError> {
         if !state.has::<KvNamespaces>() {
             let store = services
-                .get::<Store>()
+                .get::<Arc<dyn KvStorage>>()
                 .cloned()
-                .ok_or_else(|| BindingError::MissingService { binding: self.binding.clone(), service: "a store" })?;
+                .ok_or_else(|| BindingError::MissingService { binding: self.binding.clone(), service: "KV storage" })?;
             state.put(KvNamespaces { store, ids: Vec::new() });
         }
         let namespaces = state.borrow_mut::<KvNamespaces>();

@@ -2,15 +2,16 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use deno_core::{op2, JsBuffer, OpState, ToJsBuffer};
 use deno_error::JsErrorBox;
-use outpost_kv::{GetError, ListError, ListOptions, PutError, PutOptions, Store};
+use outpost_kv::{GetError, KvStorage, ListError, ListOptions, PutError, PutOptions};
 use serde::{Deserialize, Serialize};
 
 use super::KvNamespaces;
 
-fn namespace(state: &OpState, index: u32) -> Result<(Store, String), JsErrorBox> {
+fn namespace(state: &OpState, index: u32) -> Result<(Arc<dyn KvStorage>, String), JsErrorBox> {
     let bindings =
         state.try_borrow::<KvNamespaces>().ok_or_else(|| JsErrorBox::type_error("this worker has no KV bindings"))?;
     let namespace = bindings.ids.get(index as usize).ok_or_else(|| JsErrorBox::type_error("no such KV binding"))?;
@@ -39,13 +40,13 @@ pub struct KvValue {
 
 #[op2]
 #[serde]
-pub fn op_outpost_kv_get(
-    state: &mut OpState,
+pub async fn op_outpost_kv_get(
+    state: Rc<RefCell<OpState>>,
     #[smi] binding: u32,
     #[string] key: String,
 ) -> Result<Option<KvValue>, JsErrorBox> {
-    let (store, namespace) = namespace(state, binding)?;
-    let record = store.get(&namespace, key.as_bytes()).map_err(get_error)?;
+    let (store, namespace) = namespace(&state.borrow(), binding)?;
+    let record = store.get(&namespace, key.as_bytes()).await.map_err(get_error)?;
     Ok(record.map(|record| KvValue {
         value: record.value.to_vec().into(),
         metadata: record.metadata.as_ref().map(|m| String::from_utf8_lossy(m).into_owned()),
@@ -123,12 +124,12 @@ pub struct KvListPage {
 
 #[op2]
 #[serde]
-pub fn op_outpost_kv_list(
-    state: &mut OpState,
+pub async fn op_outpost_kv_list(
+    state: Rc<RefCell<OpState>>,
     #[smi] binding: u32,
     #[serde] options: KvListOptions,
 ) -> Result<KvListPage, JsErrorBox> {
-    let (store, namespace) = namespace(state, binding)?;
+    let (store, namespace) = namespace(&state.borrow(), binding)?;
     let limit = match options.limit {
         None => None,
         Some(limit) if limit.fract() == 0.0 && limit >= 0.0 => Some(limit as usize),
@@ -141,6 +142,7 @@ pub fn op_outpost_kv_list(
             &namespace,
             ListOptions { prefix: options.prefix.unwrap_or_default().into_bytes(), limit, cursor: options.cursor },
         )
+        .await
         .map_err(|err| match err {
             ListError::Limit(limit) => JsErrorBox::type_error(format!("KV LIST failed: {limit}")),
             ListError::BadCursor => JsErrorBox::type_error("KV LIST failed: invalid cursor"),
