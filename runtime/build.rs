@@ -1,6 +1,6 @@
-//! Builds the bootstrap snapshot: the isolate state right after
-//! `js/bootstrap.js` ran, with every web API loaded. Every isolate of every
-//! worker starts from it.
+//! Builds the bootstrap snapshot: the isolate state right after the
+//! bootstrap modules (`js/`, then each binding kind's) ran, with every web
+//! API loaded. Every isolate of every worker starts from it.
 
 #[allow(dead_code, unused_imports)] // the library uses more of it than the snapshot build
 #[path = "src/ext/mod.rs"]

@@ -264,16 +264,18 @@ pub async fn op_outpost_next_event(state: Rc<RefCell<OpState>>) -> Option<NextEv
     })
 }
 
-/// An event without an outcome of its own (an alarm) ran to the end; with
-/// `error`, it failed, and the message is logged.
+/// An event without an outcome of its own (an alarm) ran to the end; or,
+/// with `error`, any event failed: the message is logged and the event
+/// fails with [`DispatchError::WorkerThrew`]. An event already answered
+/// (a response went out before the failure) is left alone.
 #[op2]
 pub fn op_outpost_event_done(
     state: &mut OpState,
     #[smi] rid: ResourceId,
     #[string] error: Option<String>,
 ) -> Result<(), JsErrorBox> {
-    let event = take_event(state, rid)?;
     let Some(error) = error else {
+        let event = take_event(state, rid)?;
         let pending = event.pending.borrow_mut().take();
         return match pending {
             Some(Pending::Done(respond)) => {
@@ -284,8 +286,10 @@ pub fn op_outpost_event_done(
         };
     };
     let worker = state.borrow::<super::console::WorkerName>().0.clone();
-    tracing::error!(worker = %worker, request_id = %event.request_id, "uncaught exception: {error}");
-    event.fail(DispatchError::WorkerThrew);
+    if let Ok(event) = take_event(state, rid) {
+        tracing::error!(worker = %worker, request_id = %event.request_id, "uncaught exception: {error}");
+        event.fail(DispatchError::WorkerThrew);
+    }
     Ok(())
 }
 

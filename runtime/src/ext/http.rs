@@ -219,16 +219,6 @@ pub fn op_outpost_respond_stream(
     Ok(state.resource_table.add(ResponseWriter { tx, closed: Cell::new(false), abort }))
 }
 
-/// The worker failed to produce a response: log why, answer 500.
-#[op2(fast)]
-pub fn op_outpost_respond_error(state: &mut OpState, #[smi] rid: ResourceId, #[string] error: &str) {
-    let worker = state.borrow::<WorkerName>().0.clone();
-    if let Ok(in_flight) = take_event(state, rid) {
-        tracing::error!(worker = %worker, request_id = %in_flight.request_id, "uncaught exception: {error}");
-        in_flight.fail(DispatchError::WorkerThrew);
-    }
-}
-
 /// Writes one chunk of a streamed response; resolves to `false` once the
 /// client is gone (the worker should stop producing).
 #[op2]

@@ -42,7 +42,6 @@ deno_core::extension!(
         events::op_outpost_rpc_return,
         http::op_outpost_respond,
         http::op_outpost_respond_stream,
-        http::op_outpost_respond_error,
         http::op_outpost_body_write,
         http::op_outpost_body_close,
         console::op_outpost_log,
@@ -96,8 +95,8 @@ pub fn extensions(options: ExtensionOptions) -> Vec<Extension> {
         deno_crypto::deno_crypto::init(None),
         deno_fetch::deno_fetch::init(fetch_options),
         outpost_runtime::init(),
-        // One line per binding kind.
-        bindings::kv::outpost_binding_kv::init(),
-        bindings::durable_objects::outpost_binding_durable_objects::init(),
     ]
+    .into_iter()
+    .chain(bindings::extensions())
+    .collect()
 }

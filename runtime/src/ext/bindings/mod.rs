@@ -4,20 +4,28 @@
 //! configuration type (a [`Binding`]), its ops and its JavaScript, which is
 //! a deno extension of its own whose entry module registers the kind's
 //! constructor with the bootstrap (`registerBindingKind` in
-//! `js/04_registry.js`). The extension is one line of the list in
-//! `ext/mod.rs`; nothing else in the runtime names a kind.
+//! `js/04_registry.js`). Its module line and its extension's line in
+//! [`extensions`] register it; nothing else in the runtime names a kind.
 //!
 //! When an isolate starts, every binding of the worker [`Binding::install`]s
 //! what its ops need into the isolate's `OpState` and returns the
 //! description its constructor gets; the bootstrap's `prepare` then puts
 //! `new <Kind>(description)` on `env` under the binding's name.
 
+// A binding kind is registered by its module line here and its line in
+// `extensions`.
 pub mod durable_objects;
 pub mod kv;
 
 use std::sync::Arc;
 
-use deno_core::OpState;
+use deno_core::{Extension, OpState};
+
+/// The binding kinds' extensions, after `outpost_runtime` in the one
+/// extension list (`ext/mod.rs`): one line per kind.
+pub(crate) fn extensions() -> Vec<Extension> {
+    vec![kv::outpost_binding_kv::init(), durable_objects::outpost_binding_durable_objects::init()]
+}
 
 /// What the node lends bindings: the store, the router of object calls,
 /// and whatever a kind to come needs (a queue broker, ...), by type.
