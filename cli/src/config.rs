@@ -43,6 +43,18 @@ pub struct WorkerConfig {
     /// create a class (its storage appears on first use).
     #[serde(default)]
     pub migrations: Vec<toml::Value>,
+    /// What runs the worker besides requests, as in wrangler.toml.
+    #[serde(default)]
+    pub triggers: TriggersConfig,
+}
+
+/// The `[triggers]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriggersConfig {
+    /// Cron Triggers: Cloudflare's five-field expressions, in UTC.
+    #[serde(default)]
+    pub crons: Vec<String>,
 }
 
 /// The `durable_objects` table.
@@ -131,6 +143,7 @@ pub struct ResolvedWorker {
     pub limits: Limits,
     pub kv_namespaces: Vec<outpost_runtime::KvNamespaceBinding>,
     pub durable_objects: Vec<outpost_runtime::DurableObjectBinding>,
+    pub crons: Vec<outpost_cron::Schedule>,
 }
 
 /// Finds the worker at `path`: a `.js` file, or a directory with an
@@ -149,6 +162,7 @@ pub fn resolve(path: &Path) -> anyhow::Result<ResolvedWorker> {
             limits: Limits::default(),
             kv_namespaces: Vec::new(),
             durable_objects: Vec::new(),
+            crons: Vec::new(),
         });
     }
     let config_path = path.join(CONFIG_FILE);
@@ -228,7 +242,24 @@ pub fn resolve(path: &Path) -> anyhow::Result<ResolvedWorker> {
             script: binding.script_name.clone().unwrap_or_else(|| name.clone()),
         });
     }
-    Ok(ResolvedWorker { name, root: path.to_path_buf(), main, vars, isolation, limits, kv_namespaces, durable_objects })
+    let crons = config
+        .triggers
+        .crons
+        .iter()
+        .map(|expression| outpost_cron::Schedule::parse(expression))
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("invalid [triggers] in {}", config_path.display()))?;
+    Ok(ResolvedWorker {
+        name,
+        root: path.to_path_buf(),
+        main,
+        vars,
+        isolation,
+        limits,
+        kv_namespaces,
+        durable_objects,
+        crons,
+    })
 }
 
 /// The longest KV namespace id (Cloudflare's are 32 hex digits); the store
@@ -323,6 +354,18 @@ mod tests {
         assert!(is_js_identifier("Counter_2$"));
         assert!(!is_js_identifier("a:b"));
         assert!(!is_js_identifier("9lives"));
+    }
+
+    #[test]
+    fn cron_triggers_parse_as_in_wrangler() {
+        let config = WorkerConfig::parse(
+            "[triggers]\ncrons = [\"*/5 * * * *\", \"0 3 * * MON-FRI\"]\n",
+            Path::new("outpost.toml"),
+        )
+        .unwrap();
+        assert_eq!(config.triggers.crons, ["*/5 * * * *", "0 3 * * MON-FRI"]);
+        let err = WorkerConfig::parse("[triggers]\ncron = []\n", Path::new("outpost.toml")).unwrap_err();
+        assert!(format!("{err:#}").contains("unknown field `cron`"), "{err:#}");
     }
 
     #[test]

@@ -37,6 +37,10 @@ pub struct DevArgs {
     /// signed by a local CA, made once under the data directory.
     #[arg(long)]
     https: bool,
+    /// Run the worker's `scheduled` handler by hand: `GET /__scheduled?cron=<expr>`
+    /// or `GET /cdn-cgi/handler/scheduled?cron=<expr>`, as with wrangler.
+    #[arg(long)]
+    test_scheduled: bool,
 }
 
 pub fn run(args: DevArgs) -> anyhow::Result<()> {
@@ -50,7 +54,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     // A developer's own machine: the worker may call services on it.
     let node = front::start_node(&data_dir, !args.no_worker_snapshot, None, LimitCaps::CEILING, Egress::Any)?;
     let name = worker.name.clone();
-    node.deploy(front::worker_spec(worker)?).with_context(|| format!("cannot load worker {name}"))?;
+    node.deploy(front::node_worker(worker)?).with_context(|| format!("cannot load worker {name}"))?;
 
     let runtime = front::front_runtime()?;
     let tls = if args.https {
@@ -82,7 +86,11 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         };
         std::io::stdout().flush()?;
         node.spawn_triggers();
-        let handler = Arc::new(node.handler_for(&name));
+        let mut handler = node.handler_for(&name);
+        if args.test_scheduled {
+            handler = handler.with_test_scheduled();
+        }
+        let handler = Arc::new(handler);
         // WebSockets close (1001) while the front drains.
         // A developer's own machine: a client's X-Request-Id is the request's id.
         let config = ServerConfig { client_request_ids: true, ..ServerConfig::default() };

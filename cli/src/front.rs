@@ -1,5 +1,5 @@
 //! What `outpost dev` and `outpost serve` share: turning a worker's
-//! configuration into the node's [`WorkerSpec`], starting the node, running
+//! configuration into the node's [`Worker`], starting the node, running
 //! listeners together, and shutting down on a signal.
 
 use std::path::Path;
@@ -9,21 +9,22 @@ use anyhow::Context as _;
 use outpost_ingress::http3::H3Listener;
 use outpost_ingress::{Handler, Listener, ServerConfig};
 use outpost_isolate_pool::{LimitCaps, Snapshotter, WorkerSpec};
-use outpost_node::{Node, NodeOptions};
+use outpost_node::{Node, NodeOptions, Worker};
 use outpost_runtime::{Binding, Egress, WorkerSource};
 
-/// The pool's view of a worker from its configuration.
-pub fn worker_spec(worker: crate::config::ResolvedWorker) -> anyhow::Result<WorkerSpec> {
+/// The node's view of a worker from its configuration.
+pub fn node_worker(worker: crate::config::ResolvedWorker) -> anyhow::Result<Worker> {
     let kv = worker.kv_namespaces.into_iter().map(|b| Arc::new(b) as Arc<dyn Binding>);
     let objects = worker.durable_objects.into_iter().map(|b| Arc::new(b) as Arc<dyn Binding>);
-    Ok(WorkerSpec {
+    let spec = WorkerSpec {
         source: WorkerSource::new(&worker.root, &worker.main)?,
         name: worker.name,
         vars: worker.vars,
         isolation: worker.isolation,
         limits: worker.limits,
         bindings: kv.chain(objects).collect(),
-    })
+    };
+    Ok(Worker { spec, crons: worker.crons })
 }
 
 /// Starts a node keeping its state under `data_dir`, on `threads` isolate

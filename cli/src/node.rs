@@ -309,10 +309,10 @@ fn desired(path: &Path, config: &NodeConfig, base: &Path) -> Desired {
         .iter()
         .map(|entry| {
             let worker_path = resolve_in(base, &entry.path);
-            let spec = config::resolve(&worker_path)
-                .and_then(front::worker_spec)
+            let worker = config::resolve(&worker_path)
+                .and_then(front::node_worker)
                 .map_err(|err| format!("{}: {err:#}", path.display()));
-            Candidate { label: worker_path.display().to_string(), spec }
+            Candidate { label: worker_path.display().to_string(), worker }
         })
         .collect();
     Desired {

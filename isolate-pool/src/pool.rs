@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use outpost_runtime::{
     Body, DispatchError, Egress, HttpRequest, IsolateSignals, ObjectAddress, ObjectRouter, RouteFuture, RpcCall,
-    RpcOutcome, WorkerCode, WorkerEvent, WorkerOptions,
+    RpcOutcome, ScheduledOutcome, ScheduledRun, WorkerCode, WorkerEvent, WorkerOptions,
 };
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument as _;
@@ -245,6 +245,19 @@ impl Pool {
             dispatch(&placed, |respond| WorkerEvent::ObjectCall { object, call, respond }, true).await
         }
         .instrument(tracing::debug_span!("pool.dispatch", worker, event = "object_call"))
+        .await
+    }
+
+    /// Runs the `scheduled` handler of `worker` for a Cron Trigger; the
+    /// outcome says whether it threw. Like an alarm, a run is not bound by
+    /// the wall-clock limit (its CPU is), and its `waitUntil()` work is
+    /// waited for.
+    pub async fn run_scheduled(&self, worker: &str, run: ScheduledRun) -> Result<ScheduledOutcome, FetchError> {
+        async {
+            let placed = self.place(worker)?;
+            dispatch(&placed, |respond| WorkerEvent::Scheduled { run, respond }, false).await
+        }
+        .instrument(tracing::debug_span!("pool.dispatch", worker, event = "scheduled"))
         .await
     }
 

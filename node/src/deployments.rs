@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
+use outpost_cron::Schedule;
 use outpost_ingress::routes::{RouteError, Routes};
 use outpost_isolate_pool::{LimitCaps, Pool, PoolConfig, Snapshotter, WorkerSpec};
 use outpost_kv::objects::ObjectStorage;
@@ -12,6 +13,7 @@ use outpost_runtime::Egress;
 
 use crate::handler::{NodeHandler, Target};
 use crate::ownership::{self, Grant, OwnershipError};
+use crate::triggers::cron::Crons;
 
 /// How a node starts.
 #[derive(Debug, Clone)]
@@ -40,12 +42,21 @@ pub enum StartError {
     Store { path: PathBuf, source: outpost_kv::OpenError },
 }
 
+/// A worker as the node runs it: what the pool needs, and what fires it
+/// besides requests.
+#[derive(Debug)]
+pub struct Worker {
+    pub spec: WorkerSpec,
+    /// Its Cron Triggers.
+    pub crons: Vec<Schedule>,
+}
+
 /// One worker the caller wants running, or why it could not even be read.
 #[derive(Debug)]
 pub struct Candidate {
     /// How the caller names it in messages (its directory, say).
     pub label: String,
-    pub spec: Result<WorkerSpec, String>,
+    pub worker: Result<Worker, String>,
 }
 
 /// What the node should run: its workers, its routes (`host/path` pattern,
@@ -85,6 +96,7 @@ pub struct Node {
     store: outpost_kv::Store,
     data_dir: PathBuf,
     routes: Arc<RwLock<Arc<Routes<String>>>>,
+    crons: Crons,
 }
 
 impl Node {
@@ -109,7 +121,7 @@ impl Node {
         // more than 2 + 1.
         config.threads = threads.unwrap_or_else(|| config.threads.saturating_sub(1).max(1));
         let pool = Pool::start(config);
-        Ok(Node { pool, store, data_dir, routes: Arc::default() })
+        Ok(Node { pool, store, data_dir, routes: Arc::default(), crons: Crons::default() })
     }
 
     /// The pool, for what the node does not wrap.
@@ -119,19 +131,29 @@ impl Node {
 
     /// The handler for the front: every request to `worker`.
     pub fn handler_for(&self, worker: &str) -> NodeHandler {
-        NodeHandler { pool: self.pool.clone(), target: Target::One(worker.to_string()) }
+        NodeHandler::new(self.pool.clone(), Target::One(worker.to_string()))
     }
 
     /// The handler for the front: requests by the node's routes.
     pub fn routed_handler(&self) -> NodeHandler {
-        NodeHandler { pool: self.pool.clone(), target: Target::Routes(self.routes.clone()) }
+        NodeHandler::new(self.pool.clone(), Target::Routes(self.routes.clone()))
     }
 
     /// Deploys one worker (a new version replaces the running one once it
-    /// has loaded). No ownership checks: for a node of one tenant.
-    pub fn deploy(&self, spec: WorkerSpec) -> Result<(), outpost_isolate_pool::DeployError> {
-        let _span = tracing::info_span!("node.deploy", worker = %spec.name).entered();
-        self.pool.deploy(spec)
+    /// has loaded, and its Cron Triggers the old one's). No ownership
+    /// checks: for a node of one tenant.
+    pub fn deploy(&self, worker: Worker) -> Result<(), outpost_isolate_pool::DeployError> {
+        let Worker { spec, crons } = worker;
+        let name = spec.name.clone();
+        let _span = tracing::info_span!("node.deploy", worker = %name).entered();
+        self.pool.deploy(spec)?;
+        let mut all = self.crons.write().unwrap();
+        if crons.is_empty() {
+            all.remove(&name);
+        } else {
+            all.insert(name, crons);
+        }
+        Ok(())
     }
 
     /// Moves the node towards `desired`, each worker on its own: one that
@@ -150,9 +172,10 @@ impl Node {
         let mut owners = ownership::read_owners(&owners_path)?;
         let before = owners.clone();
         let (mut deployed, mut refused, mut seen) = (Vec::new(), Vec::new(), Vec::new());
-        for Candidate { label, spec } in desired.workers {
+        for Candidate { label, worker } in desired.workers {
             let outcome = (|| {
-                let spec = spec?;
+                let worker = worker?;
+                let spec = &worker.spec;
                 if seen.contains(&spec.name) {
                     return Err(format!("two workers are named {:?}", spec.name));
                 }
@@ -161,8 +184,8 @@ impl Node {
                 self.pool.check_limits(&spec.limits).map_err(|err| format!("cannot load worker {name}: {err}"))?;
                 // Claims count only for a worker that runs.
                 let mut trial = owners.clone();
-                trial.admit(&spec, &desired.grants).map_err(|err| err.to_string())?;
-                self.deploy(spec).map_err(|err| format!("cannot load worker {name}: {err}"))?;
+                trial.admit(spec, &desired.grants).map_err(|err| err.to_string())?;
+                self.deploy(worker).map_err(|err| format!("cannot load worker {name}: {err}"))?;
                 owners = trial;
                 Ok(name)
             })();
@@ -191,7 +214,7 @@ impl Node {
     /// Starts the node's background work on the current tokio runtime:
     /// expired KV entries are swept and due alarms fire.
     pub fn spawn_triggers(&self) {
-        crate::triggers::spawn(&self.pool, &self.store);
+        crate::triggers::spawn(&self.pool, &self.store, &self.crons);
     }
 
     /// Has every isolate close its WebSockets as going away (1001), for

@@ -6,6 +6,7 @@ import { clearTimeout, setTimeout, webidl } from "ext:outpost_runtime/00_prelude
 import { currentRequest, describeError, log } from "ext:outpost_runtime/01_console.js";
 
 const {
+  ArrayPrototypePush,
   Promise,
   PromisePrototypeThen,
   SafeSet,
@@ -51,13 +52,17 @@ export const kPassThrough = SymbolFor("outpost.passThroughOnException");
 
 export class ExecutionContext {
   #requestId;
-  constructor(requestId) {
+  #collected;
+  /** With `collected` (an array), the promises given to `waitUntil()` are also pushed there. */
+  constructor(requestId, collected = null) {
     this.#requestId = requestId;
+    this.#collected = collected;
     this[kPassThrough] = false;
   }
   waitUntil(promise) {
     webidl.requiredArguments(arguments.length, 1, "Failed to execute 'waitUntil' on 'ExecutionContext'");
     trackWaitUntil(promise, this.#requestId);
+    if (this.#collected !== null) ArrayPrototypePush(this.#collected, promise);
   }
   passThroughOnException() {
     // There is no origin behind a worker here to pass the request to: the

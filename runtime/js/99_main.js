@@ -12,6 +12,7 @@ import { bindingKind, eventKind } from "ext:outpost_runtime/04_registry.js";
 import "ext:outpost_runtime/05_entrypoints.js";
 import { pendingWaitUntil } from "ext:outpost_runtime/20_context.js";
 import { fetchHandler } from "ext:outpost_runtime/30_fetch.js";
+import { scheduledHandler } from "ext:outpost_runtime/40_scheduled.js";
 
 const {
   ArrayPrototypeFilter,
@@ -43,6 +44,7 @@ function resolveHandlers(namespace, env) {
   );
   return {
     fetch: fetchHandler(namespace, env),
+    scheduled: scheduledHandler(namespace, env),
     others,
     missingFetch: moduleSyntax
       ? "the worker's default export has no fetch() handler"

@@ -38,7 +38,9 @@ pub use ext::bindings::durable_objects::{
 pub use ext::bindings::kv::KvNamespaceBinding;
 pub use ext::bindings::{Binding, BindingError, BindingServices, Bindings};
 pub use ext::console::SharedLogBudget;
-pub use ext::events::{EventQueue, ObjectAddress, Responder, RpcCall, RpcOutcome, WorkerEvent};
+pub use ext::events::{
+    EventQueue, ObjectAddress, Responder, RpcCall, RpcOutcome, ScheduledOutcome, ScheduledRun, WorkerEvent,
+};
 pub use ext::http::{empty_body, full_body, Body, BoxError, DispatchError, HttpRequest};
 pub use ext::websocket::{IsolateSignals, UpgradePipe};
 pub use loader::ModuleKind;

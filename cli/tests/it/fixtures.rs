@@ -1,6 +1,7 @@
 //! The data-driven fixture harness: every `fixtures/<name>/` with a
-//! `cases.json` is served with `outpost dev`, sent each case's request, and
-//! its response compared with the case's expectation.
+//! `cases.json` is served with `outpost dev` (with the flags in its
+//! `dev-flags.txt`, if any), sent each case's request, and its response
+//! compared with the case's expectation.
 //!
 //! A case's `response` lists `status`, the `headers` that must match exactly
 //! (others are ignored), and the body as `body` (text) or `body_json`
@@ -54,7 +55,10 @@ async fn run_fixture(name: &str) {
     let mut cases: Vec<Case> =
         serde_json::from_str(&text).unwrap_or_else(|err| panic!("{}: {err}", cases_path.display()));
     let bless = std::env::var_os("BLESS").is_some();
-    let dev = Dev::start(&dir, &[]);
+    // `dev-flags.txt`: extra `outpost dev` flags the fixture needs.
+    let flags = std::fs::read_to_string(dir.join("dev-flags.txt")).unwrap_or_default();
+    let flags: Vec<&str> = flags.split_whitespace().collect();
+    let dev = Dev::start(&dir, &flags);
     let mut failures = Vec::new();
     for case in &mut cases {
         let headers: Vec<(&str, &str)> = case.request.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -140,4 +144,5 @@ fixtures! {
     worker_errors => "errors",
     kv_namespaces => "kv",
     durable_objects => "durable-objects",
+    cron_triggers => "cron",
 }

@@ -9,5 +9,6 @@ mod hostile;
 mod objects;
 mod pool;
 mod protocol;
+mod scheduled;
 mod streaming;
 mod support;

@@ -32,6 +32,29 @@ pub enum WorkerEvent {
     ObjectCall { object: ObjectAddress, call: RpcCall, respond: Responder<RpcOutcome> },
     /// A hosted object's alarm is due; `retry_count` earlier runs failed.
     Alarm { object: ObjectAddress, retry_count: u32, request_id: String, respond: Responder<()> },
+    /// A Cron Trigger fired: the worker's `scheduled` handler runs.
+    Scheduled { run: ScheduledRun, respond: Responder<ScheduledOutcome> },
+}
+
+/// One run of a Cron Trigger.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduledRun {
+    /// The expression as configured (`controller.cron`).
+    pub cron: String,
+    /// Milliseconds since the epoch (`controller.scheduledTime`): the
+    /// minute that fired, or now for a run by hand.
+    pub scheduled_time_ms: f64,
+    pub request_id: String,
+}
+
+/// How a run of the `scheduled` handler ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduledOutcome {
+    /// The first error the handler or its `waitUntil()` work threw, with
+    /// its stack.
+    pub error: Option<String>,
+    /// The handler called `controller.noRetry()`.
+    pub no_retry: bool,
 }
 
 /// The one-shot channel an event's outcome (or the reason there is none)
@@ -87,6 +110,7 @@ enum Pending {
     Http(Responder<http::Response<Body>>),
     Rpc(Responder<RpcOutcome>),
     Done(Responder<()>),
+    Scheduled(Responder<ScheduledOutcome>),
 }
 
 /// An event the worker has not answered yet, as a resource its JS holds.
@@ -118,6 +142,7 @@ impl EventInFlight {
             Some(Pending::Http(respond)) => drop(respond.send(Err(reason))),
             Some(Pending::Rpc(respond)) => drop(respond.send(Err(reason))),
             Some(Pending::Done(respond)) => drop(respond.send(Err(reason))),
+            Some(Pending::Scheduled(respond)) => drop(respond.send(Err(reason))),
             None => {}
         }
     }
@@ -171,6 +196,13 @@ pub enum NextEvent {
         object: NextObject,
         method: String,
         args: ToJsBuffer,
+    },
+    #[serde(rename_all = "camelCase")]
+    Scheduled {
+        rid: ResourceId,
+        request_id: String,
+        cron: String,
+        scheduled_time: f64,
     },
     #[serde(rename_all = "camelCase")]
     Alarm {
@@ -255,6 +287,12 @@ pub async fn op_outpost_next_event(state: Rc<RefCell<OpState>>) -> Option<NextEv
             method: call.method,
             args: call.args.into(),
         },
+        WorkerEvent::Scheduled { run, respond } => NextEvent::Scheduled {
+            rid: in_flight(state, &run.request_id, Pending::Scheduled(respond)),
+            request_id: run.request_id,
+            cron: run.cron,
+            scheduled_time: run.scheduled_time_ms,
+        },
         WorkerEvent::Alarm { object, retry_count, request_id, respond } => NextEvent::Alarm {
             rid: in_flight(state, &request_id, Pending::Done(respond)),
             request_id,
@@ -323,5 +361,29 @@ pub fn op_outpost_rpc_return(
             Ok(())
         }
         _ => Err(JsErrorBox::type_error("this event is not a method call")),
+    }
+}
+
+/// A run of the `scheduled` handler ended; `error` (with its stack) is the
+/// first thing it or its `waitUntil()` work threw, and is logged.
+#[op2]
+pub fn op_outpost_scheduled_done(
+    state: &mut OpState,
+    #[smi] rid: ResourceId,
+    #[string] error: Option<String>,
+    no_retry: bool,
+) -> Result<(), JsErrorBox> {
+    let event = take_event(state, rid)?;
+    if let Some(error) = &error {
+        let worker = state.borrow::<super::console::WorkerName>().0.clone();
+        tracing::error!(worker = %worker, request_id = %event.request_id, "scheduled handler failed: {error}");
+    }
+    let pending = event.pending.borrow_mut().take();
+    match pending {
+        Some(Pending::Scheduled(respond)) => {
+            let _ = respond.send(Ok(ScheduledOutcome { error, no_retry }));
+            Ok(())
+        }
+        _ => Err(JsErrorBox::type_error("this event is not a scheduled run")),
     }
 }

@@ -40,6 +40,7 @@ deno_core::extension!(
         events::op_outpost_event_done,
         events::op_outpost_event_unhandled,
         events::op_outpost_rpc_return,
+        events::op_outpost_scheduled_done,
         http::op_outpost_respond,
         http::op_outpost_respond_stream,
         http::op_outpost_body_write,
@@ -68,6 +69,7 @@ deno_core::extension!(
         "10_http.js",
         "20_context.js",
         "30_fetch.js",
+        "40_scheduled.js",
         "99_main.js",
     ],
     lazy_loaded_js = [

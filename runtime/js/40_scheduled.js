@@ -1,0 +1,151 @@
+// Outpost's bootstrap: the `scheduled` event of Cron Triggers, delivered to
+// the worker's `scheduled(controller, env, ctx)` (module syntax) or its
+// `scheduled` listeners (service-worker syntax). As on Cloudflare, the
+// handler runs inside `waitUntil()`: the run's outcome is the first error
+// thrown by the handler or a promise it gave to `ctx.waitUntil()`.
+
+import { core, primordials } from "ext:core/mod.js";
+import { op_outpost_event_unhandled, op_outpost_scheduled_done } from "ext:core/ops";
+import { clearTimeout, event, setTimeout } from "ext:outpost_runtime/00_prelude.js";
+import { collectErrors, currentRequest, describeError } from "ext:outpost_runtime/01_console.js";
+import { registerEventKind } from "ext:outpost_runtime/04_registry.js";
+import { ExecutionContext } from "ext:outpost_runtime/20_context.js";
+
+const {
+  ArrayPrototypeSlice,
+  DateNow,
+  Error,
+  FunctionPrototypeCall,
+  MathMax,
+  Promise,
+  PromisePrototypeThen,
+  SafePromiseAllSettled,
+  SymbolFor,
+  TypeError,
+} = primordials;
+
+const controllerKey = SymbolFor("outpost.scheduledController");
+
+class ScheduledController {
+  #cron;
+  #scheduledTime;
+  #noRetry = false;
+  constructor(key, cron, scheduledTime) {
+    if (key !== controllerKey) throw new TypeError("Illegal constructor");
+    this.#cron = cron;
+    this.#scheduledTime = scheduledTime;
+  }
+  get cron() {
+    return this.#cron;
+  }
+  get scheduledTime() {
+    return this.#scheduledTime;
+  }
+  get type() {
+    return "scheduled";
+  }
+  noRetry() {
+    this.#noRetry = true;
+  }
+  static noRetryCalled(controller) {
+    return controller.#noRetry;
+  }
+}
+
+/** The service-worker form's event: the controller's facts, and `waitUntil()`. */
+class ScheduledEvent extends event.Event {
+  #controller;
+  #ctx;
+  constructor(controller, ctx) {
+    super("scheduled");
+    this.#controller = controller;
+    this.#ctx = ctx;
+  }
+  get cron() {
+    return this.#controller.cron;
+  }
+  get scheduledTime() {
+    return this.#controller.scheduledTime;
+  }
+  noRetry() {
+    this.#controller.noRetry();
+  }
+  waitUntil(promise) {
+    this.#ctx.waitUntil(promise);
+  }
+}
+
+/**
+ * The worker's scheduled handler, as `(controller, ctx) => promise`: the
+ * `scheduled` method of its default export, else its `scheduled` listeners,
+ * else undefined.
+ */
+export function scheduledHandler(namespace, env) {
+  const exported = namespace.default;
+  if (exported !== undefined && exported !== null) {
+    const method = exported.scheduled;
+    if (typeof method !== "function") return undefined;
+    return (controller, ctx) => FunctionPrototypeCall(method, exported, controller, env, ctx);
+  }
+  if (event.listenerCount(globalThis, "scheduled") === 0) return undefined;
+  return (controller, ctx) => {
+    const errors = collectErrors(() => globalThis.dispatchEvent(new ScheduledEvent(controller, ctx)));
+    if (errors.length > 0) throw errors[0];
+  };
+}
+
+/** How long a run may last, as on Cloudflare. */
+const SCHEDULED_DURATION_MS = 15 * 60_000;
+
+/** `promises`' outcomes, or null if they have not all settled within `ms`. */
+function settledWithin(promises, ms) {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => resolve(null), MathMax(ms, 0));
+    PromisePrototypeThen(SafePromiseAllSettled(promises), (results) => {
+      clearTimeout(timer);
+      resolve(results);
+    });
+  });
+}
+
+async function deliverScheduled(next, worker) {
+  const handler = worker.handlers.scheduled;
+  if (handler === undefined) {
+    op_outpost_event_unhandled(next.rid, "Handler does not export a scheduled() function");
+    return;
+  }
+  const prev = currentRequest.enter({ id: next.requestId, sockets: null });
+  const waited = [];
+  const controller = new ScheduledController(controllerKey, next.cron, next.scheduledTime);
+  let error = null;
+  try {
+    await handler(controller, new ExecutionContext(next.requestId, waited));
+  } catch (thrown) {
+    error = thrown;
+  }
+  try {
+    // Promises given to waitUntil() during the handler, and during those,
+    // for as long as a run may last.
+    const deadline = DateNow() + SCHEDULED_DURATION_MS;
+    for (let settled = 0; settled < waited.length && error === null;) {
+      const results = await settledWithin(ArrayPrototypeSlice(waited, settled), deadline - DateNow());
+      if (results === null) {
+        error = new Error(`waitUntil() work still running ${SCHEDULED_DURATION_MS / 60_000} minutes into the run`);
+        break;
+      }
+      settled += results.length;
+      for (let i = 0; i < results.length && error === null; i++) {
+        if (results[i].status === "rejected") error = results[i].reason;
+      }
+    }
+  } finally {
+    core.setAsyncContext(prev);
+  }
+  op_outpost_scheduled_done(
+    next.rid,
+    error === null ? null : describeError(error),
+    ScheduledController.noRetryCalled(controller),
+  );
+}
+
+registerEventKind("scheduled", deliverScheduled);
