@@ -95,6 +95,7 @@ async fn request(pool: &Pool, worker: &str) -> Bytes {
         url: "http://bench.test/".into(),
         request_id: "bench".into(),
         cf: None,
+        depth: 0,
     };
     let response = pool.fetch(worker, parts).await.expect("a response");
     response.into_body().collect().await.expect("a body").to_bytes()

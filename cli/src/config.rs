@@ -46,6 +46,21 @@ pub struct WorkerConfig {
     /// What runs the worker besides requests, as in wrangler.toml.
     #[serde(default)]
     pub triggers: TriggersConfig,
+    /// Other workers of the node bound on `env`, as in wrangler.toml.
+    #[serde(default)]
+    pub services: Vec<ServiceConfig>,
+}
+
+/// One `[[services]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// The name on `env`.
+    pub binding: String,
+    /// The worker's name.
+    pub service: String,
+    /// A named `WorkerEntrypoint` export of it (default: the default export).
+    pub entrypoint: Option<String>,
 }
 
 /// The `[triggers]` table.
@@ -144,6 +159,7 @@ pub struct ResolvedWorker {
     pub kv_namespaces: Vec<outpost_runtime::KvNamespaceBinding>,
     pub durable_objects: Vec<outpost_runtime::DurableObjectBinding>,
     pub crons: Vec<outpost_cron::Schedule>,
+    pub services: Vec<outpost_runtime::ServiceBinding>,
 }
 
 /// Finds the worker at `path`: a `.js` file, or a directory with an
@@ -163,6 +179,7 @@ pub fn resolve(path: &Path) -> anyhow::Result<ResolvedWorker> {
             kv_namespaces: Vec::new(),
             durable_objects: Vec::new(),
             crons: Vec::new(),
+            services: Vec::new(),
         });
     }
     let config_path = path.join(CONFIG_FILE);
@@ -242,6 +259,28 @@ pub fn resolve(path: &Path) -> anyhow::Result<ResolvedWorker> {
             script: binding.script_name.clone().unwrap_or_else(|| name.clone()),
         });
     }
+    let mut services: Vec<outpost_runtime::ServiceBinding> = Vec::new();
+    for service in &config.services {
+        let taken = kv_namespaces.iter().any(|b| b.binding == service.binding)
+            || durable_objects.iter().any(|b| b.binding == service.binding)
+            || services.iter().any(|b| b.binding == service.binding)
+            || vars.contains_key(&service.binding);
+        if taken {
+            bail!("{}: the binding {:?} is declared twice", config_path.display(), service.binding);
+        }
+        if let Some(entrypoint) = service.entrypoint.as_deref().filter(|e| !is_js_identifier(e)) {
+            bail!(
+                "{}: entrypoint {entrypoint:?} of service binding {:?} is not a JavaScript export name",
+                config_path.display(),
+                service.binding
+            );
+        }
+        services.push(outpost_runtime::ServiceBinding {
+            binding: service.binding.clone(),
+            service: service.service.clone(),
+            entrypoint: service.entrypoint.clone(),
+        });
+    }
     let crons = config
         .triggers
         .crons
@@ -259,6 +298,7 @@ pub fn resolve(path: &Path) -> anyhow::Result<ResolvedWorker> {
         kv_namespaces,
         durable_objects,
         crons,
+        services,
     })
 }
 

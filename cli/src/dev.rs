@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context as _;
+use anyhow::{bail, Context as _};
 use outpost_ingress::ServerConfig;
 use outpost_isolate_pool::LimitCaps;
 use outpost_runtime::Egress;
@@ -17,8 +17,11 @@ use crate::{config, dev_tls};
 
 #[derive(clap::Args)]
 pub struct DevArgs {
-    /// The worker: a `.js` file, or a directory with an `outpost.toml` or a `worker.js`.
-    path: PathBuf,
+    /// The worker: a `.js` file, or a directory with an `outpost.toml` or a
+    /// `worker.js`. More workers after it run beside it, reachable through
+    /// service bindings (by name) but not served on the port.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
     /// Port on 127.0.0.1 (0 picks a free one).
     #[arg(long, default_value_t = 8787)]
     port: u16,
@@ -44,17 +47,30 @@ pub struct DevArgs {
 }
 
 pub fn run(args: DevArgs) -> anyhow::Result<()> {
-    let mut worker = config::resolve(&args.path)?;
-    for (key, value) in args.vars {
-        worker.vars.insert(key, serde_json::Value::String(value));
+    let mut workers = args.paths.iter().map(|path| config::resolve(path)).collect::<anyhow::Result<Vec<_>>>()?;
+    for (key, value) in &args.vars {
+        workers[0].vars.insert(key.clone(), serde_json::Value::String(value.clone()));
     }
-    let data_dir = args.data_dir.unwrap_or_else(|| worker.root.join(".outpost"));
+    let data_dir = args.data_dir.clone().unwrap_or_else(|| workers[0].root.join(".outpost"));
     // A broken worker path fails before anything starts.
-    WorkerSource::new(&worker.root, &worker.main)?;
+    for worker in &workers {
+        WorkerSource::new(&worker.root, &worker.main)?;
+    }
+    let names: Vec<&str> = workers.iter().map(|w| w.name.as_str()).collect();
+    if let Some(twice) = names.iter().enumerate().find(|(i, name)| names[..*i].contains(name)).map(|(_, n)| n) {
+        bail!("two workers are named {twice:?}");
+    }
+    let name = workers[0].name.clone();
+    // One worker: isolates start from its own snapshot. Several share the
+    // bootstrap snapshot (one snapshot blob per process, see ARCHITECTURE.md).
+    let worker_snapshots = !args.no_worker_snapshot && workers.len() == 1;
     // A developer's own machine: the worker may call services on it.
-    let node = front::start_node(&data_dir, !args.no_worker_snapshot, None, LimitCaps::CEILING, Egress::Any)?;
-    let name = worker.name.clone();
-    node.deploy(front::node_worker(worker)?).with_context(|| format!("cannot load worker {name}"))?;
+    let node = front::start_node(&data_dir, worker_snapshots, None, LimitCaps::CEILING, Egress::Any)?;
+    // The others first: the served worker may call them as soon as it runs.
+    for worker in workers.into_iter().rev() {
+        let worker_name = worker.name.clone();
+        node.deploy(front::node_worker(worker)?).with_context(|| format!("cannot load worker {worker_name}"))?;
+    }
 
     let runtime = front::front_runtime()?;
     let tls = if args.https {

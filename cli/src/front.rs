@@ -16,13 +16,14 @@ use outpost_runtime::{Binding, Egress, WorkerSource};
 pub fn node_worker(worker: crate::config::ResolvedWorker) -> anyhow::Result<Worker> {
     let kv = worker.kv_namespaces.into_iter().map(|b| Arc::new(b) as Arc<dyn Binding>);
     let objects = worker.durable_objects.into_iter().map(|b| Arc::new(b) as Arc<dyn Binding>);
+    let services = worker.services.into_iter().map(|b| Arc::new(b) as Arc<dyn Binding>);
     let spec = WorkerSpec {
         source: WorkerSource::new(&worker.root, &worker.main)?,
         name: worker.name,
         vars: worker.vars,
         isolation: worker.isolation,
         limits: worker.limits,
-        bindings: kv.chain(objects).collect(),
+        bindings: kv.chain(objects).chain(services).collect(),
     };
     Ok(Worker { spec, crons: worker.crons })
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use outpost_runtime::{
     Body, DispatchError, Egress, HttpRequest, IsolateSignals, ObjectAddress, ObjectRouter, RouteFuture, RpcCall,
-    RpcOutcome, ScheduledOutcome, ScheduledRun, WorkerCode, WorkerEvent, WorkerOptions,
+    RpcOutcome, ScheduledOutcome, ScheduledRun, ServiceRouter, WorkerCode, WorkerEvent, WorkerOptions,
 };
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument as _;
@@ -207,10 +207,45 @@ impl Pool {
     pub async fn fetch(&self, worker: &str, request: HttpRequest) -> Result<http::Response<Body>, FetchError> {
         async {
             let placed = self.place(worker)?;
-            let response = dispatch(&placed, |respond| WorkerEvent::Fetch { request, respond }, true).await?;
+            let event = |respond| WorkerEvent::Fetch { request, entrypoint: None, respond };
+            let response = dispatch(&placed, event, true).await?;
             Ok(placed.guard_body(response))
         }
         .instrument(tracing::debug_span!("pool.dispatch", worker, event = "fetch"))
+        .await
+    }
+
+    /// A service binding's request to `worker`: its `fetch`, or that of its
+    /// export `entrypoint`.
+    pub async fn fetch_service(
+        &self,
+        worker: &str,
+        entrypoint: Option<String>,
+        request: HttpRequest,
+    ) -> Result<http::Response<Body>, FetchError> {
+        async {
+            let placed = self.place(worker)?;
+            let response =
+                dispatch(&placed, |respond| WorkerEvent::Fetch { request, entrypoint, respond }, true).await?;
+            Ok(placed.guard_body(response))
+        }
+        .instrument(tracing::debug_span!("pool.dispatch", worker, event = "service-fetch"))
+        .await
+    }
+
+    /// A service binding's method call on `worker`'s `WorkerEntrypoint`
+    /// (its default export, or the named `entrypoint`).
+    pub async fn call_service(
+        &self,
+        worker: &str,
+        entrypoint: Option<String>,
+        call: RpcCall,
+    ) -> Result<RpcOutcome, FetchError> {
+        async {
+            let placed = self.place(worker)?;
+            dispatch(&placed, |respond| WorkerEvent::ServiceCall { entrypoint, call, respond }, true).await
+        }
+        .instrument(tracing::debug_span!("pool.dispatch", worker, event = "service-call"))
         .await
     }
 
@@ -528,6 +563,7 @@ impl IsolateHost for Host {
         let config = self.0.upgrade().map(|pool| (pool.config.egress, pool.config.services.clone()));
         let (egress, mut services) = config.unwrap_or((Egress::PublicOnly, Default::default()));
         services.insert::<Arc<dyn ObjectRouter>>(Arc::new(PoolRouter(self.0.clone())));
+        services.insert::<Arc<dyn ServiceRouter>>(Arc::new(PoolRouter(self.0.clone())));
         WorkerOptions {
             signals,
             name: worker.spec.name.clone(),
@@ -582,5 +618,24 @@ impl ObjectRouter for PoolRouter {
         let pool = self.pool();
         let script = script.to_string();
         Box::pin(async move { pool?.call_object(&script, object, call).await.map_err(route_error) })
+    }
+}
+
+impl ServiceRouter for PoolRouter {
+    fn fetch(
+        &self,
+        service: &str,
+        entrypoint: Option<String>,
+        request: HttpRequest,
+    ) -> RouteFuture<http::Response<Body>> {
+        let pool = self.pool();
+        let service = service.to_string();
+        Box::pin(async move { pool?.fetch_service(&service, entrypoint, request).await.map_err(route_error) })
+    }
+
+    fn call(&self, service: &str, entrypoint: Option<String>, call: RpcCall) -> RouteFuture<RpcOutcome> {
+        let pool = self.pool();
+        let service = service.to_string();
+        Box::pin(async move { pool?.call_service(&service, entrypoint, call).await.map_err(route_error) })
     }
 }

@@ -78,7 +78,7 @@ impl Handler for NodeHandler {
             }
             let span = tracing::debug_span!("node.fetch", worker = %worker, request_id = %context.request_id);
             let cf = Some(context.cf_json());
-            let request = HttpRequest { request, url: context.url, request_id: context.request_id, cf };
+            let request = HttpRequest { request, url: context.url, request_id: context.request_id, cf, depth: 0 };
             pool.fetch(&worker, request).instrument(span).await.map_err(handler_error)
         })
     }

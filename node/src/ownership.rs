@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use outpost_isolate_pool::WorkerSpec;
-use outpost_runtime::KvNamespaceBinding;
+use outpost_runtime::{KvNamespaceBinding, ServiceBinding};
 use serde::{Deserialize, Serialize};
 
 /// One `[[grants]]` entry of node.toml: what a worker may use besides its own.
@@ -27,6 +27,9 @@ pub struct Grant {
     /// Durable Object classes of other workers, as `"worker:Class"`.
     #[serde(default)]
     pub durable_objects: Vec<String>,
+    /// Other workers it may call through service bindings, by name.
+    #[serde(default)]
+    pub services: Vec<String>,
 }
 
 /// The recorded owners of KV namespace ids.
@@ -73,6 +76,16 @@ impl Owners {
                 });
             }
         }
+        let services = worker.bindings.iter().filter_map(|b| b.as_any().downcast_ref::<ServiceBinding>());
+        for binding in services.filter(|b| b.service != worker.name) {
+            if !granted(|g| &g.services, &binding.service) {
+                return Err(OwnershipError::Service {
+                    worker: worker.name.clone(),
+                    binding: binding.binding.clone(),
+                    service: binding.service.clone(),
+                });
+            }
+        }
         Ok(())
     }
 }
@@ -85,6 +98,8 @@ pub enum OwnershipError {
     KvNamespace { worker: String, id: String, binding: String, owner: String },
     #[error("worker {worker:?}: the Durable Object binding {binding} reaches class {class_name} of worker {script:?}; node.toml can grant access with [[grants]] worker = {worker:?}, durable_objects = [{class:?}]")]
     ObjectClass { worker: String, binding: String, class_name: String, script: String, class: String },
+    #[error("worker {worker:?}: the service binding {binding} calls worker {service:?}; node.toml can grant access with [[grants]] worker = {worker:?}, services = [{service:?}]")]
+    Service { worker: String, binding: String, service: String },
     #[error("{} is corrupt: {source}", path.display())]
     Corrupt { path: PathBuf, source: serde_json::Error },
     #[error("cannot read {}: {source}", path.display())]
@@ -173,6 +188,20 @@ mod tests {
         owners.admit(&worker("a", &[], &[("b", "Counter")]), std::slice::from_ref(&grant)).unwrap();
         // A grant to one worker is not a grant to another.
         assert!(owners.admit(&worker("c", &[], &[("b", "Counter")]), &[grant]).is_err());
+    }
+
+    #[test]
+    fn calling_another_worker_needs_a_grant() {
+        let mut caller = worker("a", &[], &[]);
+        caller.bindings.push(Arc::new(ServiceBinding { binding: "B".into(), service: "b".into(), entrypoint: None }));
+        let err = Owners::default().admit(&caller, &[]).unwrap_err().to_string();
+        assert!(err.contains("services = [\"b\"]"), "{err}");
+        let grant = Grant { worker: "a".into(), services: vec!["b".into()], ..Default::default() };
+        Owners::default().admit(&caller, &[grant]).unwrap();
+        // Itself, it may always call.
+        let mut own = worker("b", &[], &[]);
+        own.bindings.push(Arc::new(ServiceBinding { binding: "SELF".into(), service: "b".into(), entrypoint: None }));
+        Owners::default().admit(&own, &[]).unwrap();
     }
 
     #[test]

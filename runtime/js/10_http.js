@@ -42,7 +42,7 @@ function isUint8Array(value) {
   return TypedArrayPrototypeGetSymbolToStringTag(value) === "Uint8Array";
 }
 
-async function pumpBody(stream, writerRid) {
+export async function pumpBody(stream, writerRid) {
   const reader = stream.getReader();
   try {
     while (true) {

@@ -47,13 +47,19 @@ class FetchEvent extends event.Event {
 
 /** Delivers a `fetch` event to the worker's handler and sends its response. */
 async function deliverFetch(next, worker) {
-  const handler = worker.handlers.fetch;
+  // A service binding may name another export than the default.
+  const handler = next.entrypoint === null
+    ? worker.handlers.fetch
+    : exportedHandler(worker.namespace[next.entrypoint], "fetch", worker.env);
   if (handler === undefined) {
     if (next.bodyRid !== null) core.tryClose(next.bodyRid);
-    op_outpost_event_unhandled(next.rid, worker.handlers.missingFetch);
+    const missing = next.entrypoint === null
+      ? worker.handlers.missingFetch
+      : `the worker's export ${next.entrypoint} has no fetch() handler`;
+    op_outpost_event_unhandled(next.rid, missing);
     return;
   }
-  const request = { id: next.requestId, sockets: null };
+  const request = { id: next.requestId, sockets: null, depth: next.depth };
   const prev = currentRequest.enter(request);
   const ctx = new ExecutionContext(next.requestId);
   try {
@@ -75,17 +81,33 @@ async function deliverFetch(next, worker) {
 registerEventKind("fetch", deliverFetch);
 
 /**
+ * Handler `name` of an export, as `(argument, ctx) => result`: the method
+ * of an object (called as `(argument, env, ctx)`), or of a class such as a
+ * `WorkerEntrypoint` (an instance made per event as `new Class(ctx, env)`,
+ * its method called with the argument alone); undefined if it has none.
+ */
+export function exportedHandler(exported, name, env) {
+  if (typeof exported === "function") {
+    if (typeof exported.prototype?.[name] !== "function") return undefined;
+    return (argument, ctx) => {
+      const instance = new exported(ctx, env);
+      return FunctionPrototypeCall(instance[name], instance, argument);
+    };
+  }
+  if (exported === undefined || exported === null) return undefined;
+  const method = exported[name];
+  if (typeof method !== "function") return undefined;
+  return (argument, ctx) => FunctionPrototypeCall(method, exported, argument, env, ctx);
+}
+
+/**
  * The worker's fetch handler, as `(request, ctx) => response`: the `fetch`
  * method of its default export (module syntax), else its `fetch` event
  * listeners (service-worker syntax), else undefined.
  */
 export function fetchHandler(namespace, env) {
   const exported = namespace.default;
-  if (exported !== undefined && exported !== null) {
-    const fetchMethod = exported.fetch;
-    if (typeof fetchMethod !== "function") return undefined;
-    return (req, ctx) => FunctionPrototypeCall(fetchMethod, exported, req, env, ctx);
-  }
+  if (exported !== undefined && exported !== null) return exportedHandler(exported, "fetch", env);
   if (event.listenerCount(globalThis, "fetch") === 0) return undefined;
   return (req, ctx) =>
     new Promise((resolve, reject) => {

@@ -10,12 +10,12 @@ import { clearTimeout, event, setTimeout } from "ext:outpost_runtime/00_prelude.
 import { collectErrors, currentRequest, describeError } from "ext:outpost_runtime/01_console.js";
 import { registerEventKind } from "ext:outpost_runtime/04_registry.js";
 import { ExecutionContext } from "ext:outpost_runtime/20_context.js";
+import { exportedHandler } from "ext:outpost_runtime/30_fetch.js";
 
 const {
   ArrayPrototypeSlice,
   DateNow,
   Error,
-  FunctionPrototypeCall,
   MathMax,
   Promise,
   PromisePrototypeThen,
@@ -82,11 +82,7 @@ class ScheduledEvent extends event.Event {
  */
 export function scheduledHandler(namespace, env) {
   const exported = namespace.default;
-  if (exported !== undefined && exported !== null) {
-    const method = exported.scheduled;
-    if (typeof method !== "function") return undefined;
-    return (controller, ctx) => FunctionPrototypeCall(method, exported, controller, env, ctx);
-  }
+  if (exported !== undefined && exported !== null) return exportedHandler(exported, "scheduled", env);
   if (event.listenerCount(globalThis, "scheduled") === 0) return undefined;
   return (controller, ctx) => {
     const errors = collectErrors(() => globalThis.dispatchEvent(new ScheduledEvent(controller, ctx)));

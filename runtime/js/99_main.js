@@ -39,8 +39,10 @@ const OTHER_HANDLERS = ["scheduled", "queue", "email", "tail"];
 function resolveHandlers(namespace, env) {
   const exported = namespace.default;
   const moduleSyntax = exported !== undefined && exported !== null;
+  // A class (a WorkerEntrypoint) has its handlers on its prototype.
+  const methods = typeof exported === "function" ? exported.prototype : exported;
   const others = ArrayPrototypeFilter(OTHER_HANDLERS, (name) =>
-    moduleSyntax ? typeof exported[name] === "function" : event.listenerCount(globalThis, name) > 0
+    moduleSyntax ? typeof methods?.[name] === "function" : event.listenerCount(globalThis, name) > 0
   );
   return {
     fetch: fetchHandler(namespace, env),

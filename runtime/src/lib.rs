@@ -36,12 +36,14 @@ pub use ext::bindings::durable_objects::{
     id_from_name, object_namespace, split_object_namespace, DurableObjectBinding, ObjectRouter, RouteFuture,
 };
 pub use ext::bindings::kv::KvNamespaceBinding;
+pub use ext::bindings::services::{ServiceBinding, ServiceRouter};
 pub use ext::bindings::{Binding, BindingError, BindingServices, Bindings};
 pub use ext::console::SharedLogBudget;
 pub use ext::events::{
     EventQueue, ObjectAddress, Responder, RpcCall, RpcOutcome, ScheduledOutcome, ScheduledRun, WorkerEvent,
 };
 pub use ext::http::{empty_body, full_body, Body, BoxError, DispatchError, HttpRequest};
+pub use ext::subrequest::MAX_DEPTH;
 pub use ext::websocket::{IsolateSignals, UpgradePipe};
 pub use loader::ModuleKind;
 pub use worker::{

@@ -1,6 +1,6 @@
 //! The data-driven fixture harness: every `fixtures/<name>/` with a
-//! `cases.json` is served with `outpost dev` (with the flags in its
-//! `dev-flags.txt`, if any), sent each case's request, and its response
+//! `cases.json` is served with `outpost dev` (with the flags and other
+//! workers in its `dev-flags.txt`, if any), sent each case's request, and its response
 //! compared with the case's expectation.
 //!
 //! A case's `response` lists `status`, the `headers` that must match exactly
@@ -55,9 +55,14 @@ async fn run_fixture(name: &str) {
     let mut cases: Vec<Case> =
         serde_json::from_str(&text).unwrap_or_else(|err| panic!("{}: {err}", cases_path.display()));
     let bless = std::env::var_os("BLESS").is_some();
-    // `dev-flags.txt`: extra `outpost dev` flags the fixture needs.
+    // `dev-flags.txt`: extra `outpost dev` arguments the fixture needs;
+    // those that are not flags are workers, relative to the fixture.
     let flags = std::fs::read_to_string(dir.join("dev-flags.txt")).unwrap_or_default();
-    let flags: Vec<&str> = flags.split_whitespace().collect();
+    let flags: Vec<String> = flags
+        .split_whitespace()
+        .map(|arg| if arg.starts_with('-') { arg.to_string() } else { dir.join(arg).display().to_string() })
+        .collect();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let dev = Dev::start(&dir, &flags);
     let mut failures = Vec::new();
     for case in &mut cases {
@@ -145,4 +150,5 @@ fixtures! {
     kv_namespaces => "kv",
     durable_objects => "durable-objects",
     cron_triggers => "cron",
+    service_bindings => "services",
 }

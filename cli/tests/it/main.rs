@@ -10,5 +10,6 @@ mod objects;
 mod pool;
 mod protocol;
 mod scheduled;
+mod services;
 mod streaming;
 mod support;

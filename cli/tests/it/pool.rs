@@ -57,6 +57,7 @@ async fn call(pool: &Pool, worker: &str, path: &str) -> Result<(u16, String), Fe
         url: format!("http://{worker}.test{path}"),
         request_id: "test".into(),
         cf: None,
+        depth: 0,
     };
     let response = pool.fetch(worker, parts).await?;
     let status = response.status().as_u16();
@@ -369,6 +370,7 @@ async fn an_isolate_with_an_open_websocket_is_not_evicted() {
         url: "http://sockets.test/".into(),
         request_id: "test".into(),
         cf: None,
+        depth: 0,
     };
     let response = pool.fetch("sockets", parts).await.unwrap();
     assert_eq!(response.status(), 101);

@@ -24,8 +24,13 @@ use super::http::{header_list, incoming_body, Body, DispatchError, HttpRequest};
 /// `queue` batches, workflow steps) are further variants, each with its own
 /// outcome type and its own entry in the bootstrap's event registry.
 pub enum WorkerEvent {
-    /// An HTTP request for the worker's `fetch` handler.
-    Fetch { request: HttpRequest, respond: Responder<http::Response<Body>> },
+    /// An HTTP request for the worker's `fetch` handler: its default
+    /// export's, or with `entrypoint` (a service binding's), the `fetch` of
+    /// that named export.
+    Fetch { request: HttpRequest, entrypoint: Option<String>, respond: Responder<http::Response<Body>> },
+    /// A service binding's method call (JS RPC) on the worker's default
+    /// export or its named `entrypoint`, a `WorkerEntrypoint` class.
+    ServiceCall { entrypoint: Option<String>, call: RpcCall, respond: Responder<RpcOutcome> },
     /// A stub's `fetch` for one of the Durable Objects the isolate hosts.
     ObjectFetch { object: ObjectAddress, request: HttpRequest, respond: Responder<http::Response<Body>> },
     /// A stub's call of a method by name (JS RPC) on a hosted object.
@@ -77,6 +82,8 @@ pub struct RpcCall {
     pub args: Vec<u8>,
     /// The caller's request, for log lines.
     pub request_id: String,
+    /// The callee's depth (see [`HttpRequest::depth`]).
+    pub depth: u32,
 }
 
 /// What a method call came to, as structured-clone bytes.
@@ -182,6 +189,15 @@ pub(crate) fn take_event(state: &mut OpState, rid: ResourceId) -> Result<Rc<Even
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum NextEvent {
     Fetch(NextRequest),
+    #[serde(rename_all = "camelCase")]
+    ServiceCall {
+        rid: ResourceId,
+        request_id: String,
+        depth: u32,
+        entrypoint: Option<String>,
+        method: String,
+        args: ToJsBuffer,
+    },
     ObjectFetch {
         #[serde(flatten)]
         request: NextRequest,
@@ -192,6 +208,7 @@ pub enum NextEvent {
     ObjectCall {
         rid: ResourceId,
         request_id: String,
+        depth: u32,
         #[serde(flatten)]
         object: NextObject,
         method: String,
@@ -225,6 +242,9 @@ pub struct NextRequest {
     body_rid: Option<ResourceId>,
     request_id: String,
     cf: Option<String>,
+    depth: u32,
+    /// The named export a service binding addresses (fetch events only).
+    entrypoint: Option<String>,
 }
 
 /// The object an event is for, as the bootstrap reads it.
@@ -251,8 +271,13 @@ fn in_flight(state: &mut OpState, request_id: &str, pending: Pending) -> Resourc
     })
 }
 
-fn next_request(state: &mut OpState, request: HttpRequest, respond: Responder<http::Response<Body>>) -> NextRequest {
-    let HttpRequest { request, url, request_id, cf } = request;
+fn next_request(
+    state: &mut OpState,
+    request: HttpRequest,
+    entrypoint: Option<String>,
+    respond: Responder<http::Response<Body>>,
+) -> NextRequest {
+    let HttpRequest { request, url, request_id, cf, depth } = request;
     let (parts, body) = request.into_parts();
     let body_rid = incoming_body(state, body);
     let rid = in_flight(state, &request_id, Pending::Http(respond));
@@ -264,6 +289,8 @@ fn next_request(state: &mut OpState, request: HttpRequest, respond: Responder<ht
         body_rid,
         request_id,
         cf,
+        depth,
+        entrypoint,
     }
 }
 
@@ -276,13 +303,24 @@ pub async fn op_outpost_next_event(state: Rc<RefCell<OpState>>) -> Option<NextEv
     let mut state = state.borrow_mut();
     let state = &mut *state;
     Some(match event {
-        WorkerEvent::Fetch { request, respond } => NextEvent::Fetch(next_request(state, request, respond)),
+        WorkerEvent::Fetch { request, entrypoint, respond } => {
+            NextEvent::Fetch(next_request(state, request, entrypoint, respond))
+        }
+        WorkerEvent::ServiceCall { entrypoint, call, respond } => NextEvent::ServiceCall {
+            rid: in_flight(state, &call.request_id, Pending::Rpc(respond)),
+            request_id: call.request_id,
+            depth: call.depth,
+            entrypoint,
+            method: call.method,
+            args: call.args.into(),
+        },
         WorkerEvent::ObjectFetch { object, request, respond } => {
-            NextEvent::ObjectFetch { request: next_request(state, request, respond), object: object.into() }
+            NextEvent::ObjectFetch { request: next_request(state, request, None, respond), object: object.into() }
         }
         WorkerEvent::ObjectCall { object, call, respond } => NextEvent::ObjectCall {
             rid: in_flight(state, &call.request_id, Pending::Rpc(respond)),
             request_id: call.request_id,
+            depth: call.depth,
             object: object.into(),
             method: call.method,
             args: call.args.into(),

@@ -56,6 +56,10 @@ pub struct HttpRequest {
     pub request_id: String,
     /// `request.cf` as JSON, if the front knows anything about the request.
     pub cf: Option<String>,
+    /// Worker invocations this request is nested in: 0 from the front,
+    /// one more for each worker-to-worker call (at most
+    /// [`MAX_DEPTH`](super::subrequest::MAX_DEPTH)).
+    pub depth: u32,
 }
 
 /// Why an event got no outcome from the worker.
@@ -125,7 +129,8 @@ impl Resource for RequestBody {
     }
 }
 
-/// The sending half of a streamed response body.
+/// The sending half of a streamed body: a response's, or a request's to
+/// another worker.
 struct ResponseWriter {
     tx: mpsc::Sender<Result<Bytes, BoxError>>,
     closed: Cell<bool>,
@@ -147,6 +152,36 @@ impl Resource for ResponseWriter {
     fn name(&self) -> Cow<'_, str> {
         "outpostResponseWriter".into()
     }
+}
+
+/// A body a worker streams into (through a [`ResponseWriter`]) for a
+/// request it sends to another worker, until that request takes it.
+pub(crate) struct PipedBody(RefCell<Option<Body>>);
+
+impl Resource for PipedBody {
+    fn name(&self) -> Cow<'_, str> {
+        "outpostPipedBody".into()
+    }
+}
+
+/// Takes the body `rid` made by [`op_outpost_body_pipe`].
+pub(crate) fn take_outgoing_body(state: &mut OpState, rid: ResourceId) -> Result<Body, JsErrorBox> {
+    let body = state.resource_table.take::<PipedBody>(rid).map_err(JsErrorBox::from_err)?;
+    let taken = body.0.borrow_mut().take();
+    taken.ok_or_else(|| JsErrorBox::type_error("this body was already sent"))
+}
+
+/// A pipe for a request body a worker streams to another worker: returns
+/// `[writer, body]`, the writer's rid (written and closed like a streamed
+/// response's, with backpressure) and the body's, for the request.
+#[op2]
+#[serde]
+pub fn op_outpost_body_pipe(state: &mut OpState) -> (ResourceId, ResourceId) {
+    let (tx, body) = ChannelBody::new();
+    let abort = state.borrow::<AbortReason>().clone();
+    let writer = state.resource_table.add(ResponseWriter { tx, closed: Cell::new(false), abort });
+    let body = state.resource_table.add(PipedBody(RefCell::new(Some(body.boxed_unsync()))));
+    (writer, body)
 }
 
 /// Makes a body readable by JS (`readableStreamForRid`); `None` for a body

@@ -12,6 +12,7 @@ pub mod bindings;
 pub mod console;
 pub mod events;
 pub mod http;
+pub mod subrequest;
 pub mod wasm;
 pub mod websocket;
 
@@ -45,6 +46,7 @@ deno_core::extension!(
         http::op_outpost_respond_stream,
         http::op_outpost_body_write,
         http::op_outpost_body_close,
+        http::op_outpost_body_pipe,
         console::op_outpost_log,
         wasm::op_outpost_wasm_module,
         websocket::op_outpost_respond_websocket,
@@ -67,6 +69,7 @@ deno_core::extension!(
         "04_registry.js",
         "05_entrypoints.js",
         "10_http.js",
+        "15_subrequest.js",
         "20_context.js",
         "30_fetch.js",
         "40_scheduled.js",

@@ -16,6 +16,7 @@
 // `extensions`.
 pub mod durable_objects;
 pub mod kv;
+pub mod services;
 
 use std::sync::Arc;
 
@@ -24,7 +25,11 @@ use deno_core::{Extension, OpState};
 /// The binding kinds' extensions, after `outpost_runtime` in the one
 /// extension list (`ext/mod.rs`): one line per kind.
 pub(crate) fn extensions() -> Vec<Extension> {
-    vec![kv::outpost_binding_kv::init(), durable_objects::outpost_binding_durable_objects::init()]
+    vec![
+        kv::outpost_binding_kv::init(),
+        durable_objects::outpost_binding_durable_objects::init(),
+        services::outpost_binding_services::init(),
+    ]
 }
 
 /// What the node lends bindings: the store, the router of object calls,

@@ -143,7 +143,7 @@ function handlerOf(instance, name, className) {
  * `fail(message)` if it threw before answering.
  */
 async function objectEvent(next, run, fail) {
-  const request = { id: next.requestId, sockets: null };
+  const request = { id: next.requestId, sockets: null, depth: next.depth ?? 0 };
   const prev = currentRequest.enter(request);
   try {
     sweepIdleObjects(DateNow());

@@ -5,18 +5,12 @@
 import { core, primordials } from "ext:core/mod.js";
 import { op_outpost_do_call, op_outpost_do_fetch, op_outpost_do_id } from "ext:core/ops";
 import { request, response, streams, webidl } from "ext:outpost_runtime/00_prelude.js";
-import { currentRequest } from "ext:outpost_runtime/01_console.js";
-import { Response, makeForwarded } from "ext:outpost_runtime/02_websocket.js";
+import { caller, rpcProxy, subrequestResponse } from "ext:outpost_runtime/15_subrequest.js";
 
 const {
-  ArrayPrototypeIncludes,
-  FunctionPrototypeBind,
   ObjectPrototypeIsPrototypeOf,
   Promise,
   PromiseResolve,
-  Proxy,
-  ReflectGet,
-  ReflectHas,
   String,
   SymbolFor,
   TypeError,
@@ -46,8 +40,6 @@ export class DurableObjectId {
   }
 }
 
-const NULL_BODY_STATUSES = [101, 204, 205, 304];
-
 class DurableObjectStub {
   #binding;
   #id;
@@ -66,7 +58,7 @@ class DurableObjectStub {
   }
   /** Who the call is for, and on behalf of which request. */
   #target() {
-    return { id: this.#id.toString(), name: this.#id.name ?? null, requestId: currentRequest.get()?.id ?? "" };
+    return { id: this.#id.toString(), name: this.#id.name ?? null, ...caller() };
   }
   /**
    * Runs `send(await prepare())` once every earlier call of this stub has
@@ -97,16 +89,7 @@ class DurableObjectStub {
         return op_outpost_do_fetch(this.#binding, this.#target(), head, body);
       },
     );
-    if (res.webSocketRid !== null) {
-      // The object accepted a WebSocket: its client end, to return as is.
-      return new Response(null, { status: 101, webSocket: makeForwarded(res.webSocketRid), headers: res.headers });
-    }
-    let stream = res.bodyRid === null ? null : streams.readableStreamForRid(res.bodyRid);
-    if (stream !== null && ArrayPrototypeIncludes(NULL_BODY_STATUSES, res.status)) {
-      await stream.cancel();
-      stream = null;
-    }
-    return new response.Response(stream, { status: res.status, headers: res.headers });
+    return subrequestResponse(res);
   }
   /** A method of the object, called by name (JS RPC). */
   async call(method, args) {
@@ -123,18 +106,7 @@ class DurableObjectStub {
 
 /** Stubs answer any other property with an RPC method of that name. */
 function makeStub(binding, id) {
-  const stub = new DurableObjectStub(objectKey, binding, id);
-  return new Proxy(stub, {
-    get(target, property) {
-      if (typeof property !== "string" || ReflectHas(target, property)) {
-        const value = ReflectGet(target, property, target);
-        return typeof value === "function" ? FunctionPrototypeBind(value, target) : value;
-      }
-      // Not a thenable: `await stub` must give the stub.
-      if (property === "then") return undefined;
-      return (...args) => stub.call(property, args);
-    },
-  });
+  return rpcProxy(new DurableObjectStub(objectKey, binding, id));
 }
 
 export class DurableObjectNamespace {

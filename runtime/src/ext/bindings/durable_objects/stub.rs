@@ -5,16 +5,15 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use deno_core::{op2, ByteString, JsBuffer, OpState, ResourceId, ToJsBuffer};
+use deno_core::{op2, JsBuffer, OpState};
 use deno_error::JsErrorBox;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::ids::{id_from_name, id_to_hex, new_unique_id, parse_id};
 use super::{DurableObjectBinding, ObjectBindings, ObjectRouter};
-use crate::ext::events::{ObjectAddress, RpcCall, RpcOutcome};
-use crate::ext::http::{empty_body, full_body, header_list, header_map, incoming_body, DispatchError, HttpRequest};
-use crate::ext::websocket::{ForwardedSocket, UpgradePipe};
+use crate::ext::events::{ObjectAddress, RpcCall};
+use crate::ext::http::DispatchError;
+use crate::ext::subrequest::{self, nested, CallOutcome, OutgoingBody, RequestHead, SubrequestResponse};
 
 fn binding(state: &OpState, index: u32) -> Result<(DurableObjectBinding, Option<Arc<dyn ObjectRouter>>), JsErrorBox> {
     let bindings = state
@@ -58,25 +57,8 @@ pub struct StubTarget {
     id: String,
     name: Option<String>,
     request_id: String,
-}
-
-/// The request of a stub's `fetch`.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StubRequest {
-    method: String,
-    url: String,
-    headers: Vec<(ByteString, ByteString)>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StubResponse {
-    status: u16,
-    headers: Vec<(ByteString, ByteString)>,
-    body_rid: Option<ResourceId>,
-    /// A `101` answer: the object's socket, to return in a response.
-    web_socket_rid: Option<ResourceId>,
+    /// The calling invocation's depth.
+    depth: u32,
 }
 
 fn dispatch_error(binding: &DurableObjectBinding, err: DispatchError) -> JsErrorBox {
@@ -87,18 +69,24 @@ fn dispatch_error(binding: &DurableObjectBinding, err: DispatchError) -> JsError
     }
 }
 
-/// The binding, its router and the object a stub addresses.
-fn address(
-    state: &OpState,
-    index: u32,
-    target: StubTarget,
-) -> Result<(DurableObjectBinding, Arc<dyn ObjectRouter>, ObjectAddress, String), JsErrorBox> {
+/// What a stub's call needs: the binding, its router, the object, the
+/// request id and the callee's depth.
+struct Addressed {
+    binding: DurableObjectBinding,
+    router: Arc<dyn ObjectRouter>,
+    object: ObjectAddress,
+    request_id: String,
+    depth: u32,
+}
+
+fn address(state: &OpState, index: u32, target: StubTarget) -> Result<Addressed, JsErrorBox> {
+    let depth = nested(target.depth)?;
     let (binding, router) = binding(state, index)?;
     let router = router.ok_or_else(|| JsErrorBox::generic("Durable Objects are not available on this node"))?;
     let id = parse_id(&binding.namespace(), &target.id)
         .map_err(|err| JsErrorBox::type_error(format!("Invalid Durable Object ID: {err}")))?;
     let object = ObjectAddress { class_name: binding.class_name.clone(), id, name: target.name };
-    Ok((binding, router, object, target.request_id))
+    Ok(Addressed { binding, router, object, request_id: target.request_id, depth })
 }
 
 /// Sends a stub's request to its object and waits for the response head.
@@ -108,40 +96,14 @@ pub async fn op_outpost_do_fetch(
     state: Rc<RefCell<OpState>>,
     #[smi] index: u32,
     #[serde] target: StubTarget,
-    #[serde] stub: StubRequest,
+    #[serde] head: RequestHead,
     #[buffer] body: Option<JsBuffer>,
-) -> Result<StubResponse, JsErrorBox> {
-    let (binding, router, object, request_id) = address(&state.borrow(), index, target)?;
-    let method = http::Method::from_bytes(stub.method.as_bytes())
-        .map_err(|_| JsErrorBox::type_error(format!("invalid method {}", stub.method)))?;
-    let mut request = http::Request::builder().method(method);
-    *request.headers_mut().expect("no error yet") = header_map(stub.headers)?;
-    let body = match body {
-        Some(bytes) => full_body(Bytes::copy_from_slice(&bytes)),
-        None => empty_body(),
-    };
-    let request = request.body(body).map_err(|err| JsErrorBox::type_error(err.to_string()))?;
-    let request = HttpRequest { request, url: stub.url, request_id, cf: None };
+) -> Result<SubrequestResponse, JsErrorBox> {
+    let Addressed { binding, router, object, request_id, depth } = address(&state.borrow(), index, target)?;
+    // Whole: a stub's calls leave in order, so the body is read first.
+    let request = subrequest::request(&state, head, OutgoingBody::Full(body), request_id, depth)?;
     let response = router.fetch(&binding.script, object, request).await.map_err(|err| dispatch_error(&binding, err))?;
-    let (mut head, body) = response.into_parts();
-    let headers = header_list(&head.headers);
-    if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
-        let pipe = head.extensions.remove::<UpgradePipe>().ok_or_else(|| {
-            JsErrorBox::generic(format!("Durable Object {} answered 101 without a WebSocket", binding.class_name))
-        })?;
-        let web_socket_rid = state.borrow_mut().resource_table.add(ForwardedSocket(pipe));
-        return Ok(StubResponse { status: 101, headers, body_rid: None, web_socket_rid: Some(web_socket_rid) });
-    }
-    let body_rid = incoming_body(&mut state.borrow_mut(), body);
-    Ok(StubResponse { status: head.status.as_u16(), headers, body_rid, web_socket_rid: None })
-}
-
-/// What a call came to, for the stub: structured-clone bytes of the value
-/// returned or the error thrown.
-#[derive(Serialize)]
-pub struct CallOutcome {
-    threw: bool,
-    value: ToJsBuffer,
+    subrequest::response(&state, response, &format!("Durable Object {}", binding.class_name))
 }
 
 /// Calls a method of a stub's object by name (JS RPC).
@@ -154,11 +116,8 @@ pub async fn op_outpost_do_call(
     #[string] method: String,
     #[buffer] args: JsBuffer,
 ) -> Result<CallOutcome, JsErrorBox> {
-    let (binding, router, object, request_id) = address(&state.borrow(), index, target)?;
-    let call = RpcCall { method, args: args.to_vec(), request_id };
+    let Addressed { binding, router, object, request_id, depth } = address(&state.borrow(), index, target)?;
+    let call = RpcCall { method, args: args.to_vec(), request_id, depth };
     let outcome = router.call(&binding.script, object, call).await.map_err(|err| dispatch_error(&binding, err))?;
-    Ok(match outcome {
-        RpcOutcome::Returned(value) => CallOutcome { threw: false, value: value.into() },
-        RpcOutcome::Threw(value) => CallOutcome { threw: true, value: value.into() },
-    })
+    Ok(outcome.into())
 }
