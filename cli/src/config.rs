@@ -123,6 +123,8 @@ pub struct LimitsConfig {
     pub memory_mb: Option<u64>,
     /// Requests one isolate serves concurrently (default 64).
     pub max_concurrent: Option<usize>,
+    /// Subrequests one invocation may make (default 1000, at most 10 M).
+    pub subrequests: Option<u64>,
 }
 
 impl LimitsConfig {
@@ -133,6 +135,7 @@ impl LimitsConfig {
             wall_ms: self.wall_ms.or(defaults.wall_ms),
             memory_mb: self.memory_mb.unwrap_or(defaults.memory_mb),
             max_concurrent: self.max_concurrent.unwrap_or(defaults.max_concurrent),
+            subrequests: self.subrequests.unwrap_or(defaults.subrequests),
         };
         // The node's own caps are checked when the worker is deployed; the
         // ceiling no node may pass is checked here already.

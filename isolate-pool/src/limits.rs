@@ -13,11 +13,17 @@ pub struct Limits {
     pub memory_mb: u64,
     /// Requests one isolate serves at once.
     pub max_concurrent: usize,
+    /// Subrequests (outbound `fetch`, KV operations, calls to other workers
+    /// and objects) one invocation may make.
+    pub subrequests: u64,
 }
+
+/// The most subrequests any worker may ask for, as on Cloudflare.
+pub const MAX_SUBREQUESTS: u64 = 10_000_000;
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { cpu_ms: 50, wall_ms: None, memory_mb: 128, max_concurrent: 64 }
+        Self { cpu_ms: 50, wall_ms: None, memory_mb: 128, max_concurrent: 64, subrequests: 1_000 }
     }
 }
 
@@ -86,6 +92,8 @@ impl Limits {
         }
         under("memory_mb", self.memory_mb, 8)?;
         over("memory_mb", self.memory_mb, caps.max_memory_mb)?;
+        under("subrequests", self.subrequests, 1)?;
+        over("subrequests", self.subrequests, MAX_SUBREQUESTS)?;
         under("max_concurrent", self.max_concurrent as u64, 1)?;
         over("max_concurrent", self.max_concurrent as u64, caps.max_concurrent as u64)
     }
@@ -100,6 +108,7 @@ impl LimitCaps {
             wall_ms: Some(self.max_wall_ms),
             memory_mb: self.max_memory_mb,
             max_concurrent: self.max_concurrent,
+            subrequests: 1,
         };
         as_limits.check(&ceiling).map_err(|err| match err {
             LimitError::OverCap { key, value, max } => LimitError::OverCap { key: cap_key(key), value, max },
@@ -140,6 +149,9 @@ mod tests {
         let no_wall = Limits { wall_ms: Some(0), ..Limits::default() };
         assert!(matches!(no_wall.check(&caps), Err(LimitError::UnderMinimum { key: "wall_ms", .. })));
         let tiny_heap = Limits { memory_mb: 1, ..Limits::default() };
+        assert!(Limits { subrequests: 0, ..Limits::default() }.check(&LimitCaps::default()).is_err());
+        assert!(Limits { subrequests: MAX_SUBREQUESTS + 1, ..Limits::default() }.check(&LimitCaps::default()).is_err());
+        assert!(Limits { subrequests: MAX_SUBREQUESTS, ..Limits::default() }.check(&LimitCaps::default()).is_ok());
         assert!(matches!(tiny_heap.check(&caps), Err(LimitError::UnderMinimum { key: "memory_mb", .. })));
     }
 

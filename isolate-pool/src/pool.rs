@@ -569,6 +569,7 @@ impl IsolateHost for Host {
             name: worker.spec.name.clone(),
             vars: worker.spec.vars.clone(),
             heap_limit_bytes: Some((worker.spec.limits.memory_mb as usize) << 20),
+            subrequests: worker.spec.limits.subrequests,
             bindings: worker.spec.bindings.clone(),
             services,
             log_budget: worker.log_budget.clone(),

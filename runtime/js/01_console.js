@@ -27,6 +27,29 @@ const {
  */
 export const currentRequest = new core.AsyncVariable();
 
+/** Subrequests one invocation may make (0: no limit), set by `prepare`. */
+let subrequestLimit = 0;
+
+export function setSubrequestLimit(limit) {
+  subrequestLimit = limit;
+}
+
+/**
+ * Counts a subrequest (an outbound `fetch`, a KV operation, a call to
+ * another worker or object) against the current invocation's limit;
+ * throws past it.
+ */
+export function countSubrequest() {
+  const current = currentRequest.get();
+  if (current === undefined || subrequestLimit === 0) return;
+  current.subrequests = (current.subrequests ?? 0) + 1;
+  if (current.subrequests > subrequestLimit) {
+    throw new Error(
+      `Too many subrequests: one invocation may make ${subrequestLimit} (outbound fetch, KV operations and calls to other workers count; [limits] subrequests sets it)`,
+    );
+  }
+}
+
 /**
  * The longest console line that leaves V8, in characters (the runtime also
  * cuts it to as many bytes): a 100 MB string is not copied out whole.

@@ -4,10 +4,11 @@
 import { core, primordials } from "ext:core/mod.js";
 import { op_outpost_wasm_module } from "ext:core/ops";
 import { DOMException, abortSignal, base64, compression, crypto, encoding, event, fetch, file, formData, headers, performanceMod, request, streams, structuredCloneMod, timers, url, urlPattern, webidl } from "ext:outpost_runtime/00_prelude.js";
-import { console, onUncaughtError, reportError } from "ext:outpost_runtime/01_console.js";
+import { console, countSubrequest, onUncaughtError, reportError } from "ext:outpost_runtime/01_console.js";
 import { Response, WebSocket, WebSocketPair } from "ext:outpost_runtime/02_websocket.js";
 
 const {
+  PromiseReject,
   ObjectDefineProperties,
   ObjectDefineProperty,
   ObjectSetPrototypeOf,
@@ -31,6 +32,17 @@ class Navigator {
   }
 }
 const navigator = ObjectSetPrototypeOf({}, Navigator.prototype);
+
+/** `fetch`, counted as a subrequest of the invocation that makes it. */
+function countedFetch(input, init = undefined) {
+  try {
+    countSubrequest();
+  } catch (error) {
+    return PromiseReject(error);
+  }
+  return fetch.fetch(input, init);
+}
+ObjectDefineProperty(countedFetch, "name", { value: "fetch" });
 
 const globalScope = {
   AbortController: core.propNonEnumerable(abortSignal.AbortController),
@@ -87,7 +99,7 @@ const globalScope = {
   // The crypto object is backed by Rust (cppgc) and cannot exist in a
   // snapshot: it is made on first use.
   crypto: core.propGetterOnly(() => crypto.crypto),
-  fetch: core.propWritable(fetch.fetch),
+  fetch: core.propWritable(countedFetch),
   navigator: core.propReadOnly(navigator),
   performance: core.propWritable(performanceMod.performance),
   reportError: core.propWritable(reportError),

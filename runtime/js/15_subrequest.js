@@ -4,7 +4,7 @@
 
 import { primordials } from "ext:core/mod.js";
 import { response, streams } from "ext:outpost_runtime/00_prelude.js";
-import { currentRequest } from "ext:outpost_runtime/01_console.js";
+import { countSubrequest, currentRequest } from "ext:outpost_runtime/01_console.js";
 import { makeForwarded, Response } from "ext:outpost_runtime/02_websocket.js";
 
 const {
@@ -15,8 +15,12 @@ const {
   ReflectHas,
 } = primordials;
 
-/** The calling invocation: its request id and how deeply it is nested. */
+/**
+ * The calling invocation: its request id and how deeply it is nested. A
+ * call to another worker or object is a subrequest: counted here.
+ */
 export function caller() {
+  countSubrequest();
   const current = currentRequest.get();
   return { requestId: current?.id ?? "", depth: current?.depth ?? 0 };
 }

@@ -6,6 +6,7 @@
 import { core, primordials } from "ext:core/mod.js";
 import { op_outpost_event_unhandled, op_outpost_going_away, op_outpost_next_event } from "ext:core/ops";
 import { event, performanceMod } from "ext:outpost_runtime/00_prelude.js";
+import { setSubrequestLimit } from "ext:outpost_runtime/01_console.js";
 import { goAwayAll } from "ext:outpost_runtime/02_websocket.js";
 import "ext:outpost_runtime/03_global_scope.js";
 import { bindingKind, eventKind } from "ext:outpost_runtime/04_registry.js";
@@ -56,15 +57,17 @@ function resolveHandlers(namespace, env) {
 
 /**
  * Called once the worker's modules are evaluated: `namespace` is the main
- * module's namespace, `envJson` the worker's plain variables, and
+ * module's namespace, `envJson` the worker's plain variables,
+ * `limitsJson` what JS enforces of its limits (`{ subrequests }`), and
  * `bindingsJson` its bindings (`[{ name, kind, ... }]`, each made by its
  * kind's registered constructor). Throws if the worker has no handler at
  * all (and hosts no objects); otherwise returns the function that serves
  * events until the node stops sending them and outstanding `waitUntil()`
  * work has settled (or timed out).
  */
-function prepare(namespace, envJson, bindingsJson) {
+function prepare(namespace, envJson, bindingsJson, limitsJson) {
   performanceMod.setTimeOrigin();
+  setSubrequestLimit(JSONParse(limitsJson).subrequests);
   // Not frozen: workerd hands workers a mutable env object too.
   const env = JSONParse(envJson);
   const worker = { namespace, env, hostsObjects: false, handlers: null };

@@ -76,6 +76,8 @@ pub struct WorkerOptions {
     pub vars: serde_json::Map<String, serde_json::Value>,
     /// Largest V8 heap of one isolate, in bytes; `None` is V8's default.
     pub heap_limit_bytes: Option<usize>,
+    /// Subrequests one invocation may make; 0 is no limit.
+    pub subrequests: u64,
     /// What the worker finds on `env` besides `vars`, in order.
     pub bindings: Bindings,
     /// What the node lends the bindings (the store, the router of object
@@ -148,6 +150,8 @@ pub struct WorkerIsolate {
     vars: serde_json::Map<String, serde_json::Value>,
     /// `[{ name, kind, ... }]` for the bootstrap's `prepare`.
     bindings_json: String,
+    /// `{ subrequests }` for the bootstrap's `prepare`.
+    limits_json: String,
     abort_reason: AbortReason,
     heap_limit_hit: Rc<Cell<bool>>,
     buffer_budget: Option<Arc<crate::memory::BufferBudget>>,
@@ -293,6 +297,7 @@ impl WorkerIsolate {
             main: source.main_url(),
             vars: options.vars.clone(),
             bindings_json,
+            limits_json: serde_json::json!({ "subrequests": options.subrequests }).to_string(),
             abort_reason,
             heap_limit_hit,
             buffer_budget,
@@ -328,7 +333,14 @@ impl WorkerIsolate {
             let env_json: v8::Local<v8::Value> = v8::String::new(scope, &env_json).expect("env fits a string").into();
             let bindings_json: v8::Local<v8::Value> =
                 v8::String::new(scope, &self.bindings_json).expect("bindings fit a string").into();
-            [v8::Global::new(scope, namespace), v8::Global::new(scope, env_json), v8::Global::new(scope, bindings_json)]
+            let limits_json: v8::Local<v8::Value> =
+                v8::String::new(scope, &self.limits_json).expect("limits fit a string").into();
+            [
+                v8::Global::new(scope, namespace),
+                v8::Global::new(scope, env_json),
+                v8::Global::new(scope, bindings_json),
+                v8::Global::new(scope, limits_json),
+            ]
         };
         let prepare = self.prepare.take().expect("load runs once");
         let serve = runtime

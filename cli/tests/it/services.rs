@@ -173,3 +173,54 @@ async fn calling_a_worker_that_is_not_there_is_a_clear_error() {
     assert_eq!(reply.status, 502);
     assert!(reply.text().contains("service ghost (GHOST)"), "{}", reply.text());
 }
+
+/// `[limits] subrequests`: outbound fetch, KV operations and calls to other
+/// workers count, per invocation; past the limit they fail with a clear
+/// error, and the next request starts from zero.
+#[tokio::test]
+async fn subrequests_are_limited_per_invocation() {
+    let dir = worker(&[
+        ("outpost.toml", "name = \"thrifty\"\n[limits]\nsubrequests = 3\n[[kv_namespaces]]\nbinding = \"KV\"\n"),
+        (
+            "worker.js",
+            r#"
+export default {
+  async fetch(request, env) {
+    const done = [];
+    try {
+      await env.KV.put("a", "1");
+      done.push("put");
+      await env.KV.get("a");
+      done.push("get");
+      await env.KV.list();
+      done.push("list");
+      // The fourth: refused before any connection is tried.
+      await fetch("http://127.0.0.1:9/");
+      done.push("fetch");
+    } catch (error) {
+      return new Response(`${done.join(",")} then ${error.message}`);
+    }
+    return new Response(done.join(","));
+  },
+};
+"#,
+        ),
+    ]);
+    let dev = Dev::start(dir.path(), &[]);
+    for _ in 0..2 {
+        let text = support::get(dev.addr, "/").await.text();
+        assert!(text.starts_with("put,get,list then Too many subrequests"), "{text}");
+    }
+    let bad = worker(&[
+        ("outpost.toml", "name = \"greedy\"\n[limits]\nsubrequests = 10000001\n"),
+        ("worker.js", "export default { fetch() { return new Response('x'); } };\n"),
+    ]);
+    let output = std::process::Command::new(support::outpost_binary())
+        .arg("dev")
+        .arg(bad.path())
+        .args(["--port", "0"])
+        .output()
+        .expect("outpost runs");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("subrequests"));
+}

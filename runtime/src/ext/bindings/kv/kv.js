@@ -3,6 +3,7 @@
 import { core, primordials } from "ext:core/mod.js";
 import { op_outpost_kv_delete, op_outpost_kv_get, op_outpost_kv_list, op_outpost_kv_put } from "ext:core/ops";
 import { streams, webidl } from "ext:outpost_runtime/00_prelude.js";
+import { countSubrequest } from "ext:outpost_runtime/01_console.js";
 import { streamBytes } from "ext:outpost_runtime/10_http.js";
 import { registerBindingKind } from "ext:outpost_runtime/04_registry.js";
 
@@ -69,12 +70,14 @@ class KVNamespace {
   }
 
   async get(key, options) {
+    countSubrequest();
     const type = kvGetType(options);
     const found = await op_outpost_kv_get(this.#binding, String(key));
     return found === null ? null : kvValue(found.value, type);
   }
 
   async getWithMetadata(key, options) {
+    countSubrequest();
     const type = kvGetType(options);
     const found = await op_outpost_kv_get(this.#binding, String(key));
     if (found === null) return { value: null, metadata: null, cacheStatus: null };
@@ -86,6 +89,7 @@ class KVNamespace {
   }
 
   async put(key, value, options = {}) {
+    countSubrequest();
     webidl.requiredArguments(arguments.length, 2, "Failed to execute 'put' on 'KVNamespace'");
     const bytes = await kvBytes(value);
     const metadata = options?.metadata === undefined ? null : JSONStringify(options.metadata);
@@ -97,10 +101,12 @@ class KVNamespace {
   }
 
   async delete(key) {
+    countSubrequest();
     await op_outpost_kv_delete(this.#binding, String(key));
   }
 
   async list(options = {}) {
+    countSubrequest();
     const page = await op_outpost_kv_list(this.#binding, {
       prefix: options?.prefix ?? null,
       limit: options?.limit ?? null,
