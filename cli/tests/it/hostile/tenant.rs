@@ -287,6 +287,11 @@ async fn a_worker_cannot_claim_another_workers_data() {
             "name = \"attacker\"\n[[durable_objects.bindings]]\nname = \"ROOMS\"\nclass_name = \"Room\"\nscript_name = \"innocent\"\n",
             "durable_objects = [\\\"innocent:Room\\\"]",
         ),
+        // Calling the innocent worker's entrypoints, around its routes.
+        (
+            "name = \"attacker\"\n[[services]]\nbinding = \"INNOCENT\"\nservice = \"innocent\"\n",
+            "services = [\\\"innocent\\\"]",
+        ),
     ] {
         std::fs::write(node.dir().join("workers/attacker/outpost.toml"), attacker_toml).unwrap();
         std::fs::write(node.dir().join("workers/attacker/worker.js"), VAULT).unwrap();
@@ -326,6 +331,23 @@ async fn a_grant_in_node_toml_shares_a_namespace() {
     assert!(owners.contains("\"vault\": \"innocent\""), "{owners}");
     let innocent = support::send(addr, "GET", "/", &[("host", "innocent.test")], b"").await;
     assert_eq!(innocent.text(), "shared", "the owner sees what its grantee wrote");
+    assert!(node.is_running());
+}
+
+/// With a grant, one tenant's worker calls another's through a service
+/// binding.
+#[tokio::test]
+async fn a_grant_in_node_toml_allows_a_service_binding() {
+    let mut node = hostile_node(
+        "export default { fetch(request, env) { return env.INNOCENT.fetch('https://innocent.test/'); } };",
+        "[[services]]\nbinding = \"INNOCENT\"\nservice = \"innocent\"\n",
+        "[[grants]]\nworker = \"attacker\"\nservices = [\"innocent\"]\n",
+        &[],
+    );
+    let addr = node.http.unwrap();
+    let direct = support::send(addr, "GET", "/", &[("host", "innocent.test")], b"").await;
+    let through = attack(addr, "GET", "/", Duration::from_secs(20)).await.unwrap();
+    assert_eq!((through.status, through.text()), (direct.status, direct.text()));
     assert!(node.is_running());
 }
 
