@@ -2,12 +2,14 @@
 // Durable Object stub, a service binding): who is calling, the response as
 // the caller gets it, and stubs whose unknown properties are RPC methods.
 
-import { primordials } from "ext:core/mod.js";
+import { core, primordials } from "ext:core/mod.js";
+import { op_outpost_rpc_return } from "ext:core/ops";
 import { response, streams } from "ext:outpost_runtime/00_prelude.js";
-import { countSubrequest, currentRequest } from "ext:outpost_runtime/01_console.js";
+import { countSubrequest, currentRequest, describeError } from "ext:outpost_runtime/01_console.js";
 import { makeForwarded, Response } from "ext:outpost_runtime/02_websocket.js";
 
 const {
+  Error,
   ArrayPrototypeIncludes,
   FunctionPrototypeBind,
   Proxy,
@@ -56,4 +58,25 @@ export function rpcProxy(target) {
       return (...args) => target.call(property, args);
     },
   });
+}
+
+/**
+ * Runs a method call on the callee's side and answers the event `rid` with
+ * what it came to: the value, or the error thrown (with its class and
+ * message; an error that cannot be cloned goes as its description).
+ */
+export async function answerCall(rid, call) {
+  let threw = false;
+  let outcome;
+  try {
+    outcome = core.serialize(await call());
+  } catch (error) {
+    threw = true;
+    try {
+      outcome = core.serialize(error);
+    } catch {
+      outcome = core.serialize(new Error(describeError(error)));
+    }
+  }
+  op_outpost_rpc_return(rid, threw, outcome);
 }

@@ -1,23 +1,6 @@
 //! What a worker author sees when their worker is broken.
 
-use std::path::Path;
-use std::process::Command;
-
-use crate::support::{self, worker, Dev};
-
-/// Runs `outpost dev` on a worker that must fail to load; returns stderr.
-fn failed_start(worker_dir: &Path) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_outpost"))
-        .arg("dev")
-        .arg(worker_dir)
-        .args(["--port", "0"])
-        .output()
-        .expect("outpost runs");
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(!output.status.success(), "outpost dev should fail; stderr: {stderr}");
-    assert!(String::from_utf8_lossy(&output.stdout).is_empty(), "nothing may be served");
-    stderr
-}
+use crate::support::{self, failed_start, worker, Dev};
 
 #[test]
 fn syntax_error_names_file_line_and_column() {

@@ -97,14 +97,7 @@ fn a_bad_expression_fails_the_load_naming_it() {
         ("outpost.toml", "name = \"bad\"\n[triggers]\ncrons = [\"*/5 * * * *\", \"0 0 * * 0\"]\n"),
         ("worker.js", "export default { scheduled() {} };\n"),
     ]);
-    let output = std::process::Command::new(support::outpost_binary())
-        .arg("dev")
-        .arg(dir.path())
-        .args(["--port", "0"])
-        .output()
-        .expect("outpost runs");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
+    let stderr = support::failed_start(dir.path());
     assert!(stderr.contains("\"0 0 * * 0\""), "{stderr}");
     assert!(stderr.contains("1 = Sunday to 7 = Saturday"), "{stderr}");
 }

@@ -148,14 +148,7 @@ fn a_service_binding_needs_its_worker_and_a_valid_entrypoint() {
         ("outpost.toml", "name = \"x\"\n[[services]]\nbinding = \"B\"\nservice = \"b\"\nentrypoint = \"not-a-name\"\n"),
         ("worker.js", "export default { fetch() { return new Response('x'); } };\n"),
     ]);
-    let output = std::process::Command::new(support::outpost_binary())
-        .arg("dev")
-        .arg(dir.path())
-        .args(["--port", "0"])
-        .output()
-        .expect("outpost runs");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
+    let stderr = support::failed_start(dir.path());
     assert!(stderr.contains("entrypoint \"not-a-name\""), "{stderr}");
 }
 
@@ -215,12 +208,5 @@ export default {
         ("outpost.toml", "name = \"greedy\"\n[limits]\nsubrequests = 10000001\n"),
         ("worker.js", "export default { fetch() { return new Response('x'); } };\n"),
     ]);
-    let output = std::process::Command::new(support::outpost_binary())
-        .arg("dev")
-        .arg(bad.path())
-        .args(["--port", "0"])
-        .output()
-        .expect("outpost runs");
-    assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("subrequests"));
+    assert!(support::failed_start(bad.path()).contains("subrequests"));
 }

@@ -88,6 +88,16 @@ impl LogCapture {
 }
 
 /// A running `outpost dev`, killed on drop.
+/// Runs `outpost dev` on a worker that must fail to load; returns stderr.
+pub fn failed_start(worker_dir: &Path) -> String {
+    let output =
+        Command::new(outpost_binary()).arg("dev").arg(worker_dir).args(["--port", "0"]).output().expect("outpost runs");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "outpost dev should fail; stderr: {stderr}");
+    assert!(String::from_utf8_lossy(&output.stdout).is_empty(), "nothing may be served");
+    stderr
+}
+
 pub struct Dev {
     child: Child,
     pub addr: SocketAddr,

@@ -4,16 +4,16 @@
 // its storage operations is in progress. Registers the object events.
 
 import { core, primordials } from "ext:core/mod.js";
-import { op_outpost_event_done, op_outpost_rpc_return } from "ext:core/ops";
+import { op_outpost_event_done } from "ext:core/ops";
 import { currentRequest, describeError } from "ext:outpost_runtime/01_console.js";
 import { buildRequest, closeUnreturnedSockets, sendResponse } from "ext:outpost_runtime/10_http.js";
+import { answerCall } from "ext:outpost_runtime/15_subrequest.js";
 import { registerEventKind } from "ext:outpost_runtime/04_registry.js";
 import { DurableObjectId, objectKey } from "ext:outpost_binding_durable_objects/namespace.js";
 import { DurableObjectState, DurableObjectStorage, InputGate } from "ext:outpost_binding_durable_objects/storage.js";
 
 const {
   DateNow,
-  Error,
   FunctionPrototypeCall,
   MapPrototypeDelete,
   MapPrototypeGet,
@@ -186,26 +186,15 @@ registerEventKind("alarm", (next) =>
 registerEventKind("object-call", (next) =>
   objectEvent(next, async (object) => {
     const args = core.deserialize(next.args);
-    let threw = false;
-    let outcome;
-    try {
-      const value = await object.runGated((instance) => {
+    await answerCall(next.rid, () =>
+      object.runGated((instance) => {
         const method = next.method === "constructor" ? undefined : instance[next.method];
         if (typeof method !== "function") {
           throw new TypeError(`The RPC receiver does not implement the method "${next.method}".`);
         }
         return ReflectApply(method, instance, args);
-      });
-      outcome = core.serialize(value);
-    } catch (error) {
-      threw = true;
-      try {
-        outcome = core.serialize(error);
-      } catch {
-        outcome = core.serialize(new Error(describeError(error)));
-      }
-    }
-    op_outpost_rpc_return(next.rid, threw, outcome);
+      })
+    );
   }, (message) => op_outpost_event_done(next.rid, message)));
 
 /**

@@ -4,17 +4,16 @@
 // `WorkerEntrypoint` answers method calls.
 
 import { core, primordials } from "ext:core/mod.js";
-import { op_outpost_body_pipe, op_outpost_rpc_return, op_outpost_svc_call, op_outpost_svc_fetch } from "ext:core/ops";
+import { op_outpost_body_pipe, op_outpost_svc_call, op_outpost_svc_fetch } from "ext:core/ops";
 import { request } from "ext:outpost_runtime/00_prelude.js";
-import { currentRequest, describeError } from "ext:outpost_runtime/01_console.js";
+import { currentRequest } from "ext:outpost_runtime/01_console.js";
 import { registerBindingKind, registerEventKind } from "ext:outpost_runtime/04_registry.js";
 import { closeUnreturnedSockets, pumpBody } from "ext:outpost_runtime/10_http.js";
-import { caller, rpcProxy, subrequestResponse } from "ext:outpost_runtime/15_subrequest.js";
+import { answerCall, caller, rpcProxy, subrequestResponse } from "ext:outpost_runtime/15_subrequest.js";
 import { ExecutionContext } from "ext:outpost_runtime/20_context.js";
 
 const {
   ArrayPrototypeIncludes,
-  Error,
   ReflectApply,
   SymbolFor,
   TypeError,
@@ -68,25 +67,17 @@ function receiver(worker, entrypoint, ctx) {
 registerEventKind("service-call", async (next, worker) => {
   const request = { id: next.requestId, sockets: null, depth: next.depth };
   const prev = currentRequest.enter(request);
-  let threw = false;
-  let outcome;
   try {
-    const target = receiver(worker, next.entrypoint, new ExecutionContext(next.requestId));
-    const method = ArrayPrototypeIncludes(RESERVED, next.method) ? undefined : target[next.method];
-    if (typeof method !== "function") {
-      throw new TypeError(`The RPC receiver does not implement the method "${next.method}".`);
-    }
-    outcome = core.serialize(await ReflectApply(method, target, core.deserialize(next.args)));
-  } catch (error) {
-    threw = true;
-    try {
-      outcome = core.serialize(error);
-    } catch {
-      outcome = core.serialize(new Error(describeError(error)));
-    }
+    await answerCall(next.rid, () => {
+      const target = receiver(worker, next.entrypoint, new ExecutionContext(next.requestId));
+      const method = ArrayPrototypeIncludes(RESERVED, next.method) ? undefined : target[next.method];
+      if (typeof method !== "function") {
+        throw new TypeError(`The RPC receiver does not implement the method "${next.method}".`);
+      }
+      return ReflectApply(method, target, core.deserialize(next.args));
+    });
   } finally {
     closeUnreturnedSockets(request.sockets);
     core.setAsyncContext(prev);
   }
-  op_outpost_rpc_return(next.rid, threw, outcome);
 });
