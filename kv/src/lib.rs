@@ -31,9 +31,9 @@
 //! change) implements [`KvStorage`] and
 //! [`ObjectStorage`](objects::ObjectStorage) with the same semantics, and
 //! the runtime can hold either as `Arc<dyn KvStorage>` /
-//! `Arc<dyn ObjectStorage>`. Queues and workflow state are meant to become
-//! further traits of the same kind (an API module each: types, errors, a
-//! trait) served by the same engine and its commit thread; none exists yet.
+//! `Arc<dyn ObjectStorage>`. [`queues`] keeps queue messages over
+//! [`ObjectStorage`](objects::ObjectStorage) (so every backend stores them);
+//! workflow state is meant to become a further API of the same kind.
 //!
 //! What it does not do: know about V8 or workers (the runtime's bindings
 //! call this API, and the runtime makes object ids and runs alarms),
@@ -44,6 +44,7 @@ mod error;
 pub mod limits;
 pub mod namespaces;
 pub mod objects;
+pub mod queues;
 
 use std::future::Future;
 use std::pin::Pin;

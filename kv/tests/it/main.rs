@@ -3,3 +3,4 @@
 mod api;
 mod crash;
 mod objects;
+mod queues;
