@@ -49,6 +49,33 @@ pub struct WorkerConfig {
     /// Other workers of the node bound on `env`, as in wrangler.toml.
     #[serde(default)]
     pub services: Vec<ServiceConfig>,
+    /// Queues the worker sends to, as in wrangler.toml.
+    #[serde(default)]
+    pub queues: QueuesConfig,
+}
+
+/// The `queues` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueuesConfig {
+    #[serde(default)]
+    pub producers: Vec<QueueProducerConfig>,
+    /// Not supported yet: refused at load with a message saying so.
+    #[serde(default)]
+    pub consumers: Vec<toml::Value>,
+}
+
+/// One `[[queues.producers]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueProducerConfig {
+    /// The queue's name.
+    pub queue: String,
+    /// The name on `env`.
+    pub binding: String,
+    /// Seconds before a message may be delivered (0 to 43200, default 0).
+    #[serde(default)]
+    pub delivery_delay: u32,
 }
 
 /// One `[[services]]` entry.
@@ -163,6 +190,7 @@ pub struct ResolvedWorker {
     pub durable_objects: Vec<outpost_runtime::DurableObjectBinding>,
     pub crons: Vec<outpost_cron::Schedule>,
     pub services: Vec<outpost_runtime::ServiceBinding>,
+    pub queue_producers: Vec<outpost_runtime::QueueProducerBinding>,
 }
 
 /// Finds the worker at `path`: a `.js` file, or a directory with an
@@ -183,6 +211,7 @@ pub fn resolve(path: &Path) -> anyhow::Result<ResolvedWorker> {
             durable_objects: Vec::new(),
             crons: Vec::new(),
             services: Vec::new(),
+            queue_producers: Vec::new(),
         });
     }
     let config_path = path.join(CONFIG_FILE);
@@ -284,6 +313,43 @@ pub fn resolve(path: &Path) -> anyhow::Result<ResolvedWorker> {
             entrypoint: service.entrypoint.clone(),
         });
     }
+    if !config.queues.consumers.is_empty() {
+        bail!(
+            "{}: [[queues.consumers]] is not supported yet (queues can be produced to, and keep their messages)",
+            config_path.display()
+        );
+    }
+    let mut queue_producers: Vec<outpost_runtime::QueueProducerBinding> = Vec::new();
+    for producer in &config.queues.producers {
+        let taken = kv_namespaces.iter().any(|b| b.binding == producer.binding)
+            || durable_objects.iter().any(|b| b.binding == producer.binding)
+            || services.iter().any(|b| b.binding == producer.binding)
+            || queue_producers.iter().any(|b| b.binding == producer.binding)
+            || vars.contains_key(&producer.binding);
+        if taken {
+            bail!("{}: the binding {:?} is declared twice", config_path.display(), producer.binding);
+        }
+        if !is_namespace_id(&producer.queue) {
+            bail!(
+                "{}: the queue name {:?} must be 1 to {MAX_NAMESPACE_ID_BYTES} bytes, without control characters",
+                config_path.display(),
+                producer.queue
+            );
+        }
+        if producer.delivery_delay > outpost_runtime::QUEUE_MAX_DELAY_SECONDS {
+            bail!(
+                "{}: delivery_delay of queue binding {:?} is at most {} seconds",
+                config_path.display(),
+                producer.binding,
+                outpost_runtime::QUEUE_MAX_DELAY_SECONDS
+            );
+        }
+        queue_producers.push(outpost_runtime::QueueProducerBinding {
+            binding: producer.binding.clone(),
+            queue: producer.queue.clone(),
+            delivery_delay: producer.delivery_delay,
+        });
+    }
     let crons = config
         .triggers
         .crons
@@ -302,6 +368,7 @@ pub fn resolve(path: &Path) -> anyhow::Result<ResolvedWorker> {
         durable_objects,
         crons,
         services,
+        queue_producers,
     })
 }
 

@@ -17,13 +17,14 @@ pub fn node_worker(worker: crate::config::ResolvedWorker) -> anyhow::Result<Work
     let kv = worker.kv_namespaces.into_iter().map(|b| Arc::new(b) as Arc<dyn Binding>);
     let objects = worker.durable_objects.into_iter().map(|b| Arc::new(b) as Arc<dyn Binding>);
     let services = worker.services.into_iter().map(|b| Arc::new(b) as Arc<dyn Binding>);
+    let queues = worker.queue_producers.into_iter().map(|b| Arc::new(b) as Arc<dyn Binding>);
     let spec = WorkerSpec {
         source: WorkerSource::new(&worker.root, &worker.main)?,
         name: worker.name,
         vars: worker.vars,
         isolation: worker.isolation,
         limits: worker.limits,
-        bindings: kv.chain(objects).chain(services).collect(),
+        bindings: kv.chain(objects).chain(services).chain(queues).collect(),
     };
     Ok(Worker { spec, crons: worker.crons })
 }

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use outpost_isolate_pool::WorkerSpec;
-use outpost_runtime::{KvNamespaceBinding, ServiceBinding};
+use outpost_runtime::{KvNamespaceBinding, QueueProducerBinding, ServiceBinding};
 use serde::{Deserialize, Serialize};
 
 /// One `[[grants]]` entry of node.toml: what a worker may use besides its own.
@@ -30,6 +30,9 @@ pub struct Grant {
     /// Other workers it may call through service bindings, by name.
     #[serde(default)]
     pub services: Vec<String>,
+    /// Queues that belong to other workers.
+    #[serde(default)]
+    pub queues: Vec<String>,
 }
 
 /// The recorded owners of KV namespace ids.
@@ -37,6 +40,9 @@ pub struct Grant {
 pub struct Owners {
     /// Namespace id → worker name.
     pub kv_namespaces: BTreeMap<String, String>,
+    /// Queue name → worker name (the first that declared it).
+    #[serde(default)]
+    pub queues: BTreeMap<String, String>,
 }
 
 impl Owners {
@@ -76,6 +82,23 @@ impl Owners {
                 });
             }
         }
+        let queues = worker.bindings.iter().filter_map(|b| b.as_any().downcast_ref::<QueueProducerBinding>());
+        for binding in queues {
+            match self.queues.get(&binding.queue) {
+                None => {
+                    self.queues.insert(binding.queue.clone(), worker.name.clone());
+                }
+                Some(owner) if *owner == worker.name => {}
+                Some(_) if granted(|g| &g.queues, &binding.queue) => {}
+                Some(owner) => {
+                    return Err(OwnershipError::Queue {
+                        worker: worker.name.clone(),
+                        queue: binding.queue.clone(),
+                        owner: owner.clone(),
+                    })
+                }
+            }
+        }
         let services = worker.bindings.iter().filter_map(|b| b.as_any().downcast_ref::<ServiceBinding>());
         for binding in services.filter(|b| b.service != worker.name) {
             if !granted(|g| &g.services, &binding.service) {
@@ -100,6 +123,8 @@ pub enum OwnershipError {
     ObjectClass { worker: String, binding: String, class_name: String, script: String, class: String },
     #[error("worker {worker:?}: the service binding {binding} calls worker {service:?}; node.toml can grant access with [[grants]] worker = {worker:?}, services = [{service:?}]")]
     Service { worker: String, binding: String, service: String },
+    #[error("worker {worker:?}: the queue {queue:?} belongs to worker {owner:?}; node.toml can grant access with [[grants]] worker = {worker:?}, queues = [{queue:?}]")]
+    Queue { worker: String, queue: String, owner: String },
     #[error("{} is corrupt: {source}", path.display())]
     Corrupt { path: PathBuf, source: serde_json::Error },
     #[error("cannot read {}: {source}", path.display())]
@@ -202,6 +227,29 @@ mod tests {
         let mut own = worker("b", &[], &[]);
         own.bindings.push(Arc::new(ServiceBinding { binding: "SELF".into(), service: "b".into(), entrypoint: None }));
         Owners::default().admit(&own, &[]).unwrap();
+    }
+
+    #[test]
+    fn the_first_worker_to_declare_a_queue_owns_it() {
+        let producer = |name: &str| {
+            let mut spec = worker(name, &[], &[]);
+            spec.bindings.push(Arc::new(QueueProducerBinding {
+                binding: "Q".into(),
+                queue: "jobs".into(),
+                delivery_delay: 0,
+            }));
+            spec
+        };
+        let mut owners = Owners::default();
+        owners.admit(&producer("a"), &[]).unwrap();
+        assert_eq!(owners.queues["jobs"], "a");
+        let err = owners.admit(&producer("b"), &[]).unwrap_err().to_string();
+        assert!(err.contains("queues = [\"jobs\"]"), "{err}");
+        let grant = Grant { worker: "b".into(), queues: vec!["jobs".into()], ..Default::default() };
+        owners.admit(&producer("b"), &[grant]).unwrap();
+        // An owners.json written before queues existed still reads.
+        let old: Owners = serde_json::from_str("{\"kv_namespaces\": {}}").unwrap();
+        assert!(old.queues.is_empty());
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod hostile;
 mod objects;
 mod pool;
 mod protocol;
+mod queues;
 mod scheduled;
 mod services;
 mod streaming;

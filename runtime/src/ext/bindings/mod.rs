@@ -16,6 +16,7 @@
 // `extensions`.
 pub mod durable_objects;
 pub mod kv;
+pub mod queues;
 pub mod services;
 
 use std::sync::Arc;
@@ -29,6 +30,7 @@ pub(crate) fn extensions() -> Vec<Extension> {
         kv::outpost_binding_kv::init(),
         durable_objects::outpost_binding_durable_objects::init(),
         services::outpost_binding_services::init(),
+        queues::outpost_binding_queues::init(),
     ]
 }
 

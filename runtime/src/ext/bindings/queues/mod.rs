@@ -1,0 +1,72 @@
+//! Queues, the producing side: `env.Q` for a `[[queues.producers]]` entry,
+//! with `send` and `sendBatch`. Messages go to the node's store through
+//! [`outpost_kv::queues`] and a send resolves once they are durable.
+
+mod ops;
+
+use std::sync::Arc;
+
+use deno_core::OpState;
+use outpost_kv::objects::ObjectStorage;
+
+use super::{Binding, BindingError, BindingServices};
+
+/// One `[[queues.producers]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueProducerBinding {
+    /// The name on `env`.
+    pub binding: String,
+    /// The queue's name.
+    pub queue: String,
+    /// Seconds before a message may be delivered, unless the send says.
+    pub delivery_delay: u32,
+}
+
+/// The most a delivery may be delayed, in seconds (12 h), as on Cloudflare.
+pub const MAX_DELAY_SECONDS: u32 = 43_200;
+
+/// The producers of an isolate's worker, by number, and where messages go.
+#[derive(Clone)]
+pub(crate) struct QueueProducers {
+    pub(crate) bindings: Vec<QueueProducerBinding>,
+    pub(crate) storage: Arc<dyn ObjectStorage>,
+}
+
+impl Binding for QueueProducerBinding {
+    fn name(&self) -> &str {
+        &self.binding
+    }
+
+    fn kind(&self) -> &'static str {
+        "queue"
+    }
+
+    fn install(
+        &self,
+        state: &mut OpState,
+        _worker: &str,
+        services: &BindingServices,
+    ) -> Result<serde_json::Value, BindingError> {
+        if !state.has::<QueueProducers>() {
+            let storage = services.get::<Arc<dyn ObjectStorage>>().cloned().ok_or_else(|| {
+                BindingError::MissingService { binding: self.binding.clone(), service: "queue storage" }
+            })?;
+            state.put(QueueProducers { bindings: Vec::new(), storage });
+        }
+        let producers = state.borrow_mut::<QueueProducers>();
+        producers.bindings.push(self.clone());
+        Ok(serde_json::json!({ "index": producers.bindings.len() - 1 }))
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+deno_core::extension!(
+    outpost_binding_queues,
+    deps = [outpost_runtime],
+    ops = [ops::op_outpost_queue_send],
+    esm_entry_point = "ext:outpost_binding_queues/queues.js",
+    esm = [dir "src/ext/bindings/queues", "queues.js"],
+);
