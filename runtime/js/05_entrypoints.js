@@ -15,7 +15,7 @@ class DurableObject {
     this.env = env;
   }
 }
-class WorkerEntrypoint {
+export class WorkerEntrypoint {
   constructor(ctx, env) {
     this.ctx = ctx;
     this.env = env;

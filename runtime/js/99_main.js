@@ -10,7 +10,7 @@ import { setSubrequestLimit } from "ext:outpost_runtime/01_console.js";
 import { goAwayAll } from "ext:outpost_runtime/02_websocket.js";
 import "ext:outpost_runtime/03_global_scope.js";
 import { bindingKind, eventKind } from "ext:outpost_runtime/04_registry.js";
-import "ext:outpost_runtime/05_entrypoints.js";
+import { WorkerEntrypoint } from "ext:outpost_runtime/05_entrypoints.js";
 import { pendingWaitUntil } from "ext:outpost_runtime/20_context.js";
 import { fetchHandler } from "ext:outpost_runtime/30_fetch.js";
 import { scheduledHandler } from "ext:outpost_runtime/40_scheduled.js";
@@ -20,6 +20,8 @@ const {
   ArrayPrototypeJoin,
   JSONParse,
   ObjectDefineProperty,
+  ObjectPrototypeIsPrototypeOf,
+  ObjectValues,
   PromisePrototypeThen,
   SafePromiseAll,
   SafeSet,
@@ -55,13 +57,26 @@ function resolveHandlers(namespace, env) {
   };
 }
 
+/** Whether the module exports a `WorkerEntrypoint` class (reachable through service bindings). */
+function exportsEntrypoints(namespace) {
+  const values = ObjectValues(namespace);
+  for (let i = 0; i < values.length; i++) {
+    const value = values[i];
+    if (typeof value === "function" && ObjectPrototypeIsPrototypeOf(WorkerEntrypoint.prototype, value.prototype)) {
+      return true;
+    }
+  }
+  return false;
+}
+
 /**
  * Called once the worker's modules are evaluated: `namespace` is the main
  * module's namespace, `envJson` the worker's plain variables,
  * `limitsJson` what JS enforces of its limits (`{ subrequests }`), and
  * `bindingsJson` its bindings (`[{ name, kind, ... }]`, each made by its
  * kind's registered constructor). Throws if the worker has no handler at
- * all (and hosts no objects); otherwise returns the function that serves
+ * all (no event handler, no object class it hosts, no `WorkerEntrypoint`);
+ * otherwise returns the function that serves
  * events until the node stops sending them and outstanding `waitUntil()`
  * work has settled (or timed out).
  */
@@ -86,7 +101,10 @@ function prepare(namespace, envJson, bindingsJson, limitsJson) {
     });
   }
   const handlers = resolveHandlers(namespace, env);
-  if (handlers.fetch === undefined && handlers.others.length === 0 && !worker.hostsObjects) {
+  if (
+    handlers.fetch === undefined && handlers.others.length === 0 && !worker.hostsObjects &&
+    !exportsEntrypoints(namespace)
+  ) {
     throw new TypeError(
       `${handlers.missingFetch}, nor any other handler (${ArrayPrototypeJoin(OTHER_HANDLERS, ", ")})`,
     );

@@ -210,3 +210,22 @@ export default {
     ]);
     assert!(support::failed_start(bad.path()).contains("subrequests"));
 }
+
+/// A worker with only a named `WorkerEntrypoint` (no default export) loads,
+/// and is reachable through a binding that names the entrypoint.
+#[tokio::test]
+async fn a_worker_of_named_entrypoints_only_loads() {
+    let callee = worker(&[
+        ("outpost.toml", "name = \"rpc-only\"\n"),
+        (
+            "worker.js",
+            "import { WorkerEntrypoint } from 'cloudflare:workers';\nexport class Math extends WorkerEntrypoint { square(n) { return n * n; } }\n",
+        ),
+    ]);
+    let caller = worker(&[
+        ("outpost.toml", "name = \"asker\"\n[[services]]\nbinding = \"MATH\"\nservice = \"rpc-only\"\nentrypoint = \"Math\"\n"),
+        ("worker.js", "export default { async fetch(request, env) { return new Response(String(await env.MATH.square(12))); } };\n"),
+    ]);
+    let dev = Dev::start(caller.path(), &[callee.path().to_str().unwrap()]);
+    assert_eq!(support::get(dev.addr, "/").await.text(), "144");
+}
