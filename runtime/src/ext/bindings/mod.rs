@@ -73,6 +73,53 @@ pub enum BindingError {
     MissingService { binding: String, service: &'static str },
 }
 
+/// A kind's bindings in one isolate, numbered in the order they were
+/// installed (the JS side holds only the numbers, so a worker reaches
+/// exactly what is bound to it), and the node service they use.
+pub(crate) struct Numbered<B, S> {
+    pub(crate) bindings: Vec<B>,
+    pub(crate) service: S,
+}
+
+/// Adds `binding` to its kind's [`Numbered`] list in `state` (made on the
+/// first, with the service from `services`, which `missing` names if the
+/// node lends none); returns `{ index }` for its JS constructor.
+pub(crate) fn install_numbered<B: Clone + 'static, S: Clone + Send + Sync + 'static>(
+    state: &mut OpState,
+    binding: &B,
+    name: &str,
+    services: &BindingServices,
+    missing: &'static str,
+) -> Result<serde_json::Value, BindingError> {
+    if !state.has::<Numbered<B, S>>() {
+        let service = services
+            .get::<S>()
+            .cloned()
+            .ok_or_else(|| BindingError::MissingService { binding: name.to_string(), service: missing })?;
+        state.put(Numbered::<B, S> { bindings: Vec::new(), service });
+    }
+    let numbered = state.borrow_mut::<Numbered<B, S>>();
+    numbered.bindings.push(binding.clone());
+    Ok(serde_json::json!({ "index": numbered.bindings.len() - 1 }))
+}
+
+/// Binding `index` of a kind, with its service; the errors name the kind.
+pub(crate) fn numbered<B: Clone + 'static, S: Clone + 'static>(
+    state: &OpState,
+    index: u32,
+    kind: &str,
+) -> Result<(B, S), deno_error::JsErrorBox> {
+    let numbered = state
+        .try_borrow::<Numbered<B, S>>()
+        .ok_or_else(|| deno_error::JsErrorBox::type_error(format!("this worker has no {kind} bindings")))?;
+    let binding = numbered
+        .bindings
+        .get(index as usize)
+        .cloned()
+        .ok_or_else(|| deno_error::JsErrorBox::type_error(format!("no such {kind} binding")))?;
+    Ok((binding, numbered.service.clone()))
+}
+
 /// Installs every binding; returns `[{ name, kind, ...description }]` for
 /// the bootstrap's `prepare`.
 pub(crate) fn install_all(

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use outpost_kv::KvStorage;
 
-use super::{Binding, BindingError, BindingServices};
+use super::{install_numbered, Binding, BindingError, BindingServices};
 
 /// One `[[kv_namespaces]]` binding.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,13 +20,6 @@ pub struct KvNamespaceBinding {
     pub binding: String,
     /// The namespace's id in the store.
     pub id: String,
-}
-
-/// The store and the namespaces bound to this isolate's worker, by number.
-#[derive(Clone)]
-pub(crate) struct KvNamespaces {
-    pub(crate) store: Arc<dyn KvStorage>,
-    pub(crate) ids: Vec<String>,
 }
 
 impl Binding for KvNamespaceBinding {
@@ -44,16 +37,7 @@ impl Binding for KvNamespaceBinding {
         _worker: &str,
         services: &BindingServices,
     ) -> Result<serde_json::Value, BindingError> {
-        if !state.has::<KvNamespaces>() {
-            let store = services
-                .get::<Arc<dyn KvStorage>>()
-                .cloned()
-                .ok_or_else(|| BindingError::MissingService { binding: self.binding.clone(), service: "KV storage" })?;
-            state.put(KvNamespaces { store, ids: Vec::new() });
-        }
-        let namespaces = state.borrow_mut::<KvNamespaces>();
-        namespaces.ids.push(self.id.clone());
-        Ok(serde_json::json!({ "index": namespaces.ids.len() - 1 }))
+        install_numbered::<_, Arc<dyn KvStorage>>(state, self, &self.binding, services, "KV storage")
     }
 
     fn as_any(&self) -> &dyn std::any::Any {

@@ -9,13 +9,12 @@ use deno_error::JsErrorBox;
 use outpost_kv::{GetError, KvStorage, ListError, ListOptions, PutError, PutOptions};
 use serde::{Deserialize, Serialize};
 
-use super::KvNamespaces;
+use super::KvNamespaceBinding;
+use crate::ext::bindings::numbered;
 
 fn namespace(state: &OpState, index: u32) -> Result<(Arc<dyn KvStorage>, String), JsErrorBox> {
-    let bindings =
-        state.try_borrow::<KvNamespaces>().ok_or_else(|| JsErrorBox::type_error("this worker has no KV bindings"))?;
-    let namespace = bindings.ids.get(index as usize).ok_or_else(|| JsErrorBox::type_error("no such KV binding"))?;
-    Ok((bindings.store.clone(), namespace.clone()))
+    let (binding, store) = numbered::<KvNamespaceBinding, Arc<dyn KvStorage>>(state, index, "KV")?;
+    Ok((store, binding.id))
 }
 
 fn get_error(err: GetError) -> JsErrorBox {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use deno_core::OpState;
 use outpost_kv::objects::ObjectStorage;
 
-use super::{Binding, BindingError, BindingServices};
+use super::{install_numbered, Binding, BindingError, BindingServices};
 
 /// One `[[queues.producers]]` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,13 +24,6 @@ pub struct QueueProducerBinding {
 
 /// The most a delivery may be delayed, in seconds (12 h), as on Cloudflare.
 pub const MAX_DELAY_SECONDS: u32 = 43_200;
-
-/// The producers of an isolate's worker, by number, and where messages go.
-#[derive(Clone)]
-pub(crate) struct QueueProducers {
-    pub(crate) bindings: Vec<QueueProducerBinding>,
-    pub(crate) storage: Arc<dyn ObjectStorage>,
-}
 
 impl Binding for QueueProducerBinding {
     fn name(&self) -> &str {
@@ -47,15 +40,7 @@ impl Binding for QueueProducerBinding {
         _worker: &str,
         services: &BindingServices,
     ) -> Result<serde_json::Value, BindingError> {
-        if !state.has::<QueueProducers>() {
-            let storage = services.get::<Arc<dyn ObjectStorage>>().cloned().ok_or_else(|| {
-                BindingError::MissingService { binding: self.binding.clone(), service: "queue storage" }
-            })?;
-            state.put(QueueProducers { bindings: Vec::new(), storage });
-        }
-        let producers = state.borrow_mut::<QueueProducers>();
-        producers.bindings.push(self.clone());
-        Ok(serde_json::json!({ "index": producers.bindings.len() - 1 }))
+        install_numbered::<_, Arc<dyn ObjectStorage>>(state, self, &self.binding, services, "queue storage")
     }
 
     fn as_any(&self) -> &dyn std::any::Any {

@@ -9,7 +9,8 @@ use deno_error::JsErrorBox;
 use outpost_kv::queues::{self, NewMessage, QueueError};
 use serde::Deserialize;
 
-use super::{QueueProducers, MAX_DELAY_SECONDS};
+use super::{QueueProducerBinding, MAX_DELAY_SECONDS};
+use crate::ext::bindings::numbered;
 
 /// One message as JS hands it over: the body already encoded.
 #[derive(Deserialize)]
@@ -38,14 +39,11 @@ pub async fn op_outpost_queue_send(
     #[smi] index: u32,
     #[serde] messages: Vec<OutgoingMessage>,
 ) -> Result<(), JsErrorBox> {
-    let (binding, storage) = {
-        let state = state.borrow();
-        let producers = state
-            .try_borrow::<QueueProducers>()
-            .ok_or_else(|| JsErrorBox::type_error("this worker has no queue bindings"))?;
-        let binding = producers.bindings.get(index as usize).cloned();
-        (binding.ok_or_else(|| JsErrorBox::type_error("no such queue binding"))?, producers.storage.clone())
-    };
+    let (binding, storage) = numbered::<QueueProducerBinding, std::sync::Arc<dyn outpost_kv::objects::ObjectStorage>>(
+        &state.borrow(),
+        index,
+        "queue",
+    )?;
     let mut batch = Vec::with_capacity(messages.len());
     for message in messages {
         batch.push(NewMessage {

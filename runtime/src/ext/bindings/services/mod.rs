@@ -14,7 +14,7 @@ use std::sync::Arc;
 use deno_core::OpState;
 
 use super::durable_objects::RouteFuture;
-use super::{Binding, BindingError, BindingServices};
+use super::{install_numbered, Binding, BindingError, BindingServices};
 use crate::ext::events::{RpcCall, RpcOutcome};
 use crate::ext::http::{Body, HttpRequest};
 
@@ -40,13 +40,6 @@ pub trait ServiceRouter: Send + Sync {
     fn call(&self, service: &str, entrypoint: Option<String>, call: RpcCall) -> RouteFuture<RpcOutcome>;
 }
 
-/// The service bindings of an isolate's worker, by number, and the router.
-#[derive(Clone)]
-pub(crate) struct ServiceBindings {
-    pub(crate) bindings: Vec<ServiceBinding>,
-    pub(crate) router: Arc<dyn ServiceRouter>,
-}
-
 impl Binding for ServiceBinding {
     fn name(&self) -> &str {
         &self.binding
@@ -62,15 +55,7 @@ impl Binding for ServiceBinding {
         _worker: &str,
         services: &BindingServices,
     ) -> Result<serde_json::Value, BindingError> {
-        if !state.has::<ServiceBindings>() {
-            let router = services.get::<Arc<dyn ServiceRouter>>().cloned().ok_or_else(|| {
-                BindingError::MissingService { binding: self.binding.clone(), service: "service routing" }
-            })?;
-            state.put(ServiceBindings { bindings: Vec::new(), router });
-        }
-        let bindings = state.borrow_mut::<ServiceBindings>();
-        bindings.bindings.push(self.clone());
-        Ok(serde_json::json!({ "index": bindings.bindings.len() - 1 }))
+        install_numbered::<_, Arc<dyn ServiceRouter>>(state, self, &self.binding, services, "service routing")
     }
 
     fn as_any(&self) -> &dyn std::any::Any {

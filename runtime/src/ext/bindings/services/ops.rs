@@ -7,7 +7,8 @@ use deno_core::{op2, JsBuffer, OpState};
 use deno_error::JsErrorBox;
 use serde::Deserialize;
 
-use super::{ServiceBinding, ServiceBindings, ServiceRouter};
+use super::{ServiceBinding, ServiceRouter};
+use crate::ext::bindings::numbered;
 use crate::ext::events::RpcCall;
 use crate::ext::http::DispatchError;
 use crate::ext::subrequest::{self, nested, CallOutcome, OutgoingBody, RequestHead, SubrequestResponse};
@@ -21,15 +22,7 @@ pub struct Caller {
 }
 
 fn binding(state: &OpState, index: u32) -> Result<(ServiceBinding, std::sync::Arc<dyn ServiceRouter>), JsErrorBox> {
-    let bindings = state
-        .try_borrow::<ServiceBindings>()
-        .ok_or_else(|| JsErrorBox::type_error("this worker has no service bindings"))?;
-    let binding = bindings
-        .bindings
-        .get(index as usize)
-        .cloned()
-        .ok_or_else(|| JsErrorBox::type_error("no such service binding"))?;
-    Ok((binding, bindings.router.clone()))
+    numbered(state, index, "service")
 }
 
 fn dispatch_error(binding: &ServiceBinding, err: DispatchError) -> JsErrorBox {
