@@ -27,7 +27,11 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some(SNAPSHOT_SUBCOMMAND) {
         let (root, main, out) = (Path::new(&args[2]), Path::new(&args[3]), Path::new(&args[4]));
-        std::process::exit(outpost_isolate_pool::snapshots::run_snapshot_process(root, main, out));
+        if let Err(failure) = outpost_isolate_pool::snapshots::run_snapshot_process(root, main, out) {
+            eprintln!("{}", failure.message);
+            std::process::exit(failure.status);
+        }
+        std::process::exit(0);
     }
     let mode = std::env::var("OUTPOST_BENCH_SNAPSHOT").unwrap_or_else(|_| "worker".into());
     let worker_snapshots = match mode.as_str() {

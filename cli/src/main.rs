@@ -63,8 +63,13 @@ fn main() -> ExitCode {
 }
 
 fn snapshot_worker(root: &std::path::Path, main: &std::path::Path, out: &std::path::Path) -> ExitCode {
-    let status = outpost_isolate_pool::snapshots::run_snapshot_process(root, main, out);
-    ExitCode::from(u8::try_from(status).unwrap_or(1))
+    match outpost_isolate_pool::snapshots::run_snapshot_process(root, main, out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("{}", failure.message);
+            ExitCode::from(u8::try_from(failure.status).unwrap_or(1))
+        }
+    }
 }
 
 /// Human-readable lines on a terminal, JSON lines otherwise; `RUST_LOG`

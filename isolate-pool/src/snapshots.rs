@@ -14,41 +14,30 @@ pub const EXIT_LOAD_ERROR: i32 = 2;
 /// snapshotted.
 pub const EXIT_UNSUPPORTED: i32 = 3;
 
+/// Why the snapshot process made no snapshot: the exit status the pool
+/// reads ([`EXIT_LOAD_ERROR`], [`EXIT_UNSUPPORTED`], 1 for anything else)
+/// and the message, which the process writes to standard error.
+#[derive(Debug)]
+pub struct SnapshotFailure {
+    pub status: i32,
+    pub message: String,
+}
+
 /// The snapshot process's whole job, for the binary that is the pool's
 /// snapshotter (`outpost snapshot-worker`, the pool bench): evaluates the
-/// worker at `main` in `root` and writes its snapshot to `out`. Returns the
-/// exit status the pool reads ([`EXIT_LOAD_ERROR`], [`EXIT_UNSUPPORTED`],
-/// 1 for anything else); the reason goes to standard error, which the pool
-/// reads as the message.
-pub fn run_snapshot_process(root: &Path, main: &Path, out: &Path) -> i32 {
+/// worker at `main` in `root` and writes its snapshot to `out`. The binary
+/// reports a failure (its message on standard error, its exit status).
+pub fn run_snapshot_process(root: &Path, main: &Path, out: &Path) -> Result<(), SnapshotFailure> {
     use outpost_runtime::snapshot::{create_worker_snapshot, SnapshotError};
-    let source = match WorkerSource::new(root, main) {
-        Ok(source) => source,
-        Err(err) => {
-            eprintln!("{err}");
-            return EXIT_LOAD_ERROR;
-        }
-    };
+    let fail = |status, message: String| SnapshotFailure { status, message };
+    let source = WorkerSource::new(root, main).map_err(|err| fail(EXIT_LOAD_ERROR, err.to_string()))?;
     match create_worker_snapshot(&source) {
-        Ok(bytes) => match std::fs::write(out, bytes) {
-            Ok(()) => 0,
-            Err(err) => {
-                eprintln!("cannot write {}: {err}", out.display());
-                1
-            }
-        },
-        Err(SnapshotError::Module(message)) => {
-            eprintln!("{message}");
-            EXIT_LOAD_ERROR
+        Ok(bytes) => {
+            std::fs::write(out, bytes).map_err(|err| fail(1, format!("cannot write {}: {err}", out.display())))
         }
-        Err(SnapshotError::Unsupported(message)) => {
-            eprintln!("{message}");
-            EXIT_UNSUPPORTED
-        }
-        Err(err) => {
-            eprintln!("{err}");
-            1
-        }
+        Err(SnapshotError::Module(message)) => Err(fail(EXIT_LOAD_ERROR, message)),
+        Err(SnapshotError::Unsupported(message)) => Err(fail(EXIT_UNSUPPORTED, message)),
+        Err(err) => Err(fail(1, err.to_string())),
     }
 }
 
