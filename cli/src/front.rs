@@ -26,7 +26,7 @@ pub fn node_worker(worker: crate::config::ResolvedWorker) -> anyhow::Result<Work
         limits: worker.limits,
         bindings: kv.chain(objects).chain(services).chain(queues).collect(),
     };
-    Ok(Worker { spec, crons: worker.crons })
+    Ok(Worker { spec, crons: worker.crons, consumers: worker.queue_consumers })
 }
 
 /// Starts a node keeping its state under `data_dir`, on `threads` isolate

@@ -11,8 +11,9 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use outpost_runtime::{
-    Body, DispatchError, Egress, HttpRequest, IsolateSignals, ObjectAddress, ObjectRouter, RouteFuture, RpcCall,
-    RpcOutcome, ScheduledOutcome, ScheduledRun, ServiceRouter, WorkerCode, WorkerEvent, WorkerOptions,
+    Body, DispatchError, Egress, HttpRequest, IsolateSignals, ObjectAddress, ObjectRouter, QueueBatch, QueueOutcome,
+    RouteFuture, RpcCall, RpcOutcome, ScheduledOutcome, ScheduledRun, ServiceRouter, WorkerCode, WorkerEvent,
+    WorkerOptions,
 };
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument as _;
@@ -293,6 +294,20 @@ impl Pool {
             dispatch(&placed, |respond| WorkerEvent::Scheduled { run, respond }, false).await
         }
         .instrument(tracing::debug_span!("pool.dispatch", worker, event = "scheduled"))
+        .await
+    }
+
+    /// Runs the `queue` handler of `worker` on a batch of a queue it
+    /// consumes; the outcome says what the handler asked for each message
+    /// and whether it threw. Like a scheduled run, a batch is bound by CPU,
+    /// not by the wall-clock limit, and its `waitUntil()` work is waited for.
+    pub async fn run_queue(&self, worker: &str, batch: QueueBatch) -> Result<QueueOutcome, FetchError> {
+        let size = batch.messages.len();
+        async {
+            let placed = self.place(worker)?;
+            dispatch(&placed, |respond| WorkerEvent::Queue { batch, respond }, false).await
+        }
+        .instrument(tracing::debug_span!("pool.dispatch", worker, event = "queue", size))
         .await
     }
 

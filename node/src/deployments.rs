@@ -8,12 +8,14 @@ use outpost_cron::Schedule;
 use outpost_ingress::routes::{RouteError, Routes};
 use outpost_isolate_pool::{LimitCaps, Pool, PoolConfig, Snapshotter, WorkerSpec};
 use outpost_kv::objects::ObjectStorage;
+use outpost_kv::queues::Queues;
 use outpost_kv::KvStorage;
 use outpost_runtime::Egress;
 
 use crate::handler::{NodeHandler, Target};
 use crate::ownership::{self, Grant, OwnershipError};
 use crate::triggers::cron::Crons;
+use crate::triggers::queues::{Consumer, Consumers};
 
 /// How a node starts.
 #[derive(Debug, Clone)]
@@ -42,6 +44,16 @@ pub enum StartError {
     Store { path: PathBuf, source: outpost_kv::OpenError },
 }
 
+/// Why a worker was not deployed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeployError {
+    #[error(transparent)]
+    Load(#[from] outpost_isolate_pool::DeployError),
+    #[error("the queue {queue:?} already has a consumer, worker {consumer:?} (a queue has one consumer)")]
+    QueueConsumed { queue: String, consumer: String },
+}
+
 /// A worker as the node runs it: what the pool needs, and what fires it
 /// besides requests.
 #[derive(Debug)]
@@ -49,6 +61,8 @@ pub struct Worker {
     pub spec: WorkerSpec,
     /// Its Cron Triggers.
     pub crons: Vec<Schedule>,
+    /// The queues it consumes.
+    pub consumers: Vec<Consumer>,
 }
 
 /// One worker the caller wants running, or why it could not even be read.
@@ -97,6 +111,10 @@ pub struct Node {
     data_dir: PathBuf,
     routes: Arc<RwLock<Arc<Routes<String>>>>,
     crons: Crons,
+    queues: Queues,
+    consumers: Consumers,
+    /// Rung when the consumed queues change.
+    consumers_changed: Arc<tokio::sync::Notify>,
 }
 
 impl Node {
@@ -115,13 +133,24 @@ impl Node {
         config.egress = egress;
         let kv: Arc<dyn KvStorage> = Arc::new(store.clone());
         let objects: Arc<dyn ObjectStorage> = Arc::new(store.clone());
+        let queues = Queues::new(objects.clone());
         config.services.insert(kv);
+        config.services.insert(queues.clone());
         config.services.insert(objects);
         // Measured: on 2 cores, 1 isolate thread + 1 front thread serves
         // more than 2 + 1.
         config.threads = threads.unwrap_or_else(|| config.threads.saturating_sub(1).max(1));
         let pool = Pool::start(config);
-        Ok(Node { pool, store, data_dir, routes: Arc::default(), crons: Crons::default() })
+        Ok(Node {
+            pool,
+            store,
+            queues,
+            data_dir,
+            routes: Arc::default(),
+            crons: Crons::default(),
+            consumers: Consumers::default(),
+            consumers_changed: Arc::default(),
+        })
     }
 
     /// The pool, for what the node does not wrap.
@@ -140,13 +169,18 @@ impl Node {
     }
 
     /// Deploys one worker (a new version replaces the running one once it
-    /// has loaded, and its Cron Triggers the old one's). No ownership
-    /// checks: for a node of one tenant.
-    pub fn deploy(&self, worker: Worker) -> Result<(), outpost_isolate_pool::DeployError> {
-        let Worker { spec, crons } = worker;
+    /// has loaded, and its Cron Triggers and queue consumers the old
+    /// one's). No ownership checks: for a node of one tenant.
+    pub fn deploy(&self, worker: Worker) -> Result<(), DeployError> {
+        let Worker { spec, crons, consumers } = worker;
         let name = spec.name.clone();
         let _span = tracing::info_span!("node.deploy", worker = %name).entered();
+        if let Some((queue, consumer)) = self.consumers.taken(&name, &consumers) {
+            return Err(DeployError::QueueConsumed { queue, consumer });
+        }
         self.pool.deploy(spec)?;
+        self.consumers.replace(&name, consumers);
+        self.consumers_changed.notify_one();
         let mut all = self.crons.write().unwrap();
         if crons.is_empty() {
             all.remove(&name);
@@ -184,7 +218,7 @@ impl Node {
                 self.pool.check_limits(&spec.limits).map_err(|err| format!("cannot load worker {name}: {err}"))?;
                 // Claims count only for a worker that runs.
                 let mut trial = owners.clone();
-                trial.admit(spec, &desired.grants).map_err(|err| err.to_string())?;
+                trial.admit(spec, &worker.consumers, &desired.grants).map_err(|err| err.to_string())?;
                 self.deploy(worker).map_err(|err| format!("cannot load worker {name}: {err}"))?;
                 owners = trial;
                 Ok(name)
@@ -212,9 +246,17 @@ impl Node {
     }
 
     /// Starts the node's background work on the current tokio runtime:
-    /// expired KV entries are swept and due alarms fire.
+    /// expired KV entries are swept, due alarms and Cron Triggers fire, and
+    /// consumed queues deliver their batches.
     pub fn spawn_triggers(&self) {
-        crate::triggers::spawn(&self.pool, &self.store, &self.crons);
+        crate::triggers::spawn(
+            &self.pool,
+            &self.store,
+            &self.crons,
+            &self.queues,
+            &self.consumers,
+            &self.consumers_changed,
+        );
     }
 
     /// Has every isolate close its WebSockets as going away (1001), for

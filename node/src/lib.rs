@@ -6,7 +6,7 @@
 //! next, call the same method); answers the front's requests
 //! ([`NodeHandler`]: routing, and the one place where a worker's failure
 //! becomes an HTTP status); and runs the node's triggers ([`triggers`]:
-//! Cron Triggers and Durable Object alarms; queues next).
+//! Cron Triggers, Durable Object alarms and queue consumers).
 //!
 //! What it does not do: read files or parse configuration (the `outpost`
 //! binary reads `outpost.toml` and `node.toml` into [`WorkerSpec`]s and a
@@ -20,6 +20,6 @@ mod handler;
 pub mod ownership;
 pub mod triggers;
 
-pub use deployments::{Applied, Candidate, Desired, Node, NodeOptions, StartError, Worker};
+pub use deployments::{Applied, Candidate, DeployError, Desired, Node, NodeOptions, StartError, Worker};
 pub use handler::{handler_error, NodeHandler, Target};
 pub use ownership::{Grant, OwnershipError};

@@ -15,6 +15,8 @@ use outpost_isolate_pool::WorkerSpec;
 use outpost_runtime::{KvNamespaceBinding, QueueProducerBinding, ServiceBinding};
 use serde::{Deserialize, Serialize};
 
+use crate::triggers::queues::Consumer;
+
 /// One `[[grants]]` entry of node.toml: what a worker may use besides its own.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -46,9 +48,15 @@ pub struct Owners {
 }
 
 impl Owners {
-    /// Checks what `worker` binds against the owners and the grants, and
-    /// claims the KV namespace ids nobody owns yet for it.
-    pub fn admit(&mut self, worker: &WorkerSpec, grants: &[Grant]) -> Result<(), OwnershipError> {
+    /// Checks what `worker` binds and the queues it consumes (and their
+    /// dead-letter queues) against the owners and the grants, and claims the
+    /// KV namespace ids and queues nobody owns yet for it.
+    pub fn admit(
+        &mut self,
+        worker: &WorkerSpec,
+        consumers: &[Consumer],
+        grants: &[Grant],
+    ) -> Result<(), OwnershipError> {
         let granted = |pick: fn(&Grant) -> &Vec<String>, what: &str| {
             grants.iter().filter(|g| g.worker == worker.name).any(|g| pick(g).iter().any(|item| item == what))
         };
@@ -82,18 +90,21 @@ impl Owners {
                 });
             }
         }
-        let queues = worker.bindings.iter().filter_map(|b| b.as_any().downcast_ref::<QueueProducerBinding>());
-        for binding in queues {
-            match self.queues.get(&binding.queue) {
+        let produced = worker.bindings.iter().filter_map(|b| b.as_any().downcast_ref::<QueueProducerBinding>());
+        let queues = produced
+            .map(|b| &b.queue)
+            .chain(consumers.iter().flat_map(|c| std::iter::once(&c.queue).chain(c.dead_letter_queue.as_ref())));
+        for queue in queues {
+            match self.queues.get(queue) {
                 None => {
-                    self.queues.insert(binding.queue.clone(), worker.name.clone());
+                    self.queues.insert(queue.clone(), worker.name.clone());
                 }
                 Some(owner) if *owner == worker.name => {}
-                Some(_) if granted(|g| &g.queues, &binding.queue) => {}
+                Some(_) if granted(|g| &g.queues, queue) => {}
                 Some(owner) => {
                     return Err(OwnershipError::Queue {
                         worker: worker.name.clone(),
-                        queue: binding.queue.clone(),
+                        queue: queue.clone(),
                         owner: owner.clone(),
                     })
                 }
@@ -193,40 +204,40 @@ mod tests {
     #[test]
     fn the_first_worker_to_declare_a_namespace_owns_it() {
         let mut owners = Owners::default();
-        owners.admit(&worker("a", &["sessions"], &[]), &[]).unwrap();
+        owners.admit(&worker("a", &["sessions"], &[]), &[], &[]).unwrap();
         assert_eq!(owners.kv_namespaces["sessions"], "a");
-        owners.admit(&worker("a", &["sessions"], &[]), &[]).unwrap();
-        let err = owners.admit(&worker("b", &["sessions"], &[]), &[]).unwrap_err().to_string();
+        owners.admit(&worker("a", &["sessions"], &[]), &[], &[]).unwrap();
+        let err = owners.admit(&worker("b", &["sessions"], &[]), &[], &[]).unwrap_err().to_string();
         assert!(err.contains("belongs to worker \"a\""), "{err}");
         let grant = Grant { worker: "b".into(), kv_namespaces: vec!["sessions".into()], ..Default::default() };
-        owners.admit(&worker("b", &["sessions"], &[]), &[grant]).unwrap();
+        owners.admit(&worker("b", &["sessions"], &[]), &[], &[grant]).unwrap();
         assert_eq!(owners.kv_namespaces["sessions"], "a", "a grant gives access, not ownership");
     }
 
     #[test]
     fn another_workers_objects_need_a_grant() {
         let mut owners = Owners::default();
-        owners.admit(&worker("b", &[], &[("b", "Counter")]), &[]).unwrap();
-        let err = owners.admit(&worker("a", &[], &[("b", "Counter")]), &[]).unwrap_err().to_string();
+        owners.admit(&worker("b", &[], &[("b", "Counter")]), &[], &[]).unwrap();
+        let err = owners.admit(&worker("a", &[], &[("b", "Counter")]), &[], &[]).unwrap_err().to_string();
         assert!(err.contains("durable_objects = [\"b:Counter\"]"), "{err}");
         let grant = Grant { worker: "a".into(), durable_objects: vec!["b:Counter".into()], ..Default::default() };
-        owners.admit(&worker("a", &[], &[("b", "Counter")]), std::slice::from_ref(&grant)).unwrap();
+        owners.admit(&worker("a", &[], &[("b", "Counter")]), &[], std::slice::from_ref(&grant)).unwrap();
         // A grant to one worker is not a grant to another.
-        assert!(owners.admit(&worker("c", &[], &[("b", "Counter")]), &[grant]).is_err());
+        assert!(owners.admit(&worker("c", &[], &[("b", "Counter")]), &[], &[grant]).is_err());
     }
 
     #[test]
     fn calling_another_worker_needs_a_grant() {
         let mut caller = worker("a", &[], &[]);
         caller.bindings.push(Arc::new(ServiceBinding { binding: "B".into(), service: "b".into(), entrypoint: None }));
-        let err = Owners::default().admit(&caller, &[]).unwrap_err().to_string();
+        let err = Owners::default().admit(&caller, &[], &[]).unwrap_err().to_string();
         assert!(err.contains("services = [\"b\"]"), "{err}");
         let grant = Grant { worker: "a".into(), services: vec!["b".into()], ..Default::default() };
-        Owners::default().admit(&caller, &[grant]).unwrap();
+        Owners::default().admit(&caller, &[], &[grant]).unwrap();
         // Itself, it may always call.
         let mut own = worker("b", &[], &[]);
         own.bindings.push(Arc::new(ServiceBinding { binding: "SELF".into(), service: "b".into(), entrypoint: None }));
-        Owners::default().admit(&own, &[]).unwrap();
+        Owners::default().admit(&own, &[], &[]).unwrap();
     }
 
     #[test]
@@ -241,12 +252,21 @@ mod tests {
             spec
         };
         let mut owners = Owners::default();
-        owners.admit(&producer("a"), &[]).unwrap();
+        owners.admit(&producer("a"), &[], &[]).unwrap();
         assert_eq!(owners.queues["jobs"], "a");
-        let err = owners.admit(&producer("b"), &[]).unwrap_err().to_string();
+        let err = owners.admit(&producer("b"), &[], &[]).unwrap_err().to_string();
         assert!(err.contains("queues = [\"jobs\"]"), "{err}");
         let grant = Grant { worker: "b".into(), queues: vec!["jobs".into()], ..Default::default() };
-        owners.admit(&producer("b"), &[grant]).unwrap();
+        owners.admit(&producer("b"), &[], &[grant]).unwrap();
+        // Consuming a queue, or dead-lettering into one, is using it too.
+        let consumer = Consumer { dead_letter_queue: Some("c-dlq".into()), ..Consumer::new("jobs") };
+        let err = owners.admit(&worker("c", &[], &[]), std::slice::from_ref(&consumer), &[]).unwrap_err().to_string();
+        assert!(err.contains("queue \"jobs\""), "{err}");
+        let own = Consumer { dead_letter_queue: Some("jobs".into()), ..Consumer::new("c-own") };
+        let err = owners.admit(&worker("c", &[], &[]), &[own], &[]).unwrap_err().to_string();
+        assert!(err.contains("queue \"jobs\""), "the dead-letter queue is checked: {err}");
+        owners.admit(&worker("a", &[], &[]), &[consumer], &[]).unwrap();
+        assert_eq!(owners.queues["c-dlq"], "a", "an unowned dead-letter queue is claimed");
         // An owners.json written before queues existed still reads.
         let old: Owners = serde_json::from_str("{\"kv_namespaces\": {}}").unwrap();
         assert!(old.queues.is_empty());

@@ -7,8 +7,13 @@ import { currentRequest, describeError, log } from "ext:outpost_runtime/01_conso
 
 const {
   ArrayPrototypePush,
+  ArrayPrototypeSlice,
+  DateNow,
+  Error,
+  MathMax,
   Promise,
   PromisePrototypeThen,
+  SafePromiseAllSettled,
   SafeSet,
   SetPrototypeAdd,
   SetPrototypeDelete,
@@ -69,4 +74,39 @@ export class ExecutionContext {
     // flag is kept so the error log can say it was set.
     this[kPassThrough] = true;
   }
+}
+
+/** How long a run of an event without a response (`scheduled`, `queue`) may last, as on Cloudflare. */
+export const RUN_DURATION_MS = 15 * 60_000;
+
+/** `promises`' outcomes, or null if they have not all settled within `ms`. */
+function settledWithin(promises, ms) {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => resolve(null), MathMax(ms, 0));
+    PromisePrototypeThen(SafePromiseAllSettled(promises), (results) => {
+      clearTimeout(timer);
+      resolve(results);
+    });
+  });
+}
+
+/**
+ * Waits for the promises given to `waitUntil()` during a run (`waited`,
+ * which grows while they run) for up to `limitMs`: the first one's
+ * rejection, an Error if some are still running then, or null. As on
+ * Cloudflare, a run without a response succeeds only if all of them do.
+ */
+export async function firstFailure(waited, limitMs) {
+  const deadline = DateNow() + limitMs;
+  for (let settled = 0; settled < waited.length;) {
+    const results = await settledWithin(ArrayPrototypeSlice(waited, settled), deadline - DateNow());
+    if (results === null) {
+      return new Error(`waitUntil() work still running ${limitMs / 60_000} minutes into the run`);
+    }
+    settled += results.length;
+    for (let i = 0; i < results.length; i++) {
+      if (results[i].status === "rejected") return results[i].reason;
+    }
+  }
+  return null;
 }

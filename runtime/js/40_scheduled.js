@@ -6,20 +6,13 @@
 
 import { core, primordials } from "ext:core/mod.js";
 import { op_outpost_event_unhandled, op_outpost_scheduled_done } from "ext:core/ops";
-import { clearTimeout, event, setTimeout } from "ext:outpost_runtime/00_prelude.js";
+import { event } from "ext:outpost_runtime/00_prelude.js";
 import { collectErrors, currentRequest, describeError } from "ext:outpost_runtime/01_console.js";
 import { registerEventKind } from "ext:outpost_runtime/04_registry.js";
-import { ExecutionContext } from "ext:outpost_runtime/20_context.js";
+import { ExecutionContext, firstFailure, RUN_DURATION_MS } from "ext:outpost_runtime/20_context.js";
 import { exportedHandler } from "ext:outpost_runtime/30_fetch.js";
 
 const {
-  ArrayPrototypeSlice,
-  DateNow,
-  Error,
-  MathMax,
-  Promise,
-  PromisePrototypeThen,
-  SafePromiseAllSettled,
   SymbolFor,
   TypeError,
 } = primordials;
@@ -90,20 +83,6 @@ export function scheduledHandler(namespace, env) {
   };
 }
 
-/** How long a run may last, as on Cloudflare. */
-const SCHEDULED_DURATION_MS = 15 * 60_000;
-
-/** `promises`' outcomes, or null if they have not all settled within `ms`. */
-function settledWithin(promises, ms) {
-  return new Promise((resolve) => {
-    const timer = setTimeout(() => resolve(null), MathMax(ms, 0));
-    PromisePrototypeThen(SafePromiseAllSettled(promises), (results) => {
-      clearTimeout(timer);
-      resolve(results);
-    });
-  });
-}
-
 async function deliverScheduled(next, worker) {
   const handler = worker.handlers.scheduled;
   if (handler === undefined) {
@@ -120,20 +99,7 @@ async function deliverScheduled(next, worker) {
     error = thrown;
   }
   try {
-    // Promises given to waitUntil() during the handler, and during those,
-    // for as long as a run may last.
-    const deadline = DateNow() + SCHEDULED_DURATION_MS;
-    for (let settled = 0; settled < waited.length && error === null;) {
-      const results = await settledWithin(ArrayPrototypeSlice(waited, settled), deadline - DateNow());
-      if (results === null) {
-        error = new Error(`waitUntil() work still running ${SCHEDULED_DURATION_MS / 60_000} minutes into the run`);
-        break;
-      }
-      settled += results.length;
-      for (let i = 0; i < results.length && error === null; i++) {
-        if (results[i].status === "rejected") error = results[i].reason;
-      }
-    }
+    if (error === null) error = await firstFailure(waited, RUN_DURATION_MS);
   } finally {
     core.setAsyncContext(prev);
   }

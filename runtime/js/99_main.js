@@ -14,6 +14,7 @@ import { WorkerEntrypoint } from "ext:outpost_runtime/05_entrypoints.js";
 import { pendingWaitUntil } from "ext:outpost_runtime/20_context.js";
 import { fetchHandler } from "ext:outpost_runtime/30_fetch.js";
 import { scheduledHandler } from "ext:outpost_runtime/40_scheduled.js";
+import { queueHandler } from "ext:outpost_runtime/45_queue.js";
 
 const {
   ArrayPrototypeFilter,
@@ -50,6 +51,7 @@ function resolveHandlers(namespace, env) {
   return {
     fetch: fetchHandler(namespace, env),
     scheduled: scheduledHandler(namespace, env),
+    queue: queueHandler(namespace, env),
     others,
     missingFetch: moduleSyntax
       ? "the worker's default export has no fetch() handler"

@@ -9,6 +9,7 @@ mod hostile;
 mod objects;
 mod pool;
 mod protocol;
+mod queue_consumers;
 mod queues;
 mod scheduled;
 mod services;

@@ -85,12 +85,3 @@ async fn sends_are_durable_and_their_errors_are_cloudflares() {
     assert_eq!(messages.iter().filter(|m| m.content_type == "v8").count(), 1);
     assert!(messages.iter().all(|m| m.attempts == 1 && m.timestamp_ms >= before));
 }
-
-#[test]
-fn consumers_are_refused_until_they_exist() {
-    let dir = worker(&[
-        ("outpost.toml", "name = \"consumer\"\n[[queues.consumers]]\nqueue = \"jobs\"\n"),
-        ("worker.js", "export default { queue() {} };\n"),
-    ]);
-    assert!(support::failed_start(dir.path()).contains("[[queues.consumers]] is not supported yet"));
-}

@@ -14,7 +14,7 @@ use std::rc::Rc;
 
 use deno_core::{op2, ByteString, OpState, Resource, ResourceId, ToJsBuffer};
 use deno_error::JsErrorBox;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use super::bindings::durable_objects::ids::id_to_hex;
@@ -39,6 +39,56 @@ pub enum WorkerEvent {
     Alarm { object: ObjectAddress, retry_count: u32, request_id: String, respond: Responder<()> },
     /// A Cron Trigger fired: the worker's `scheduled` handler runs.
     Scheduled { run: ScheduledRun, respond: Responder<ScheduledOutcome> },
+    /// A batch of a queue the worker consumes: its `queue` handler runs.
+    Queue { batch: QueueBatch, respond: Responder<QueueOutcome> },
+}
+
+/// A batch of messages for a queue consumer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueBatch {
+    /// The queue's name (`batch.queue`).
+    pub queue: String,
+    pub messages: Vec<DeliveredMessage>,
+    pub request_id: String,
+}
+
+/// One message of a [`QueueBatch`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeliveredMessage {
+    pub id: String,
+    /// When it was sent, ms since the epoch.
+    pub timestamp_ms: u64,
+    /// How the body decodes: `json`, `text`, `bytes` or `v8`.
+    pub content_type: String,
+    pub body: bytes::Bytes,
+    /// Deliveries so far, this one included.
+    pub attempts: u32,
+}
+
+/// How a `queue` handler's run ended, and what it asked for its messages.
+/// Of `ack_all` and `retry_all`, and of one message's ack and retry, only
+/// the first call counts (the runtime enforces it).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueOutcome {
+    /// The first error the handler or its `waitUntil()` work threw.
+    pub error: Option<String>,
+    pub ack_all: bool,
+    /// `retryAll()`, with its options.
+    pub retry_all: Option<RetryRequest>,
+    /// Ids of messages whose `ack()` counted.
+    pub acks: Vec<String>,
+    /// Messages whose `retry()` counted, by id.
+    pub retries: Vec<(String, RetryRequest)>,
+}
+
+/// A call of `retry()` or `retryAll()`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryRequest {
+    /// Seconds before the message is delivered again (checked by the
+    /// runtime to be 0 to 43,200); else the consumer's `retry_delay`.
+    pub delay_seconds: Option<u32>,
 }
 
 /// One run of a Cron Trigger.
@@ -118,6 +168,7 @@ enum Pending {
     Rpc(Responder<RpcOutcome>),
     Done(Responder<()>),
     Scheduled(Responder<ScheduledOutcome>),
+    Queue(Responder<QueueOutcome>),
 }
 
 /// An event the worker has not answered yet, as a resource its JS holds.
@@ -150,6 +201,7 @@ impl EventInFlight {
             Some(Pending::Rpc(respond)) => drop(respond.send(Err(reason))),
             Some(Pending::Done(respond)) => drop(respond.send(Err(reason))),
             Some(Pending::Scheduled(respond)) => drop(respond.send(Err(reason))),
+            Some(Pending::Queue(respond)) => drop(respond.send(Err(reason))),
             None => {}
         }
     }
@@ -222,6 +274,13 @@ pub enum NextEvent {
         scheduled_time: f64,
     },
     #[serde(rename_all = "camelCase")]
+    Queue {
+        rid: ResourceId,
+        request_id: String,
+        queue: String,
+        messages: Vec<NextMessage>,
+    },
+    #[serde(rename_all = "camelCase")]
     Alarm {
         rid: ResourceId,
         request_id: String,
@@ -245,6 +304,29 @@ pub struct NextRequest {
     depth: u32,
     /// The named export a service binding addresses (fetch events only).
     entrypoint: Option<String>,
+}
+
+/// A queue message as the bootstrap reads it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NextMessage {
+    id: String,
+    timestamp: f64,
+    content_type: String,
+    body: ToJsBuffer,
+    attempts: u32,
+}
+
+impl From<DeliveredMessage> for NextMessage {
+    fn from(message: DeliveredMessage) -> Self {
+        NextMessage {
+            id: message.id,
+            timestamp: message.timestamp_ms as f64,
+            content_type: message.content_type,
+            body: message.body.to_vec().into(),
+            attempts: message.attempts,
+        }
+    }
 }
 
 /// The object an event is for, as the bootstrap reads it.
@@ -330,6 +412,12 @@ pub async fn op_outpost_next_event(state: Rc<RefCell<OpState>>) -> Option<NextEv
             request_id: run.request_id,
             cron: run.cron,
             scheduled_time: run.scheduled_time_ms,
+        },
+        WorkerEvent::Queue { batch, respond } => NextEvent::Queue {
+            rid: in_flight(state, &batch.request_id, Pending::Queue(respond)),
+            request_id: batch.request_id,
+            queue: batch.queue,
+            messages: batch.messages.into_iter().map(NextMessage::from).collect(),
         },
         WorkerEvent::Alarm { object, retry_count, request_id, respond } => NextEvent::Alarm {
             rid: in_flight(state, &request_id, Pending::Done(respond)),
@@ -423,5 +511,28 @@ pub fn op_outpost_scheduled_done(
             Ok(())
         }
         _ => Err(JsErrorBox::type_error("this event is not a scheduled run")),
+    }
+}
+
+/// A run of the `queue` handler ended: what it asked for its messages, and
+/// the first error it or its `waitUntil()` work threw (logged here).
+#[op2]
+pub fn op_outpost_queue_done(
+    state: &mut OpState,
+    #[smi] rid: ResourceId,
+    #[serde] outcome: QueueOutcome,
+) -> Result<(), JsErrorBox> {
+    let event = take_event(state, rid)?;
+    if let Some(error) = &outcome.error {
+        let worker = state.borrow::<super::console::WorkerName>().0.clone();
+        tracing::error!(worker = %worker, request_id = %event.request_id, "queue handler failed: {error}");
+    }
+    let pending = event.pending.borrow_mut().take();
+    match pending {
+        Some(Pending::Queue(respond)) => {
+            let _ = respond.send(Ok(outcome));
+            Ok(())
+        }
+        _ => Err(JsErrorBox::type_error("this event is not a queue batch")),
     }
 }

@@ -42,6 +42,7 @@ deno_core::extension!(
         events::op_outpost_event_unhandled,
         events::op_outpost_rpc_return,
         events::op_outpost_scheduled_done,
+        events::op_outpost_queue_done,
         http::op_outpost_respond,
         http::op_outpost_respond_stream,
         http::op_outpost_body_write,
@@ -73,6 +74,7 @@ deno_core::extension!(
         "20_context.js",
         "30_fetch.js",
         "40_scheduled.js",
+        "45_queue.js",
         "99_main.js",
     ],
     lazy_loaded_js = [

@@ -1,13 +1,12 @@
 //! Queues, the producing side: `env.Q` for a `[[queues.producers]]` entry,
 //! with `send` and `sendBatch`. Messages go to the node's store through
-//! [`outpost_kv::queues`] and a send resolves once they are durable.
+//! [`outpost_kv::queues`] (the node lends a [`Queues`] through the binding
+//! services) and a send resolves once they are durable.
 
 mod ops;
 
-use std::sync::Arc;
-
 use deno_core::OpState;
-use outpost_kv::objects::ObjectStorage;
+use outpost_kv::queues::Queues;
 
 use super::{install_numbered, Binding, BindingError, BindingServices};
 
@@ -40,7 +39,7 @@ impl Binding for QueueProducerBinding {
         _worker: &str,
         services: &BindingServices,
     ) -> Result<serde_json::Value, BindingError> {
-        install_numbered::<_, Arc<dyn ObjectStorage>>(state, self, &self.binding, services, "queue storage")
+        install_numbered::<_, Queues>(state, self, &self.binding, services, "queue storage")
     }
 
     fn as_any(&self) -> &dyn std::any::Any {

@@ -6,7 +6,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use deno_core::{op2, JsBuffer, OpState};
 use deno_error::JsErrorBox;
-use outpost_kv::queues::{self, NewMessage, QueueError};
+use outpost_kv::queues::{NewMessage, QueueError, Queues};
 use serde::Deserialize;
 
 use super::{QueueProducerBinding, MAX_DELAY_SECONDS};
@@ -39,11 +39,7 @@ pub async fn op_outpost_queue_send(
     #[smi] index: u32,
     #[serde] messages: Vec<OutgoingMessage>,
 ) -> Result<(), JsErrorBox> {
-    let (binding, storage) = numbered::<QueueProducerBinding, std::sync::Arc<dyn outpost_kv::objects::ObjectStorage>>(
-        &state.borrow(),
-        index,
-        "queue",
-    )?;
+    let (binding, queues) = numbered::<QueueProducerBinding, Queues>(&state.borrow(), index, "queue")?;
     let mut batch = Vec::with_capacity(messages.len());
     for message in messages {
         batch.push(NewMessage {
@@ -53,7 +49,7 @@ pub async fn op_outpost_queue_send(
         });
     }
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-    queues::send(storage.as_ref(), &binding.queue, batch, now_ms).await.map_err(|err| match err {
+    queues.send(&binding.queue, batch, now_ms).await.map_err(|err| match err {
         QueueError::TooLarge(_) => JsErrorBox::range_error(format!("Queue send failed: {err}")),
         other => JsErrorBox::generic(format!("Queue send failed: {other}")),
     })?;
