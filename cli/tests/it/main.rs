@@ -10,6 +10,7 @@ mod objects;
 mod pool;
 mod protocol;
 mod queue_consumers;
+mod queue_crash;
 mod queues;
 mod scheduled;
 mod services;
