@@ -151,4 +151,5 @@ fixtures! {
     durable_objects => "durable-objects",
     cron_triggers => "cron",
     service_bindings => "services",
+    queues => "queues",
 }
