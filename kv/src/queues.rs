@@ -3,22 +3,23 @@
 //!
 //! A message is stored under a key ordered by the time it becomes visible
 //! (`visible_at`, then its id), so the messages due now are the first keys.
-//! A consumer *leases* due messages: in one atomic transaction each moves to
-//! `now + lease` with one more attempt, so a consumer that dies before it
-//! acknowledges finds them again once the lease runs out. Acknowledging
-//! deletes a message; retrying moves it to a later visible time. A send
-//! resolves once its messages are durable, an ack once the delete is.
-//!
-//! A leased message is marked so in its record: a node that restarts gives
-//! the leases of its dead predecessor back at once ([`release_leases`])
-//! instead of waiting for them to run out.
+//! Its record counts its deliveries so far. A consumer reads due messages
+//! ([`due`]) and keeps the ones it handed out in memory (in flight) until
+//! it settles them ([`settle`]): acknowledging deletes a message, retrying
+//! moves it to a later visible time with its delivery counted, a dead
+//! letter moves to another queue. Handing out writes nothing, so a message
+//! costs the store one write to send and one to settle; a node killed with
+//! messages in flight finds them due again when it restarts (that delivery
+//! uncounted), which is the at-least-once window. A send resolves once its
+//! messages are durable, a settlement once it is.
 //!
 //! This is written over [`ObjectStorage`] (each queue is one object of a
 //! reserved namespace), so every backend of that trait stores queues too.
-//! Leases of one queue must be taken by one caller at a time (the node's
-//! consumer of that queue): two leasing at once could lease a message twice.
+//! One consumer per queue reads and settles it (the node's consumer task):
+//! two at once would hand out the same message twice.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -30,12 +31,34 @@ use crate::objects::{ObjectError, ObjectKey, ObjectListOptions, ObjectStorage, O
 pub const MAX_MESSAGE_BYTES: usize = 128_000;
 
 /// The queues of a node as its producers and its consumers share them: the
-/// storage, and a wakeup per queue that a send rings, so a consumer waiting
-/// for a batch to fill need not poll.
+/// storage, and a [`Wakeup`] per queue that sends ring, so a consumer
+/// waiting for a batch to fill need not poll.
 #[derive(Clone)]
 pub struct Queues {
     storage: Arc<dyn ObjectStorage>,
-    wakeups: Arc<Mutex<HashMap<String, Arc<Notify>>>>,
+    wakeups: Arc<Mutex<HashMap<String, Arc<Wakeup>>>>,
+}
+
+/// What a send to a queue tells its consumer: that it happened, and how
+/// many messages it brought.
+#[derive(Debug, Default)]
+pub struct Wakeup {
+    /// Rung by every send (a permit is kept if nobody waits).
+    pub notify: Notify,
+    sent: AtomicUsize,
+}
+
+impl Wakeup {
+    /// Messages sent since the last call.
+    pub fn take_sent(&self) -> usize {
+        self.sent.swap(0, Ordering::AcqRel)
+    }
+
+    /// Rings as if `count` messages had been sent (a retry, a dead letter).
+    pub fn ring(&self, count: usize) {
+        self.sent.fetch_add(count, Ordering::AcqRel);
+        self.notify.notify_one();
+    }
 }
 
 impl Queues {
@@ -49,13 +72,14 @@ impl Queues {
 
     /// [`send`], then wakes the queue's consumer.
     pub async fn send(&self, queue: &str, messages: Vec<NewMessage>, now_ms: u64) -> Result<Vec<String>, QueueError> {
+        let count = messages.len();
         let ids = send(self.storage(), queue, messages, now_ms).await?;
-        self.wakeup(queue).notify_one();
+        self.wakeup(queue).ring(count);
         Ok(ids)
     }
 
-    /// What a send to `queue` rings (a permit is kept if nobody waits).
-    pub fn wakeup(&self, queue: &str) -> Arc<Notify> {
+    /// What a send to `queue` rings.
+    pub fn wakeup(&self, queue: &str) -> Arc<Wakeup> {
         self.wakeups.lock().unwrap().entry(queue.to_string()).or_default().clone()
     }
 }
@@ -82,7 +106,7 @@ pub struct NewMessage {
     pub delay_ms: u64,
 }
 
-/// A leased message.
+/// A message handed to a consumer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueMessage {
     /// 32 hex digits, unique on the node.
@@ -93,8 +117,16 @@ pub struct QueueMessage {
     pub timestamp_ms: u64,
     /// Deliveries so far, this one included (1 on the first).
     pub attempts: u32,
-    /// Where the message is stored now: what `ack` and `retry` take.
-    pub lease: Vec<u8>,
+    /// Where the message is stored: what [`settle`] takes, and what the
+    /// consumer keeps in flight.
+    pub key: Vec<u8>,
+}
+
+impl QueueMessage {
+    /// Since when it has been visible (due), ms since the epoch.
+    pub fn visible_at_ms(&self) -> u64 {
+        self.key.get(..8).map_or(0, |at| u64::from_be_bytes(at.try_into().expect("8 bytes")))
+    }
 }
 
 /// Why a queue operation failed.
@@ -119,24 +151,16 @@ fn message_key(visible_at_ms: u64, id: &[u8; 16]) -> Vec<u8> {
     key
 }
 
-/// The bit of the stored attempts word that marks a leased message.
-const LEASED: u32 = 1 << 31;
-
-/// The record: content type (length-prefixed), timestamp, attempts (with
-/// [`LEASED`] for a leased message), body.
-fn encode(content_type: &str, timestamp_ms: u64, attempts: u32, leased: bool, body: &[u8]) -> Bytes {
+/// The record: content type (length-prefixed), timestamp, deliveries so
+/// far, body.
+fn encode(content_type: &str, timestamp_ms: u64, deliveries: u32, body: &[u8]) -> Bytes {
     let mut record = Vec::with_capacity(1 + content_type.len() + 12 + body.len());
     record.push(content_type.len() as u8);
     record.extend_from_slice(content_type.as_bytes());
     record.extend_from_slice(&timestamp_ms.to_be_bytes());
-    let word = if leased { attempts | LEASED } else { attempts & !LEASED };
-    record.extend_from_slice(&word.to_be_bytes());
+    record.extend_from_slice(&deliveries.to_be_bytes());
     record.extend_from_slice(body);
     record.into()
-}
-
-fn encode_message(message: &QueueMessage, leased: bool) -> Bytes {
-    encode(&message.content_type, message.timestamp_ms, message.attempts, leased, &message.body)
 }
 
 fn id_of(key: &[u8]) -> Result<[u8; 16], QueueError> {
@@ -144,14 +168,13 @@ fn id_of(key: &[u8]) -> Result<[u8; 16], QueueError> {
 }
 
 fn hex(id: &[u8]) -> String {
-    id.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Whether a stored record is leased.
-fn is_leased(record: &[u8]) -> bool {
-    let Some(&type_len) = record.first() else { return false };
-    let at = 1 + usize::from(type_len) + 8;
-    record.get(at..at + 4).is_some_and(|word| word[0] & 0x80 != 0)
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(id.len() * 2);
+    for byte in id {
+        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        text.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+    }
+    text
 }
 
 fn decode(key: &[u8], record: &Bytes) -> Result<QueueMessage, QueueError> {
@@ -167,8 +190,9 @@ fn decode(key: &[u8], record: &Bytes) -> Result<QueueMessage, QueueError> {
         body: record.slice(at + 12..),
         content_type,
         timestamp_ms: u64::from_be_bytes(timestamp.try_into().expect("8 bytes")),
-        attempts: u32::from_be_bytes(attempts.try_into().expect("4 bytes")) & !LEASED,
-        lease: key.to_vec(),
+        // This delivery counts.
+        attempts: u32::from_be_bytes(attempts.try_into().expect("4 bytes")).saturating_add(1),
+        key: key.to_vec(),
     })
 }
 
@@ -202,7 +226,7 @@ pub async fn send(
             return Err(QueueError::TooLarge(message.body.len()));
         }
         let id = new_id(now_ms)?;
-        let record = encode(&message.content_type, now_ms, 0, false, &message.body);
+        let record = encode(&message.content_type, now_ms, 0, &message.body);
         writes.push(ObjectWrite::Put(message_key(now_ms + message.delay_ms, &id), record));
         ids.push(hex(&id));
     }
@@ -210,46 +234,39 @@ pub async fn send(
     Ok(ids)
 }
 
-/// Leases up to `max` messages visible at `now_ms`, oldest first: each is
-/// invisible until `now_ms + lease_ms` and counts one more attempt.
-pub async fn lease(
+/// Up to `max` messages of `queue` visible at `now_ms`, oldest first,
+/// leaving out those whose keys are `in_flight` (handed out, not settled).
+/// Writes nothing.
+pub async fn due(
     storage: &dyn ObjectStorage,
     queue: &str,
     now_ms: u64,
     max: usize,
-    lease_ms: u64,
+    in_flight: &HashSet<Vec<u8>>,
 ) -> Result<Vec<QueueMessage>, QueueError> {
-    let object = queue_object(queue);
-    let due = storage
+    // Messages in flight were due when handed out, so they are among the
+    // first keys: reading that many more finds `max` others if there are.
+    let listed = storage
         .object_list(
-            &object,
+            &queue_object(queue),
             ObjectListOptions {
                 end: Some((now_ms + 1).to_be_bytes().to_vec()),
-                limit: Some(max),
+                limit: Some(max + in_flight.len()),
                 ..Default::default()
             },
         )
         .await?;
-    let mut leased = Vec::with_capacity(due.len());
-    let mut writes = Vec::with_capacity(due.len() * 2);
-    for (key, record) in due {
-        let mut message = decode(&key, &record)?;
-        message.attempts += 1;
-        let moved = message_key(now_ms + lease_ms, &id_of(&key)?);
-        writes.push(ObjectWrite::Delete(key));
-        writes.push(ObjectWrite::Put(moved.clone(), encode_message(&message, true)));
-        message.lease = moved;
-        leased.push(message);
-    }
-    if !writes.is_empty() {
-        storage.object_transaction(&object, writes).await?;
-    }
-    Ok(leased)
+    listed
+        .into_iter()
+        .filter(|(key, _)| !in_flight.contains(key))
+        .take(max)
+        .map(|(key, record)| decode(&key, &record))
+        .collect()
 }
 
-/// What becomes of leased messages once their batch ran: each is
-/// acknowledged (deleted), retried (visible again at a time, its attempts
-/// still counted) or moved to another queue (a dead-letter queue).
+/// What becomes of handed-out messages once their batch ran: each is
+/// acknowledged (deleted), retried (visible again at a time, its delivery
+/// counted) or moved to another queue (a dead-letter queue).
 #[derive(Debug, Default)]
 pub struct Settlement {
     pub acks: Vec<QueueMessage>,
@@ -258,7 +275,7 @@ pub struct Settlement {
     pub dead_letters: Vec<QueueMessage>,
 }
 
-/// Carries out `settlement` for messages leased from `queue`; resolves
+/// Carries out `settlement` for messages handed out from `queue`; resolves
 /// once it is durable. Dead letters are stored in `dead_letter_queue`
 /// (keeping their id and timestamp, attempts from 0) before they leave
 /// `queue`: a crash in between delivers them again, never loses them.
@@ -274,94 +291,25 @@ pub async fn settle(
         let dead_letter_queue = dead_letter_queue.ok_or(QueueError::NoDeadLetterQueue)?;
         let mut moved = Vec::with_capacity(dead_letters.len());
         for message in &dead_letters {
-            let record = encode(&message.content_type, message.timestamp_ms, 0, false, &message.body);
-            moved.push(ObjectWrite::Put(message_key(now_ms, &id_of(&message.lease)?), record));
+            let record = encode(&message.content_type, message.timestamp_ms, 0, &message.body);
+            moved.push(ObjectWrite::Put(message_key(now_ms, &id_of(&message.key)?), record));
         }
         storage.object_transaction(&queue_object(dead_letter_queue), moved).await?;
     }
     let mut writes = Vec::with_capacity(acks.len() + 2 * retries.len() + dead_letters.len());
     for message in acks.into_iter().chain(dead_letters) {
-        writes.push(ObjectWrite::Delete(message.lease));
+        writes.push(ObjectWrite::Delete(message.key));
     }
     for (message, visible_at_ms) in retries {
-        let key = message_key(visible_at_ms, &id_of(&message.lease)?);
-        let record = encode_message(&message, false);
-        writes.push(ObjectWrite::Delete(message.lease));
+        let key = message_key(visible_at_ms, &id_of(&message.key)?);
+        let record = encode(&message.content_type, message.timestamp_ms, message.attempts, &message.body);
+        writes.push(ObjectWrite::Delete(message.key));
         writes.push(ObjectWrite::Put(key, record));
     }
     if !writes.is_empty() {
         storage.object_transaction(&queue_object(queue), writes).await?;
     }
     Ok(())
-}
-
-/// Makes every message of `queue` leased before `now_ms + lease_ms` (the
-/// leases of a node that died) visible at `now_ms`; their attempts stay
-/// counted. Returns how many there were. Call it before the first lease.
-pub async fn release_leases(
-    storage: &dyn ObjectStorage,
-    queue: &str,
-    now_ms: u64,
-    lease_ms: u64,
-) -> Result<usize, QueueError> {
-    let object = queue_object(queue);
-    let mut released = 0;
-    let mut start = None;
-    loop {
-        let page = storage
-            .object_list(
-                &object,
-                ObjectListOptions {
-                    start: start.take(),
-                    end: Some((now_ms + lease_ms + 1).to_be_bytes().to_vec()),
-                    limit: Some(256),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        let Some((last, _)) = page.last() else { break };
-        let mut next = last.clone();
-        next.push(0);
-        let full = page.len() == 256;
-        let mut writes = Vec::new();
-        for (key, record) in page.into_iter().filter(|(_, record)| is_leased(record)) {
-            let message = decode(&key, &record)?;
-            writes.push(ObjectWrite::Delete(key.clone()));
-            writes.push(ObjectWrite::Put(message_key(now_ms, &id_of(&key)?), encode_message(&message, false)));
-            released += 1;
-        }
-        if !writes.is_empty() {
-            storage.object_transaction(&object, writes).await?;
-        }
-        if !full {
-            break;
-        }
-        start = Some(next);
-    }
-    Ok(released)
-}
-
-/// How many messages of `queue` are visible at `now_ms` (counting up to
-/// `max`), and since when the first of them has been.
-pub async fn due(
-    storage: &dyn ObjectStorage,
-    queue: &str,
-    now_ms: u64,
-    max: usize,
-) -> Result<(usize, Option<u64>), QueueError> {
-    let due = storage
-        .object_list(
-            &queue_object(queue),
-            ObjectListOptions {
-                end: Some((now_ms + 1).to_be_bytes().to_vec()),
-                limit: Some(max),
-                ..Default::default()
-            },
-        )
-        .await?;
-    let oldest =
-        due.first().and_then(|(key, _)| key.get(..8)).map(|at| u64::from_be_bytes(at.try_into().expect("8 bytes")));
-    Ok((due.len(), oldest))
 }
 
 /// When the next message of `queue` becomes visible, if it has any.
@@ -379,14 +327,13 @@ mod tests {
     fn records_round_trip_and_bad_ones_are_refused() {
         let id = [7u8; 16];
         let key = message_key(42, &id);
-        let record = encode("json", 1_000, 3, true, b"{\"a\":1}");
-        assert!(is_leased(&record));
-        assert!(!is_leased(&encode("json", 1_000, 3, false, b"")));
+        let record = encode("json", 1_000, 3, b"{\"a\":1}");
         let message = decode(&key, &record).unwrap();
         assert_eq!(message.content_type, "json");
-        assert_eq!((message.timestamp_ms, message.attempts), (1_000, 3));
+        assert_eq!((message.timestamp_ms, message.attempts), (1_000, 4), "this delivery counts");
         assert_eq!(&message.body[..], b"{\"a\":1}");
         assert_eq!(message.id, "07".repeat(16));
+        assert_eq!(hex(&[0x00, 0x9f, 0xa0, 0xff]), "009fa0ff");
         assert!(matches!(decode(&key, &Bytes::from_static(&[9, b'x'])), Err(QueueError::Corrupt)));
         assert!(matches!(decode(&key[..10], &record), Err(QueueError::Corrupt)));
         // Keys order by visible time first.

@@ -158,6 +158,11 @@ impl Node {
         &self.pool
     }
 
+    /// The node's queues: what producers send to and consumers read.
+    pub fn queues(&self) -> &Queues {
+        &self.queues
+    }
+
     /// The handler for the front: every request to `worker`.
     pub fn handler_for(&self, worker: &str) -> NodeHandler {
         NodeHandler::new(self.pool.clone(), Target::One(worker.to_string()))

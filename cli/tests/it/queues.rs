@@ -65,7 +65,7 @@ async fn sends_are_durable_and_their_errors_are_cloudflares() {
     let store = outpost_kv::Store::open(&data.path().join("kv.redb"), Default::default()).unwrap();
     let storage: &dyn ObjectStorage = &store;
     let later = before + 120_000;
-    let messages = outpost_kv::queues::lease(storage, "jobs", later, 100, 1_000).await.unwrap();
+    let messages = outpost_kv::queues::due(storage, "jobs", later, 100, &Default::default()).await.unwrap();
     let seen: Vec<(String, String)> = messages
         .iter()
         .filter(|m| m.content_type != "v8")

@@ -1,6 +1,8 @@
-//! Queue storage on a real store: sends durable across a reopen, leases
-//! that hide messages until they run out or a restart releases them, acks,
+//! Queue storage on a real store: sends durable across a reopen, messages
+//! in flight left out of the next look (and due again after a crash), acks,
 //! retries and dead letters.
+
+use std::collections::HashSet;
 
 use bytes::Bytes;
 use outpost_kv::objects::ObjectStorage;
@@ -15,8 +17,12 @@ fn message(body: &str, delay_ms: u64) -> NewMessage {
     NewMessage { body: Bytes::copy_from_slice(body.as_bytes()), content_type: "text".into(), delay_ms }
 }
 
+fn keys(messages: &[queues::QueueMessage]) -> HashSet<Vec<u8>> {
+    messages.iter().map(|m| m.key.clone()).collect()
+}
+
 #[tokio::test]
-async fn messages_are_leased_acked_and_retried_and_survive_a_reopen() {
+async fn messages_are_handed_out_acked_and_retried_and_survive_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
     let storage: &dyn ObjectStorage = &store;
@@ -28,31 +34,64 @@ async fn messages_are_leased_acked_and_retried_and_survive_a_reopen() {
     // Another queue is apart.
     queues::send(storage, "other", vec![message("x", 0)], 1_000).await.unwrap();
 
-    let leased = queues::lease(storage, "jobs", 1_000, 10, 30_000).await.unwrap();
-    let bodies: Vec<&[u8]> = leased.iter().map(|m| &m.body[..]).collect();
+    let none = HashSet::new();
+    let handed = queues::due(storage, "jobs", 1_000, 10, &none).await.unwrap();
+    let bodies: Vec<&[u8]> = handed.iter().map(|m| &m.body[..]).collect();
     assert_eq!(bodies, [b"a", b"b"], "the delayed one is not visible yet");
-    assert!(leased.iter().all(|m| m.attempts == 1 && m.timestamp_ms == 1_000 && m.content_type == "text"));
-    // Leased: invisible to the next lease.
-    assert!(queues::lease(storage, "jobs", 2_000, 10, 30_000).await.unwrap().is_empty());
+    assert!(handed.iter().all(|m| m.attempts == 1 && m.timestamp_ms == 1_000 && m.content_type == "text"));
+    assert_eq!(handed[0].id, ids[0]);
+    // In flight: left out of the next look, which still finds the others.
+    assert!(queues::due(storage, "jobs", 2_000, 10, &keys(&handed)).await.unwrap().is_empty());
+    let first = HashSet::from([handed[0].key.clone()]);
+    assert_eq!(queues::due(storage, "jobs", 2_000, 1, &first).await.unwrap()[0].body, "b");
 
     let settlement =
-        Settlement { acks: vec![leased[0].clone()], retries: vec![(leased[1].clone(), 3_000)], ..Default::default() };
+        Settlement { acks: vec![handed[0].clone()], retries: vec![(handed[1].clone(), 3_000)], ..Default::default() };
     queues::settle(storage, "jobs", settlement, None, 2_000).await.unwrap();
     drop(store);
 
-    // After a reopen: "a" is gone, "b" comes back at 3 s with its attempt
+    // After a reopen: "a" is gone, "b" comes back at 3 s with its delivery
     // counted, "later" at 6 s.
     let store = open(&dir);
     let storage: &dyn ObjectStorage = &store;
     assert_eq!(queues::next_visible(storage, "jobs").await.unwrap(), Some(3_000));
-    let again = queues::lease(storage, "jobs", 6_000, 10, 30_000).await.unwrap();
+    assert!(queues::due(storage, "jobs", 2_999, 10, &none).await.unwrap().is_empty());
+    let again = queues::due(storage, "jobs", 6_000, 10, &none).await.unwrap();
     let seen: Vec<(&[u8], u32)> = again.iter().map(|m| (&m.body[..], m.attempts)).collect();
     assert_eq!(seen, [(&b"b"[..], 2), (&b"later"[..], 1)]);
-    // A lease that runs out gives the message back.
-    let expired = queues::lease(storage, "jobs", 36_001, 10, 30_000).await.unwrap();
-    assert_eq!(expired.len(), 2);
-    assert!(expired.iter().all(|m| m.attempts >= 2));
-    assert_eq!(queues::lease(storage, "other", 1_000, 10, 1_000).await.unwrap().len(), 1);
+    assert_eq!(queues::due(storage, "other", 1_000, 10, &none).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn messages_in_flight_at_a_crash_are_due_again_and_dead_letters_keep_their_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let storage: &dyn ObjectStorage = &store;
+    let none = HashSet::new();
+    queues::send(storage, "jobs", vec![message("a", 0), message("b", 0)], 1_000).await.unwrap();
+    let handed = queues::due(storage, "jobs", 1_000, 10, &none).await.unwrap();
+    assert_eq!(handed.len(), 2);
+    // The node dies with both in flight, unsettled.
+    drop(store);
+    let store = open(&dir);
+    let storage: &dyn ObjectStorage = &store;
+    let again = queues::due(storage, "jobs", 2_000, 10, &none).await.unwrap();
+    assert_eq!(keys(&again), keys(&handed));
+
+    // Without a dead-letter queue, dead letters are refused and nothing moves.
+    let settlement = Settlement { dead_letters: vec![again[0].clone()], ..Default::default() };
+    assert!(matches!(
+        queues::settle(storage, "jobs", settlement, None, 3_000).await,
+        Err(QueueError::NoDeadLetterQueue)
+    ));
+    let settlement =
+        Settlement { dead_letters: vec![again[0].clone()], acks: vec![again[1].clone()], ..Default::default() };
+    queues::settle(storage, "jobs", settlement, Some("jobs-dlq"), 3_000).await.unwrap();
+    let dead = queues::due(storage, "jobs-dlq", 3_000, 10, &none).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!((dead[0].id.as_str(), dead[0].timestamp_ms, dead[0].attempts), (again[0].id.as_str(), 1_000, 1));
+    assert_eq!(&dead[0].body[..], b"a");
+    assert_eq!(queues::next_visible(storage, "jobs").await.unwrap(), None);
 }
 
 #[tokio::test]
@@ -67,47 +106,5 @@ async fn an_oversized_message_is_refused_and_nothing_of_its_batch_is_stored() {
     assert_eq!(queues::next_visible(storage, "jobs").await.unwrap(), None);
     let max = NewMessage { body: Bytes::from(vec![1; MAX_MESSAGE_BYTES]), content_type: "bytes".into(), delay_ms: 0 };
     queues::send(storage, "jobs", vec![max], 0).await.unwrap();
-    assert_eq!(queues::lease(storage, "jobs", 0, 1, 1).await.unwrap()[0].body.len(), MAX_MESSAGE_BYTES);
-}
-
-#[tokio::test]
-async fn a_restart_releases_leases_but_not_delays_and_dead_letters_keep_their_id() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir);
-    let storage: &dyn ObjectStorage = &store;
-    queues::send(storage, "jobs", vec![message("a", 0), message("b", 0), message("delayed", 10_000)], 1_000)
-        .await
-        .unwrap();
-    assert_eq!(queues::due(storage, "jobs", 1_000, 10).await.unwrap(), (2, Some(1_000)));
-    assert_eq!(queues::due(storage, "jobs", 1_000, 1).await.unwrap(), (1, Some(1_000)));
-    let leased = queues::lease(storage, "jobs", 1_000, 10, 60_000).await.unwrap();
-    assert_eq!(leased.len(), 2);
-    assert_eq!(queues::due(storage, "jobs", 2_000, 10).await.unwrap(), (0, None));
-    drop(store);
-
-    // The node died holding the lease: its successor gives both back now,
-    // attempts counted; the delayed message keeps its time.
-    let store = open(&dir);
-    let storage: &dyn ObjectStorage = &store;
-    assert_eq!(queues::release_leases(storage, "jobs", 2_000, 60_000).await.unwrap(), 2);
-    assert_eq!(queues::release_leases(storage, "jobs", 2_000, 60_000).await.unwrap(), 0);
-    let again = queues::lease(storage, "jobs", 2_000, 10, 60_000).await.unwrap();
-    let seen: Vec<(&[u8], u32)> = again.iter().map(|m| (&m.body[..], m.attempts)).collect();
-    assert_eq!(seen, [(&b"a"[..], 2), (&b"b"[..], 2)]);
-
-    // Without a dead-letter queue, dead letters are refused and nothing moves.
-    let settlement = Settlement { dead_letters: vec![again[0].clone()], ..Default::default() };
-    assert!(matches!(
-        queues::settle(storage, "jobs", settlement, None, 3_000).await,
-        Err(QueueError::NoDeadLetterQueue)
-    ));
-    let settlement =
-        Settlement { dead_letters: vec![again[0].clone()], acks: vec![again[1].clone()], ..Default::default() };
-    queues::settle(storage, "jobs", settlement, Some("jobs-dlq"), 3_000).await.unwrap();
-    let dead = queues::lease(storage, "jobs-dlq", 3_000, 10, 1_000).await.unwrap();
-    assert_eq!(dead.len(), 1);
-    assert_eq!((dead[0].id.as_str(), dead[0].timestamp_ms, dead[0].attempts), (again[0].id.as_str(), 1_000, 1));
-    assert_eq!(&dead[0].body[..], b"a");
-    // Only the delayed message is left.
-    assert_eq!(queues::next_visible(storage, "jobs").await.unwrap(), Some(11_000));
+    assert_eq!(queues::due(storage, "jobs", 0, 1, &HashSet::new()).await.unwrap()[0].body.len(), MAX_MESSAGE_BYTES);
 }

@@ -1,12 +1,15 @@
 //! Queue consumers, the acting part: one task per consumed queue (the only
-//! one leasing its messages on this node) closes batches as
+//! one handing out its messages on this node) closes batches as
 //! [`queues::next_step`] says, hands each to the consuming worker's `queue`
 //! handler, up to `max_concurrency` at once, and settles its messages as
 //! [`queues::verdicts`] says. A message leaves the queue only once its ack
-//! (or its move to the dead-letter queue) is durable.
+//! (or its move to the dead-letter queue) is durable. Which messages are in
+//! flight is kept in memory, per queue, for as long as the node runs (a
+//! redeployed consumer must not hand out what its predecessor still runs).
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use outpost_isolate_pool::Pool;
@@ -19,10 +22,6 @@ use super::queues::{next_step, verdicts, Consumer, Consumers, Delivered, Next, V
 
 /// How long a batch may run, as on Cloudflare (15 minutes of wall time).
 const RUN_LIMIT: Duration = Duration::from_secs(15 * 60);
-/// How long leased messages stay invisible: longer than a run may last, so
-/// a message is not delivered twice at once. A restarted node releases its
-/// predecessor's leases at once rather than waiting for this.
-const LEASE_MS: u64 = 16 * 60_000;
 /// How often a waiting consumer looks again even if nothing rang (a new
 /// version of its settings, a send from outside this process).
 const RECHECK: Duration = Duration::from_secs(1);
@@ -31,17 +30,29 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// What a queue has in flight: the keys of messages handed out and not yet
+/// settled, and how many batches they make.
+#[derive(Default)]
+struct InFlight {
+    keys: Mutex<HashSet<Vec<u8>>>,
+    batches: AtomicUsize,
+    /// Rung when a batch is settled.
+    settled: Notify,
+}
+
 /// Starts a consumer task for every consumed queue, now and whenever the
 /// deployments add one; runs until the pool stops.
 pub async fn run_consumers(pool: Pool, queues: Queues, consumers: Consumers, changed: Arc<Notify>) {
     // The queues with a consumer task; a task takes its queue out as it
     // ends, so that a later deployment starts it again.
-    let running = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    let running = Arc::new(Mutex::new(HashSet::new()));
+    let mut in_flight: HashMap<String, Arc<InFlight>> = HashMap::new();
     while !pool.is_stopping() {
         for queue in consumers.queues() {
             if running.lock().unwrap().insert(queue.clone()) {
                 let span = tracing::info_span!("node.queue_consumer", queue = %queue);
-                let task = consume(pool.clone(), queues.clone(), consumers.clone(), queue.clone());
+                let flight = in_flight.entry(queue.clone()).or_default().clone();
+                let task = consume(pool.clone(), queues.clone(), consumers.clone(), queue.clone(), flight);
                 let (running, changed) = (running.clone(), changed.clone());
                 tokio::spawn(
                     async move {
@@ -61,46 +72,52 @@ pub async fn run_consumers(pool: Pool, queues: Queues, consumers: Consumers, cha
 }
 
 /// The consumer of one queue, until no worker consumes it.
-async fn consume(pool: Pool, queues: Queues, consumers: Consumers, queue: String) {
-    match queues::release_leases(queues.storage(), &queue, now_ms(), LEASE_MS).await {
-        Ok(0) => {}
-        Ok(released) => tracing::info!(released, "messages leased before a restart are delivered again"),
-        Err(err) => tracing::warn!("cannot release earlier leases: {err}"),
-    }
-    let sent = queues.wakeup(&queue);
-    let in_flight = Arc::new(AtomicUsize::new(0));
-    let batch_done = Arc::new(Notify::new());
+async fn consume(pool: Pool, queues: Queues, consumers: Consumers, queue: String, in_flight: Arc<InFlight>) {
+    let wakeup = queues.wakeup(&queue);
+    // After a look that found a batch not yet full: how many were due, and
+    // when that batch closes. Until then, sends only add to the count, and
+    // the queue is read again once they could fill it (not on every send).
+    let mut filling: Option<(usize, u64)> = None;
     while !pool.is_stopping() {
         let Some((worker, consumer)) = consumers.get(&queue) else { break };
-        let wait_until = if in_flight.load(Ordering::Acquire) >= consumer.max_concurrency {
+        let wait_until = if in_flight.batches.load(Ordering::Acquire) >= consumer.max_concurrency {
             None
+        } else if let Some((_, closes_at)) =
+            filling.filter(|(due, at)| *due < consumer.max_batch_size && now_ms() < *at)
+        {
+            Some(closes_at)
         } else {
-            match look(&queues, &consumer).await {
-                Ok(Next::Deliver) => {
-                    let now = now_ms();
-                    match queues::lease(queues.storage(), &queue, now, consumer.max_batch_size, LEASE_MS).await {
-                        Ok(messages) if !messages.is_empty() => {
-                            in_flight.fetch_add(1, Ordering::AcqRel);
-                            let (queues, pool, in_flight, batch_done) =
-                                (queues.clone(), pool.clone(), in_flight.clone(), batch_done.clone());
-                            tokio::spawn(
-                                async move {
-                                    deliver(&pool, &queues, &worker, &consumer, messages).await;
-                                    in_flight.fetch_sub(1, Ordering::AcqRel);
-                                    batch_done.notify_one();
-                                }
-                                .in_current_span(),
-                            );
-                            continue;
+            filling = None;
+            // Counted from here: sends the look below may not see yet.
+            wakeup.take_sent();
+            match look(&queues, &consumer, &in_flight).await {
+                Ok((Next::Deliver, batch)) => {
+                    in_flight.keys.lock().unwrap().extend(batch.iter().map(|m| m.key.clone()));
+                    in_flight.batches.fetch_add(1, Ordering::AcqRel);
+                    let (queues, pool, in_flight) = (queues.clone(), pool.clone(), in_flight.clone());
+                    tokio::spawn(
+                        async move {
+                            let keys: Vec<Vec<u8>> = batch.iter().map(|m| m.key.clone()).collect();
+                            deliver(&pool, &queues, &worker, &consumer, batch).await;
+                            // Settled (or, if that failed, left to be due again).
+                            let mut flying = in_flight.keys.lock().unwrap();
+                            for key in &keys {
+                                flying.remove(key);
+                            }
+                            drop(flying);
+                            in_flight.batches.fetch_sub(1, Ordering::AcqRel);
+                            in_flight.settled.notify_one();
                         }
-                        Ok(_) => None,
-                        Err(err) => {
-                            tracing::warn!("cannot lease a batch: {err}");
-                            Some(now + RECHECK.as_millis() as u64)
-                        }
-                    }
+                        .in_current_span(),
+                    );
+                    continue;
                 }
-                Ok(Next::Wait(until)) => until,
+                Ok((Next::Wait(until), batch)) => {
+                    if let (false, Some(closes_at)) = (batch.is_empty(), until) {
+                        filling = Some((batch.len(), closes_at));
+                    }
+                    until
+                }
                 Err(err) => {
                     tracing::warn!("cannot read the queue: {err}");
                     None
@@ -112,19 +129,44 @@ async fn consume(pool: Pool, queues: Queues, consumers: Consumers, queue: String
             None => RECHECK,
         };
         tokio::select! {
-            _ = sent.notified() => {}
-            _ = batch_done.notified() => {}
-            _ = tokio::time::sleep(wait) => {}
+            _ = wakeup.notify.notified() => {
+                if let Some((due, _)) = &mut filling {
+                    *due += wakeup.take_sent();
+                }
+            }
+            _ = in_flight.settled.notified() => filling = None,
+            _ = tokio::time::sleep(wait) => filling = None,
         }
     }
 }
 
-/// What the consumer does next, from what the queue holds now.
-async fn look(queues: &Queues, consumer: &Consumer) -> Result<Next, queues::QueueError> {
+/// What the consumer does next, from what the queue holds now, with the
+/// batch it would deliver.
+async fn look(
+    queues: &Queues,
+    consumer: &Consumer,
+    in_flight: &InFlight,
+) -> Result<(Next, Vec<QueueMessage>), queues::QueueError> {
     let now = now_ms();
-    let (due, oldest) = queues::due(queues.storage(), &consumer.queue, now, consumer.max_batch_size).await?;
-    let next_visible = if due == 0 { queues::next_visible(queues.storage(), &consumer.queue).await? } else { None };
-    Ok(next_step(due, oldest, next_visible, now, consumer))
+    let flying = in_flight.keys.lock().unwrap().clone();
+    let due = queues::due(queues.storage(), &consumer.queue, now, consumer.max_batch_size, &flying).await?;
+    let next_visible = if due.is_empty() { next_visible(queues, &consumer.queue, &flying).await? } else { None };
+    let oldest = due.first().map(QueueMessage::visible_at_ms);
+    Ok((next_step(due.len(), oldest, next_visible, now, consumer), due))
+}
+
+/// When the next message not in flight becomes visible. Messages in flight
+/// are due already, so with any in flight the answer is "soon": a settled
+/// batch rings anyway.
+async fn next_visible(
+    queues: &Queues,
+    queue: &str,
+    flying: &HashSet<Vec<u8>>,
+) -> Result<Option<u64>, queues::QueueError> {
+    if !flying.is_empty() {
+        return Ok(None);
+    }
+    queues::next_visible(queues.storage(), queue).await
 }
 
 /// Runs one batch and settles its messages.
@@ -156,13 +198,9 @@ async fn deliver(pool: &Pool, queues: &Queues, worker: &str, consumer: &Consumer
         messages.iter().map(|m| Delivered { id: m.id.clone(), attempts: m.attempts }).collect();
     let now = now_ms();
     let mut settlement = Settlement::default();
-    let mut acked = 0;
     for (message, verdict) in messages.into_iter().zip(verdicts(&delivered, &outcome, consumer, now)) {
         match verdict {
-            Verdict::Ack => {
-                acked += 1;
-                settlement.acks.push(message);
-            }
+            Verdict::Ack => settlement.acks.push(message),
             Verdict::Retry { visible_at_ms } => settlement.retries.push((message, visible_at_ms)),
             Verdict::DeadLetter => settlement.dead_letters.push(message),
             Verdict::Drop => {
@@ -175,19 +213,17 @@ async fn deliver(pool: &Pool, queues: &Queues, worker: &str, consumer: &Consumer
             }
         }
     }
-    let (retried, dead) = (settlement.retries.len(), settlement.dead_letters.len());
+    let (acked, retried, dead) = (settlement.acks.len(), settlement.retries.len(), settlement.dead_letters.len());
     let dead_letter_queue = consumer.dead_letter_queue.as_deref();
     match queues::settle(queues.storage(), &consumer.queue, settlement, dead_letter_queue, now).await {
         Ok(()) => {
             tracing::debug!(acked, retried, dead, "queue batch settled");
-            if dead > 0 {
-                if let Some(dlq) = dead_letter_queue {
-                    queues.wakeup(dlq).notify_one();
-                }
+            if let Some(dlq) = dead_letter_queue.filter(|_| dead > 0) {
+                queues.wakeup(dlq).ring(dead);
             }
         }
-        // The messages stay leased: delivered again once the lease runs
-        // out or the node restarts.
+        // The messages stay where they are: due again once no longer in
+        // flight.
         Err(err) => tracing::error!("cannot settle a queue batch: {err}"),
     }
 }

@@ -268,7 +268,8 @@ async fn a_worker_cannot_claim_another_workers_data() {
     std::fs::write(node.dir().join("workers/innocent/worker.js"), VAULT).unwrap();
     std::fs::write(
         node.dir().join("workers/innocent/outpost.toml"),
-        "name = \"innocent\"\n[[kv_namespaces]]\nbinding = \"VAULT\"\nid = \"vault\"\n",
+        "name = \"innocent\"\n[[kv_namespaces]]\nbinding = \"VAULT\"\nid = \"vault\"\n\
+         [[queues.producers]]\nqueue = \"inbox\"\nbinding = \"INBOX\"\n",
     )
     .unwrap();
     reload(&node, "reloaded the node's workers").await;
@@ -286,6 +287,12 @@ async fn a_worker_cannot_claim_another_workers_data() {
         (
             "name = \"attacker\"\n[[durable_objects.bindings]]\nname = \"ROOMS\"\nclass_name = \"Room\"\nscript_name = \"innocent\"\n",
             "durable_objects = [\\\"innocent:Room\\\"]",
+        ),
+        // Reading the innocent worker's queue, or filling it with dead letters.
+        ("name = \"attacker\"\n[[queues.consumers]]\nqueue = \"inbox\"\n", "queues = [\\\"inbox\\\"]"),
+        (
+            "name = \"attacker\"\n[[queues.consumers]]\nqueue = \"mine\"\ndead_letter_queue = \"inbox\"\n",
+            "queues = [\\\"inbox\\\"]",
         ),
         // Calling the innocent worker's entrypoints, around its routes.
         (
