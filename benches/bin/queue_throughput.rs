@@ -14,7 +14,8 @@
 //!   (one transaction a send), the consumer a thread reading the first 100
 //!   due rows and deleting them (one transaction).
 //!
-//! Each cell is the median of `--runs` runs (default 3).
+//! Each cell is the median of `--runs` runs (default 3); `--shape 64x1`
+//! runs one row only, `--systems js,rust,sqlite` some columns only.
 //! Run: `cargo run --release -p outpost-benches --bin queue-throughput`.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -195,9 +196,17 @@ fn sqlite(path: &std::path::Path, queue: &str, shape: Shape) -> f64 {
     shape.total as f64 / start.elapsed().as_secs_f64()
 }
 
+/// The value after `flag` on the command line.
+fn arg(flag: &str) -> Option<String> {
+    std::env::args().skip_while(|a| a != flag).nth(1)
+}
+
 fn main() {
-    let runs: usize =
-        std::env::args().skip_while(|a| a != "--runs").nth(1).map_or(3, |n| n.parse().expect("--runs takes a number"));
+    let runs: usize = arg("--runs").map_or(3, |n| n.parse().expect("--runs takes a number"));
+    // `--shape 64x1`: only that row; `--systems js,sqlite`: only those columns.
+    let only = arg("--shape");
+    let systems = arg("--systems");
+    let measured = |system: &str| systems.as_ref().is_none_or(|list| list.split(',').any(|s| s == system));
     let dir = std::env::temp_dir().join(format!("outpost-queue-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let shapes = [
@@ -248,12 +257,28 @@ fn main() {
     );
     let mut names = queue_names.iter();
     for shape in shapes {
-        let (mut js, mut rust, mut lite) = (Vec::new(), Vec::new(), Vec::new());
+        if only.as_ref().is_some_and(|only| *only != format!("{}x{}", shape.producers, shape.per_send)) {
+            names.nth(runs - 1);
+            continue;
+        }
+        let (mut js, mut rust, mut lite) = (vec![f64::NAN], vec![f64::NAN], vec![f64::NAN]);
         for run in 0..runs {
-            js.push(runtime.block_on(outpost_js(&queues, names.next().unwrap(), shape)));
-            rust.push(runtime.block_on(outpost_rust(&queues, &format!("rust-{}-{run}", shape.producers), shape)));
-            let path = dir.join(format!("sqlite-{}-{}-{run}.db", shape.producers, shape.per_send));
-            lite.push(sqlite(&path, "bench", shape));
+            let queue = names.next().unwrap();
+            if measured("js") {
+                js.push(runtime.block_on(outpost_js(&queues, queue, shape)));
+            }
+            if measured("rust") {
+                rust.push(runtime.block_on(outpost_rust(&queues, &format!("rust-{}-{run}", shape.producers), shape)));
+            }
+            if measured("sqlite") {
+                let path = dir.join(format!("sqlite-{}-{}-{run}.db", shape.producers, shape.per_send));
+                lite.push(sqlite(&path, "bench", shape));
+            }
+        }
+        for values in [&mut js, &mut rust, &mut lite] {
+            if values.len() > 1 {
+                values.remove(0);
+            }
         }
         let (js, rust, lite) = (median(js), median(rust), median(lite));
         println!(

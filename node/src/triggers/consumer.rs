@@ -34,7 +34,9 @@ fn now_ms() -> u64 {
 /// settled, and how many batches they make.
 #[derive(Default)]
 struct InFlight {
-    keys: Mutex<HashSet<Vec<u8>>>,
+    /// Held by the consumer while it reads the queue (so the look sees a
+    /// set that does not change under it), briefly by a settled batch.
+    keys: tokio::sync::Mutex<HashSet<Vec<u8>>>,
     batches: AtomicUsize,
     /// Rung when a batch is settled.
     settled: Notify,
@@ -92,7 +94,7 @@ async fn consume(pool: Pool, queues: Queues, consumers: Consumers, queue: String
             wakeup.take_sent();
             match look(&queues, &consumer, &in_flight).await {
                 Ok((Next::Deliver, batch)) => {
-                    in_flight.keys.lock().unwrap().extend(batch.iter().map(|m| m.key.clone()));
+                    in_flight.keys.lock().await.extend(batch.iter().map(|m| m.key.clone()));
                     in_flight.batches.fetch_add(1, Ordering::AcqRel);
                     let (queues, pool, in_flight) = (queues.clone(), pool.clone(), in_flight.clone());
                     tokio::spawn(
@@ -100,7 +102,7 @@ async fn consume(pool: Pool, queues: Queues, consumers: Consumers, queue: String
                             let keys: Vec<Vec<u8>> = batch.iter().map(|m| m.key.clone()).collect();
                             deliver(&pool, &queues, &worker, &consumer, batch).await;
                             // Settled (or, if that failed, left to be due again).
-                            let mut flying = in_flight.keys.lock().unwrap();
+                            let mut flying = in_flight.keys.lock().await;
                             for key in &keys {
                                 flying.remove(key);
                             }
@@ -148,7 +150,7 @@ async fn look(
     in_flight: &InFlight,
 ) -> Result<(Next, Vec<QueueMessage>), queues::QueueError> {
     let now = now_ms();
-    let flying = in_flight.keys.lock().unwrap().clone();
+    let flying = in_flight.keys.lock().await;
     let due = queues::due(queues.storage(), &consumer.queue, now, consumer.max_batch_size, &flying).await?;
     let next_visible = if due.is_empty() { next_visible(queues, &consumer.queue, &flying).await? } else { None };
     let oldest = due.first().map(QueueMessage::visible_at_ms);
