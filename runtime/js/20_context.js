@@ -77,7 +77,7 @@ export class ExecutionContext {
 }
 
 /** How long a run of an event without a response (`scheduled`, `queue`) may last, as on Cloudflare. */
-export const RUN_DURATION_MS = 15 * 60_000;
+const RUN_DURATION_MS = 15 * 60_000;
 
 /** `promises`' outcomes, or null if they have not all settled within `ms`. */
 function settledWithin(promises, ms) {
@@ -91,12 +91,35 @@ function settledWithin(promises, ms) {
 }
 
 /**
+ * Runs an event without a response (`scheduled`, `queue`): `run(ctx)`
+ * calls its handler, inside the event's request context; then its
+ * `waitUntil()` work is waited for. Returns the first thing either threw,
+ * or null.
+ */
+export async function runToCompletion(requestId, run) {
+  const prev = currentRequest.enter({ id: requestId, sockets: null });
+  const waited = [];
+  let error = null;
+  try {
+    await run(new ExecutionContext(requestId, waited));
+  } catch (thrown) {
+    error = thrown;
+  }
+  try {
+    if (error === null) error = await firstFailure(waited, RUN_DURATION_MS);
+  } finally {
+    core.setAsyncContext(prev);
+  }
+  return error;
+}
+
+/**
  * Waits for the promises given to `waitUntil()` during a run (`waited`,
  * which grows while they run) for up to `limitMs`: the first one's
  * rejection, an Error if some are still running then, or null. As on
  * Cloudflare, a run without a response succeeds only if all of them do.
  */
-export async function firstFailure(waited, limitMs) {
+async function firstFailure(waited, limitMs) {
   const deadline = DateNow() + limitMs;
   for (let settled = 0; settled < waited.length;) {
     const results = await settledWithin(ArrayPrototypeSlice(waited, settled), deadline - DateNow());

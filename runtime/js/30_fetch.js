@@ -101,6 +101,22 @@ export function exportedHandler(exported, name, env) {
 }
 
 /**
+ * The worker's handler of an event without a response (`scheduled`,
+ * `queue`), as `(argument, ctx) => promise`: the `name` method of its
+ * default export (module syntax), else its `name` event listeners, each
+ * given `makeEvent(argument, ctx)` (service-worker syntax), else undefined.
+ */
+export function handlerFor(namespace, env, name, makeEvent) {
+  const exported = namespace.default;
+  if (exported !== undefined && exported !== null) return exportedHandler(exported, name, env);
+  if (event.listenerCount(globalThis, name) === 0) return undefined;
+  return (argument, ctx) => {
+    const errors = collectErrors(() => globalThis.dispatchEvent(makeEvent(argument, ctx)));
+    if (errors.length > 0) throw errors[0];
+  };
+}
+
+/**
  * The worker's fetch handler, as `(request, ctx) => response`: the `fetch`
  * method of its default export (module syntax), else its `fetch` event
  * listeners (service-worker syntax), else undefined.

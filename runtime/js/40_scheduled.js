@@ -4,13 +4,13 @@
 // handler runs inside `waitUntil()`: the run's outcome is the first error
 // thrown by the handler or a promise it gave to `ctx.waitUntil()`.
 
-import { core, primordials } from "ext:core/mod.js";
+import { primordials } from "ext:core/mod.js";
 import { op_outpost_event_unhandled, op_outpost_scheduled_done } from "ext:core/ops";
 import { event } from "ext:outpost_runtime/00_prelude.js";
-import { collectErrors, currentRequest, describeError } from "ext:outpost_runtime/01_console.js";
+import { describeError } from "ext:outpost_runtime/01_console.js";
 import { registerEventKind } from "ext:outpost_runtime/04_registry.js";
-import { ExecutionContext, firstFailure, RUN_DURATION_MS } from "ext:outpost_runtime/20_context.js";
-import { exportedHandler } from "ext:outpost_runtime/30_fetch.js";
+import { runToCompletion } from "ext:outpost_runtime/20_context.js";
+import { handlerFor } from "ext:outpost_runtime/30_fetch.js";
 
 const {
   SymbolFor,
@@ -68,19 +68,9 @@ class ScheduledEvent extends event.Event {
   }
 }
 
-/**
- * The worker's scheduled handler, as `(controller, ctx) => promise`: the
- * `scheduled` method of its default export, else its `scheduled` listeners,
- * else undefined.
- */
+/** The worker's scheduled handler, as `(controller, ctx) => promise`, or undefined. */
 export function scheduledHandler(namespace, env) {
-  const exported = namespace.default;
-  if (exported !== undefined && exported !== null) return exportedHandler(exported, "scheduled", env);
-  if (event.listenerCount(globalThis, "scheduled") === 0) return undefined;
-  return (controller, ctx) => {
-    const errors = collectErrors(() => globalThis.dispatchEvent(new ScheduledEvent(controller, ctx)));
-    if (errors.length > 0) throw errors[0];
-  };
+  return handlerFor(namespace, env, "scheduled", (controller, ctx) => new ScheduledEvent(controller, ctx));
 }
 
 async function deliverScheduled(next, worker) {
@@ -89,20 +79,8 @@ async function deliverScheduled(next, worker) {
     op_outpost_event_unhandled(next.rid, "Handler does not export a scheduled() function");
     return;
   }
-  const prev = currentRequest.enter({ id: next.requestId, sockets: null });
-  const waited = [];
   const controller = new ScheduledController(controllerKey, next.cron, next.scheduledTime);
-  let error = null;
-  try {
-    await handler(controller, new ExecutionContext(next.requestId, waited));
-  } catch (thrown) {
-    error = thrown;
-  }
-  try {
-    if (error === null) error = await firstFailure(waited, RUN_DURATION_MS);
-  } finally {
-    core.setAsyncContext(prev);
-  }
+  const error = await runToCompletion(next.requestId, (ctx) => handler(controller, ctx));
   op_outpost_scheduled_done(
     next.rid,
     error === null ? null : describeError(error),

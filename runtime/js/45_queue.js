@@ -10,10 +10,10 @@
 import { core, primordials } from "ext:core/mod.js";
 import { op_outpost_event_unhandled, op_outpost_queue_done } from "ext:core/ops";
 import { event } from "ext:outpost_runtime/00_prelude.js";
-import { collectErrors, currentRequest, describeError, log } from "ext:outpost_runtime/01_console.js";
+import { describeError, log } from "ext:outpost_runtime/01_console.js";
 import { registerEventKind } from "ext:outpost_runtime/04_registry.js";
-import { ExecutionContext, firstFailure, RUN_DURATION_MS } from "ext:outpost_runtime/20_context.js";
-import { exportedHandler } from "ext:outpost_runtime/30_fetch.js";
+import { runToCompletion } from "ext:outpost_runtime/20_context.js";
+import { handlerFor } from "ext:outpost_runtime/30_fetch.js";
 
 const {
   ArrayPrototypeMap,
@@ -180,18 +180,9 @@ class QueueEvent extends event.Event {
   }
 }
 
-/**
- * The worker's queue handler, as `(batch, ctx) => promise`: the `queue`
- * method of its default export, else its `queue` listeners, else undefined.
- */
+/** The worker's queue handler, as `(batch, ctx) => promise`, or undefined. */
 export function queueHandler(namespace, env) {
-  const exported = namespace.default;
-  if (exported !== undefined && exported !== null) return exportedHandler(exported, "queue", env);
-  if (event.listenerCount(globalThis, "queue") === 0) return undefined;
-  return (batch, ctx) => {
-    const errors = collectErrors(() => globalThis.dispatchEvent(new QueueEvent(batch, ctx)));
-    if (errors.length > 0) throw errors[0];
-  };
+  return handlerFor(namespace, env, "queue", (batch, ctx) => new QueueEvent(batch, ctx));
 }
 
 async function deliverQueue(next, worker) {
@@ -200,22 +191,12 @@ async function deliverQueue(next, worker) {
     op_outpost_event_unhandled(next.rid, "Handler does not export a queue() function");
     return;
   }
-  const prev = currentRequest.enter({ id: next.requestId, sockets: null });
   const requests = new Requests();
-  const waited = [];
-  let error = null;
-  try {
+  const error = await runToCompletion(next.requestId, (ctx) => {
+    // Decoding a body can throw (a corrupt one): the run fails, as a throw would.
     const messages = ArrayPrototypeMap(next.messages, (delivered) => new Message(constructKey, delivered, requests));
-    const batch = new MessageBatch(constructKey, next.queue, messages, requests);
-    await handler(batch, new ExecutionContext(next.requestId, waited));
-  } catch (thrown) {
-    error = thrown;
-  }
-  try {
-    if (error === null) error = await firstFailure(waited, RUN_DURATION_MS);
-  } finally {
-    core.setAsyncContext(prev);
-  }
+    return handler(new MessageBatch(constructKey, next.queue, messages, requests), ctx);
+  });
   op_outpost_queue_done(next.rid, {
     error: error === null ? null : describeError(error),
     ackAll: requests.ackAll,

@@ -21,6 +21,8 @@ const {
   ArrayPrototypeJoin,
   JSONParse,
   ObjectDefineProperty,
+  ObjectKeys,
+  ObjectPrototypeHasOwnProperty,
   ObjectPrototypeIsPrototypeOf,
   ObjectValues,
   PromisePrototypeThen,
@@ -112,7 +114,22 @@ function prepare(namespace, envJson, bindingsJson, limitsJson) {
     );
   }
   worker.handlers = handlers;
+  if (namespace.default === undefined || namespace.default === null) exposeAsGlobals(env);
   return () => serve(worker);
+}
+
+/**
+ * Service-worker syntax: as on Cloudflare, the variables and bindings are
+ * globals too (from the first event on; the top level ran before them). A
+ * name the global scope already has keeps its meaning.
+ */
+function exposeAsGlobals(env) {
+  const names = ObjectKeys(env);
+  for (let i = 0; i < names.length; i++) {
+    const name = names[i];
+    if (ObjectPrototypeHasOwnProperty(globalThis, name)) continue;
+    ObjectDefineProperty(globalThis, name, { value: env[name], writable: true, enumerable: false, configurable: true });
+  }
 }
 
 async function serve(worker) {

@@ -332,3 +332,57 @@ fn two_workers_cannot_consume_one_queue() {
     assert!(!output.status.success());
     assert!(stderr.contains("the queue \"jobs\" already has a consumer"), "{stderr}");
 }
+
+const SERVICE_WORKER_CONSUMER: &str = r#"
+addEventListener("fetch", (event) => {
+  const url = new URL(event.request.url);
+  event.respondWith((async () => {
+    if (url.pathname === "/send") {
+      await JOBS.send("hello", { contentType: "text" });
+      return new Response("sent");
+    }
+    const seen = await SEEN.get("seen");
+    return new Response(seen ?? "(nothing yet)");
+  })());
+});
+
+addEventListener("queue", (event) => {
+  const message = event.messages[0];
+  let badDelay;
+  try {
+    message.retry({ delaySeconds: 43_201 });
+  } catch (error) {
+    badDelay = `${error.name}: ${error.message}`;
+  }
+  event.waitUntil(SEEN.put("seen", JSON.stringify({
+    queue: event.queue,
+    body: message.body,
+    attempts: message.attempts,
+    badDelay,
+  })));
+  event.ackAll();
+});
+"#;
+
+#[tokio::test]
+async fn service_worker_syntax_consumes_and_bad_retry_delays_throw() {
+    let toml = "name = \"sw\"\n[[kv_namespaces]]\nbinding = \"SEEN\"\n\
+                [[queues.producers]]\nqueue = \"sw-jobs\"\nbinding = \"JOBS\"\n\
+                [[queues.consumers]]\nqueue = \"sw-jobs\"\nmax_batch_timeout = 0\n";
+    let dir = worker(&[("outpost.toml", toml), ("worker.js", SERVICE_WORKER_CONSUMER)]);
+    let dev = Dev::start(dir.path(), &[]);
+    assert_eq!(support::get(dev.addr, "/send").await.text(), "sent");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let seen = loop {
+        let text = support::get(dev.addr, "/seen").await.text();
+        if text != "(nothing yet)" {
+            break serde_json::from_str::<serde_json::Value>(&text).unwrap();
+        }
+        assert!(Instant::now() < deadline, "never consumed: {}", dev.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(seen["queue"], "sw-jobs");
+    assert_eq!(seen["body"], "hello");
+    assert_eq!(seen["attempts"], 1);
+    assert_eq!(seen["badDelay"], "RangeError: retry(): delaySeconds must be a number of seconds from 0 to 43200");
+}

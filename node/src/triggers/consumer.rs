@@ -2,7 +2,8 @@
 //! one handing out its messages on this node) closes batches as
 //! [`queues::next_step`] says, hands each to the consuming worker's `queue`
 //! handler, up to `max_concurrency` at once, and settles its messages as
-//! [`queues::verdicts`] says. A message leaves the queue only once its ack
+//! [`queues::verdicts`] says; and what one worker's batches hold in flight
+//! is bounded in bytes. A message leaves the queue only once its ack
 //! (or its move to the dead-letter queue) is durable. Which messages are in
 //! flight is kept in memory, per queue, for as long as the node runs (a
 //! redeployed consumer must not hand out what its predecessor still runs).
@@ -30,6 +31,36 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// The most message bytes one worker's batches may hold in flight, over
+/// all the queues it consumes: a slow or stuck consumer cannot make the
+/// node hold its whole backlog in memory (one batch may pass it, so a
+/// batch of the largest messages always goes).
+const WORKER_IN_FLIGHT_BYTES: usize = 64 << 20;
+
+/// Message bytes in flight per consuming worker.
+#[derive(Clone, Default)]
+struct Budgets(Arc<Mutex<HashMap<String, usize>>>);
+
+impl Budgets {
+    fn exhausted(&self, worker: &str) -> bool {
+        self.0.lock().unwrap().get(worker).is_some_and(|bytes| *bytes >= WORKER_IN_FLIGHT_BYTES)
+    }
+
+    fn take(&self, worker: &str, bytes: usize) {
+        *self.0.lock().unwrap().entry(worker.to_string()).or_default() += bytes;
+    }
+
+    fn give_back(&self, worker: &str, bytes: usize) {
+        let mut all = self.0.lock().unwrap();
+        if let Some(held) = all.get_mut(worker) {
+            *held = held.saturating_sub(bytes);
+            if *held == 0 {
+                all.remove(worker);
+            }
+        }
+    }
+}
+
 /// What a queue has in flight: the keys of messages handed out and not yet
 /// settled, and how many batches they make.
 #[derive(Default)]
@@ -49,12 +80,14 @@ pub async fn run_consumers(pool: Pool, queues: Queues, consumers: Consumers, cha
     // ends, so that a later deployment starts it again.
     let running = Arc::new(Mutex::new(HashSet::new()));
     let mut in_flight: HashMap<String, Arc<InFlight>> = HashMap::new();
+    let budgets = Budgets::default();
     while !pool.is_stopping() {
         for queue in consumers.queues() {
             if running.lock().unwrap().insert(queue.clone()) {
                 let span = tracing::info_span!("node.queue_consumer", queue = %queue);
                 let flight = in_flight.entry(queue.clone()).or_default().clone();
-                let task = consume(pool.clone(), queues.clone(), consumers.clone(), queue.clone(), flight);
+                let task =
+                    consume(pool.clone(), queues.clone(), consumers.clone(), queue.clone(), flight, budgets.clone());
                 let (running, changed) = (running.clone(), changed.clone());
                 tokio::spawn(
                     async move {
@@ -74,7 +107,14 @@ pub async fn run_consumers(pool: Pool, queues: Queues, consumers: Consumers, cha
 }
 
 /// The consumer of one queue, until no worker consumes it.
-async fn consume(pool: Pool, queues: Queues, consumers: Consumers, queue: String, in_flight: Arc<InFlight>) {
+async fn consume(
+    pool: Pool,
+    queues: Queues,
+    consumers: Consumers,
+    queue: String,
+    in_flight: Arc<InFlight>,
+    budgets: Budgets,
+) {
     let wakeup = queues.wakeup(&queue);
     // After a look that found a batch not yet full: how many were due, and
     // when that batch closes. Until then, sends only add to the count, and
@@ -82,50 +122,55 @@ async fn consume(pool: Pool, queues: Queues, consumers: Consumers, queue: String
     let mut filling: Option<(usize, u64)> = None;
     while !pool.is_stopping() {
         let Some((worker, consumer)) = consumers.get(&queue) else { break };
-        let wait_until = if in_flight.batches.load(Ordering::Acquire) >= consumer.max_concurrency {
-            None
-        } else if let Some((_, closes_at)) =
-            filling.filter(|(due, at)| *due < consumer.max_batch_size && now_ms() < *at)
-        {
-            Some(closes_at)
-        } else {
-            filling = None;
-            // Counted from here: sends the look below may not see yet.
-            wakeup.take_sent();
-            match look(&queues, &consumer, &in_flight).await {
-                Ok((Next::Deliver, batch)) => {
-                    in_flight.keys.lock().await.extend(batch.iter().map(|m| m.key.clone()));
-                    in_flight.batches.fetch_add(1, Ordering::AcqRel);
-                    let (queues, pool, in_flight) = (queues.clone(), pool.clone(), in_flight.clone());
-                    tokio::spawn(
-                        async move {
-                            let keys: Vec<Vec<u8>> = batch.iter().map(|m| m.key.clone()).collect();
-                            deliver(&pool, &queues, &worker, &consumer, batch).await;
-                            // Settled (or, if that failed, left to be due again).
-                            let mut flying = in_flight.keys.lock().await;
-                            for key in &keys {
-                                flying.remove(key);
+        let wait_until =
+            if in_flight.batches.load(Ordering::Acquire) >= consumer.max_concurrency || budgets.exhausted(&worker) {
+                None
+            } else if let Some((_, closes_at)) =
+                filling.filter(|(due, at)| *due < consumer.max_batch_size && now_ms() < *at)
+            {
+                Some(closes_at)
+            } else {
+                filling = None;
+                // Counted from here: sends the look below may not see yet.
+                wakeup.take_sent();
+                match look(&queues, &consumer, &in_flight).await {
+                    Ok((Next::Deliver, batch)) => {
+                        in_flight.keys.lock().await.extend(batch.iter().map(|m| m.key.clone()));
+                        in_flight.batches.fetch_add(1, Ordering::AcqRel);
+                        let bytes = batch.iter().map(|m| m.body.len()).sum();
+                        budgets.take(&worker, bytes);
+                        let (queues, pool, in_flight, budgets) =
+                            (queues.clone(), pool.clone(), in_flight.clone(), budgets.clone());
+                        tokio::spawn(
+                            async move {
+                                let keys: Vec<Vec<u8>> = batch.iter().map(|m| m.key.clone()).collect();
+                                deliver(&pool, &queues, &worker, &consumer, batch).await;
+                                budgets.give_back(&worker, bytes);
+                                // Settled (or, if that failed, left to be due again).
+                                let mut flying = in_flight.keys.lock().await;
+                                for key in &keys {
+                                    flying.remove(key);
+                                }
+                                drop(flying);
+                                in_flight.batches.fetch_sub(1, Ordering::AcqRel);
+                                in_flight.settled.notify_one();
                             }
-                            drop(flying);
-                            in_flight.batches.fetch_sub(1, Ordering::AcqRel);
-                            in_flight.settled.notify_one();
-                        }
-                        .in_current_span(),
-                    );
-                    continue;
-                }
-                Ok((Next::Wait(until), batch)) => {
-                    if let (false, Some(closes_at)) = (batch.is_empty(), until) {
-                        filling = Some((batch.len(), closes_at));
+                            .in_current_span(),
+                        );
+                        continue;
                     }
-                    until
+                    Ok((Next::Wait(until), batch)) => {
+                        if let (false, Some(closes_at)) = (batch.is_empty(), until) {
+                            filling = Some((batch.len(), closes_at));
+                        }
+                        until
+                    }
+                    Err(err) => {
+                        tracing::warn!("cannot read the queue: {err}");
+                        None
+                    }
                 }
-                Err(err) => {
-                    tracing::warn!("cannot read the queue: {err}");
-                    None
-                }
-            }
-        };
+            };
         let wait = match wait_until {
             Some(at) => Duration::from_millis(at.saturating_sub(now_ms())).min(RECHECK),
             None => RECHECK,
@@ -227,5 +272,26 @@ async fn deliver(pool: &Pool, queues: &Queues, worker: &str, consumer: &Consumer
         // The messages stay where they are: due again once no longer in
         // flight.
         Err(err) => tracing::error!("cannot settle a queue batch: {err}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_workers_byte_budget_spans_its_queues_and_comes_back() {
+        let budgets = Budgets::default();
+        assert!(!budgets.exhausted("a"));
+        budgets.take("a", WORKER_IN_FLIGHT_BYTES / 2);
+        assert!(!budgets.exhausted("a"), "room for another batch");
+        // Another queue of the same worker: one batch may pass the bound.
+        budgets.take("a", WORKER_IN_FLIGHT_BYTES);
+        assert!(budgets.exhausted("a"));
+        assert!(!budgets.exhausted("b"), "other workers are not held back");
+        budgets.give_back("a", WORKER_IN_FLIGHT_BYTES);
+        assert!(!budgets.exhausted("a"));
+        budgets.give_back("a", WORKER_IN_FLIGHT_BYTES / 2);
+        assert!(budgets.0.lock().unwrap().is_empty(), "nothing kept for an idle worker");
     }
 }

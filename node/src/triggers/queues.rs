@@ -192,7 +192,11 @@ pub fn verdicts(
                         Verdict::Drop
                     }
                 }
-                Some(delay) => Verdict::Retry { visible_at_ms: now_ms + u64::from(delay) * 1000 },
+                Some(delay) => {
+                    // The runtime checks the bound; a forged outcome still cannot park a message for years.
+                    let delay = delay.min(MAX_RETRY_DELAY_SECONDS);
+                    Verdict::Retry { visible_at_ms: now_ms + u64::from(delay) * 1000 }
+                }
             }
         })
         .collect()
@@ -299,6 +303,9 @@ mod tests {
         );
         let no_retries = Consumer { max_retries: 0, ..with_dlq };
         assert_eq!(verdicts(&messages[..1], &failed, &no_retries, 0), [Verdict::DeadLetter]);
+        // A delay past the bound (the runtime refuses it) is cut to it.
+        let forged = Ok(QueueOutcome { retry_all: Some(retry(Some(u32::MAX))), ..Default::default() });
+        assert_eq!(verdicts(&messages[..1], &forged, &consumer(), 0), [Verdict::Retry { visible_at_ms: 43_200_000 }]);
         // An ack is an ack whatever the attempts.
         let acked = Ok(QueueOutcome::default());
         assert_eq!(verdicts(&messages, &acked, &no_retries, 0), [Verdict::Ack; 3]);
