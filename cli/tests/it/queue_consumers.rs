@@ -386,3 +386,96 @@ async fn service_worker_syntax_consumes_and_bad_retry_delays_throw() {
     assert_eq!(seen["attempts"], 1);
     assert_eq!(seen["badDelay"], "RangeError: retry(): delaySeconds must be a number of seconds from 0 to 43200");
 }
+
+const NODE_PRODUCER: &str = r#"export default {
+  async fetch(request, env) {
+    const n = new URL(request.url).searchParams.get("n");
+    await env.JOBS.send({ n: Number(n) });
+    return new Response("sent");
+  },
+};"#;
+
+const NODE_CONSUMER: &str = r#"export default {
+  async fetch(request, env) {
+    const list = await env.SEEN.list();
+    return Response.json(list.keys.map((key) => key.name).sort());
+  },
+  async queue(batch, env) {
+    for (const message of batch.messages) await env.SEEN.put(`n${message.body.n}`, "");
+  },
+};"#;
+
+fn consumer_toml(consuming: bool) -> String {
+    let consumer = if consuming { "[[queues.consumers]]\nqueue = \"jobs\"\nmax_batch_timeout = 0\n" } else { "" };
+    format!("name = \"consumer\"\n[[kv_namespaces]]\nbinding = \"SEEN\"\nid = \"seen\"\n{consumer}")
+}
+
+async fn consumed(addr: std::net::SocketAddr) -> Vec<String> {
+    let reply = support::send(addr, "GET", "/", &[("host", "consumer.test")], b"").await;
+    serde_json::from_slice(&reply.body).unwrap()
+}
+
+async fn consumed_eventually(addr: std::net::SocketAddr, expected: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let seen = consumed(addr).await;
+        if seen == expected {
+            return;
+        }
+        assert!(Instant::now() < deadline, "consumed {seen:?}, expected {expected:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Under `outpost serve`: another worker consumes what one produces (with a
+/// grant); a reload that drops the consumer leaves new messages queued, one
+/// that brings it back delivers them.
+#[tokio::test]
+async fn a_node_consumes_across_workers_and_reloads_keep_unconsumed_messages() {
+    let node_toml = r#"threads = 1
+[[listeners]]
+address = "127.0.0.1:0"
+[[workers]]
+path = "workers/producer"
+[[workers]]
+path = "workers/consumer"
+[[routes]]
+pattern = "producer.test/*"
+worker = "producer"
+[[routes]]
+pattern = "consumer.test/*"
+worker = "consumer"
+[[grants]]
+worker = "consumer"
+queues = ["jobs"]
+"#;
+    let node = support::Node::start(
+        node_toml,
+        &[
+            (
+                "workers/producer/outpost.toml",
+                "name = \"producer\"\n[[queues.producers]]\nqueue = \"jobs\"\nbinding = \"JOBS\"\n".to_string(),
+            ),
+            ("workers/producer/worker.js", NODE_PRODUCER.to_string()),
+            ("workers/consumer/outpost.toml", consumer_toml(true)),
+            ("workers/consumer/worker.js", NODE_CONSUMER.to_string()),
+        ],
+    );
+    let addr = node.http.unwrap();
+    let send = |n: u32| async move {
+        let reply = support::send(addr, "GET", &format!("/?n={n}"), &[("host", "producer.test")], b"").await;
+        assert_eq!(reply.text(), "sent");
+    };
+    send(1).await;
+    consumed_eventually(addr, &["n1"]).await;
+
+    std::fs::write(node.dir().join("workers/consumer/outpost.toml"), consumer_toml(false)).unwrap();
+    crate::hostile::reload(&node, "reloaded the node's workers").await;
+    send(2).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(consumed(addr).await, ["n1"], "no consumer: the message waits");
+
+    std::fs::write(node.dir().join("workers/consumer/outpost.toml"), consumer_toml(true)).unwrap();
+    crate::hostile::reload(&node, "reloaded the node's workers").await;
+    consumed_eventually(addr, &["n1", "n2"]).await;
+}
