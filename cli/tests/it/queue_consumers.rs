@@ -479,3 +479,24 @@ queues = ["jobs"]
     crate::hostile::reload(&node, "reloaded the node's workers").await;
     consumed_eventually(addr, &["n1", "n2"]).await;
 }
+
+/// A worker configured to consume a queue without a `queue` handler loses
+/// nothing: the error is logged and the message stays, its attempt uncounted.
+#[tokio::test]
+async fn a_consumer_without_a_queue_handler_keeps_its_messages() {
+    let toml = "name = \"nohandler\"\n[[queues.producers]]\nqueue = \"kept\"\nbinding = \"JOBS\"\n\
+                [[queues.consumers]]\nqueue = \"kept\"\nmax_batch_timeout = 0\n";
+    let js = "export default { async fetch(request, env) { await env.JOBS.send('keep me', { contentType: 'text' }); \
+              return new Response('sent'); } };";
+    let dir = worker(&[("outpost.toml", toml), ("worker.js", js)]);
+    let dev = Dev::start(dir.path(), &[]);
+    assert_eq!(support::get(dev.addr, "/").await.text(), "sent");
+    dev.wait_for_log("Handler does not export a queue() function");
+    assert!(dev.logs().contains("its messages stay queued"), "{}", dev.logs());
+    let data = dev.stop();
+    let store = outpost_kv::Store::open(&data.path().join("kv.redb"), Default::default()).unwrap();
+    let storage: &dyn outpost_kv::objects::ObjectStorage = &store;
+    let kept = outpost_kv::queues::due(storage, "kept", u64::MAX / 2, 10, &Default::default()).await.unwrap();
+    assert_eq!(kept.len(), 1);
+    assert_eq!((&kept[0].body[..], kept[0].attempts), (&b"keep me"[..], 1), "no delivery counted");
+}

@@ -9,13 +9,13 @@
 //! redeployed consumer must not hand out what its predecessor still runs).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use outpost_isolate_pool::Pool;
+use outpost_isolate_pool::{FetchError, Pool};
 use outpost_kv::queues::{self, QueueMessage, Queues, Settlement};
-use outpost_runtime::{DeliveredMessage, QueueBatch, QueueOutcome};
+use outpost_runtime::{DeliveredMessage, DispatchError, QueueBatch, QueueOutcome};
 use tokio::sync::Notify;
 use tracing::Instrument as _;
 
@@ -23,6 +23,9 @@ use super::queues::{next_step, verdicts, Consumer, Consumers, Delivered, Next, V
 
 /// How long a batch may run, as on Cloudflare (15 minutes of wall time).
 const RUN_LIMIT: Duration = Duration::from_secs(15 * 60);
+/// How long a queue waits before trying a worker that had no `queue`
+/// handler again (a new version may have one).
+const NO_HANDLER_PAUSE_MS: u64 = 30_000;
 /// How often a waiting consumer looks again even if nothing rang (a new
 /// version of its settings, a send from outside this process).
 const RECHECK: Duration = Duration::from_secs(1);
@@ -71,6 +74,9 @@ struct InFlight {
     batches: AtomicUsize,
     /// Rung when a batch is settled.
     settled: Notify,
+    /// While the consuming worker has no `queue` handler: when to try
+    /// again (ms since the epoch; 0 if not paused).
+    paused_until: AtomicU64,
 }
 
 /// Starts a consumer task for every consumed queue, now and whenever the
@@ -122,9 +128,12 @@ async fn consume(
     let mut filling: Option<(usize, u64)> = None;
     while !pool.is_stopping() {
         let Some((worker, consumer)) = consumers.get(&queue) else { break };
+        let paused_until = in_flight.paused_until.load(Ordering::Acquire);
         let wait_until =
             if in_flight.batches.load(Ordering::Acquire) >= consumer.max_concurrency || budgets.exhausted(&worker) {
                 None
+            } else if now_ms() < paused_until {
+                Some(paused_until)
             } else if let Some((_, closes_at)) =
                 filling.filter(|(due, at)| *due < consumer.max_batch_size && now_ms() < *at)
             {
@@ -144,7 +153,9 @@ async fn consume(
                         tokio::spawn(
                             async move {
                                 let keys: Vec<Vec<u8>> = batch.iter().map(|m| m.key.clone()).collect();
-                                deliver(&pool, &queues, &worker, &consumer, batch).await;
+                                if let Delivery::NoHandler = deliver(&pool, &queues, &worker, &consumer, batch).await {
+                                    in_flight.paused_until.store(now_ms() + NO_HANDLER_PAUSE_MS, Ordering::Release);
+                                }
                                 budgets.give_back(&worker, bytes);
                                 // Settled (or, if that failed, left to be due again).
                                 let mut flying = in_flight.keys.lock().await;
@@ -216,8 +227,23 @@ async fn next_visible(
     queues::next_visible(queues.storage(), queue).await
 }
 
+/// How a batch's delivery ended.
+enum Delivery {
+    /// Run, and its messages settled (or left due, if that failed).
+    Ran,
+    /// The worker has no `queue` handler: the messages were left as they
+    /// were (nothing written, the attempt not counted), not dropped.
+    NoHandler,
+}
+
 /// Runs one batch and settles its messages.
-async fn deliver(pool: &Pool, queues: &Queues, worker: &str, consumer: &Consumer, messages: Vec<QueueMessage>) {
+async fn deliver(
+    pool: &Pool,
+    queues: &Queues,
+    worker: &str,
+    consumer: &Consumer,
+    messages: Vec<QueueMessage>,
+) -> Delivery {
     let batch = QueueBatch {
         queue: consumer.queue.clone(),
         messages: messages
@@ -235,6 +261,13 @@ async fn deliver(pool: &Pool, queues: &Queues, worker: &str, consumer: &Consumer
     let outcome: Result<QueueOutcome, String> =
         match tokio::time::timeout(RUN_LIMIT, pool.run_queue(worker, batch)).await {
             Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Err(FetchError::Dispatch(DispatchError::NoHandler(message)))) => {
+                tracing::error!(
+                    worker,
+                    "the worker consumes this queue but cannot take a batch ({message}); its messages stay queued"
+                );
+                return Delivery::NoHandler;
+            }
             Ok(Err(err)) => Err(err.to_string()),
             Err(_) => Err(format!("the batch ran longer than {} minutes", RUN_LIMIT.as_secs() / 60)),
         };
@@ -273,6 +306,7 @@ async fn deliver(pool: &Pool, queues: &Queues, worker: &str, consumer: &Consumer
         // flight.
         Err(err) => tracing::error!("cannot settle a queue batch: {err}"),
     }
+    Delivery::Ran
 }
 
 #[cfg(test)]
