@@ -41,8 +41,8 @@ pub use ext::bindings::services::{ServiceBinding, ServiceRouter};
 pub use ext::bindings::{Binding, BindingError, BindingServices, Bindings};
 pub use ext::console::SharedLogBudget;
 pub use ext::events::{
-    DeliveredMessage, EventQueue, ObjectAddress, QueueBatch, QueueOutcome, Responder, RetryRequest, RpcCall,
-    RpcOutcome, ScheduledOutcome, ScheduledRun, WorkerEvent,
+    EventQueue, ObjectAddress, QueueBatch, QueueOutcome, Responder, RetryRequest, RpcCall, RpcOutcome,
+    ScheduledOutcome, ScheduledRun, WorkerEvent,
 };
 pub use ext::http::{empty_body, full_body, Body, BoxError, DispatchError, HttpRequest};
 pub use ext::subrequest::MAX_DEPTH;

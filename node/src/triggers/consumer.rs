@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use outpost_isolate_pool::{FetchError, Pool};
 use outpost_kv::queues::{self, QueueMessage, Queues, Settlement};
-use outpost_runtime::{DeliveredMessage, DispatchError, QueueBatch, QueueOutcome};
+use outpost_runtime::{DispatchError, QueueBatch, QueueOutcome};
 use tokio::sync::Notify;
 use tracing::Instrument as _;
 
@@ -244,20 +244,8 @@ async fn deliver(
     consumer: &Consumer,
     messages: Vec<QueueMessage>,
 ) -> Delivery {
-    let batch = QueueBatch {
-        queue: consumer.queue.clone(),
-        messages: messages
-            .iter()
-            .map(|m| DeliveredMessage {
-                id: m.id.clone(),
-                timestamp_ms: m.timestamp_ms,
-                content_type: m.content_type.clone(),
-                body: m.body.clone(),
-                attempts: m.attempts,
-            })
-            .collect(),
-        request_id: format!("queue-{}", messages[0].id),
-    };
+    let request_id = format!("queue-{}", messages[0].id);
+    let batch = QueueBatch { queue: consumer.queue.clone(), messages: messages.clone(), request_id };
     let outcome: Result<QueueOutcome, String> =
         match tokio::time::timeout(RUN_LIMIT, pool.run_queue(worker, batch)).await {
             Ok(Ok(outcome)) => Ok(outcome),

@@ -17,6 +17,8 @@ use deno_error::JsErrorBox;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
+use outpost_kv::queues::QueueMessage;
+
 use super::bindings::durable_objects::ids::id_to_hex;
 use super::http::{header_list, incoming_body, Body, DispatchError, HttpRequest};
 
@@ -48,21 +50,8 @@ pub enum WorkerEvent {
 pub struct QueueBatch {
     /// The queue's name (`batch.queue`).
     pub queue: String,
-    pub messages: Vec<DeliveredMessage>,
+    pub messages: Vec<QueueMessage>,
     pub request_id: String,
-}
-
-/// One message of a [`QueueBatch`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct DeliveredMessage {
-    pub id: String,
-    /// When it was sent, ms since the epoch.
-    pub timestamp_ms: u64,
-    /// How the body decodes: `json`, `text`, `bytes` or `v8`.
-    pub content_type: String,
-    pub body: bytes::Bytes,
-    /// Deliveries so far, this one included.
-    pub attempts: u32,
 }
 
 /// How a `queue` handler's run ended, and what it asked for its messages.
@@ -206,6 +195,27 @@ impl EventInFlight {
         }
     }
 
+    /// Sends `outcome` on the event's responder if `pick` finds one of its
+    /// kind; otherwise leaves the event as it was and errs with `not_this`.
+    fn settle<T>(
+        &self,
+        pick: impl FnOnce(Pending) -> Result<Responder<T>, Pending>,
+        outcome: T,
+        not_this: &str,
+    ) -> Result<(), JsErrorBox> {
+        let pending = self.pending.borrow_mut().take();
+        match pending.map(pick) {
+            Some(Ok(respond)) => {
+                let _ = respond.send(Ok(outcome));
+                Ok(())
+            }
+            other => {
+                *self.pending.borrow_mut() = other.and_then(Result::err);
+                Err(JsErrorBox::type_error(not_this.to_string()))
+            }
+        }
+    }
+
     /// Answers an HTTP event with `response`, or, if the worker's answer
     /// could not be made into one, fails it (a 500) and gives that error
     /// back to the worker.
@@ -317,8 +327,8 @@ pub struct NextMessage {
     attempts: u32,
 }
 
-impl From<DeliveredMessage> for NextMessage {
-    fn from(message: DeliveredMessage) -> Self {
+impl From<QueueMessage> for NextMessage {
+    fn from(message: QueueMessage) -> Self {
         NextMessage {
             id: message.id,
             timestamp: message.timestamp_ms as f64,
@@ -478,15 +488,19 @@ pub fn op_outpost_rpc_return(
     threw: bool,
     #[buffer] outcome: &[u8],
 ) -> Result<(), JsErrorBox> {
-    let event = take_event(state, rid)?;
     let outcome = if threw { RpcOutcome::Threw(outcome.to_vec()) } else { RpcOutcome::Returned(outcome.to_vec()) };
-    let pending = event.pending.borrow_mut().take();
-    match pending {
-        Some(Pending::Rpc(respond)) => {
-            let _ = respond.send(Ok(outcome));
-            Ok(())
-        }
-        _ => Err(JsErrorBox::type_error("this event is not a method call")),
+    let pick = |pending| match pending {
+        Pending::Rpc(respond) => Ok(respond),
+        other => Err(other),
+    };
+    take_event(state, rid)?.settle(pick, outcome, "this event is not a method call")
+}
+
+/// Logs the error a run without a response (`scheduled`, `queue`) ended with.
+fn log_run_error(state: &OpState, event: &EventInFlight, handler: &str, error: Option<&String>) {
+    if let Some(error) = error {
+        let worker = &state.borrow::<super::console::WorkerName>().0;
+        tracing::error!(worker = %worker, request_id = %event.request_id, "{handler} handler failed: {error}");
     }
 }
 
@@ -500,18 +514,12 @@ pub fn op_outpost_scheduled_done(
     no_retry: bool,
 ) -> Result<(), JsErrorBox> {
     let event = take_event(state, rid)?;
-    if let Some(error) = &error {
-        let worker = state.borrow::<super::console::WorkerName>().0.clone();
-        tracing::error!(worker = %worker, request_id = %event.request_id, "scheduled handler failed: {error}");
-    }
-    let pending = event.pending.borrow_mut().take();
-    match pending {
-        Some(Pending::Scheduled(respond)) => {
-            let _ = respond.send(Ok(ScheduledOutcome { error, no_retry }));
-            Ok(())
-        }
-        _ => Err(JsErrorBox::type_error("this event is not a scheduled run")),
-    }
+    log_run_error(state, &event, "scheduled", error.as_ref());
+    let pick = |pending| match pending {
+        Pending::Scheduled(respond) => Ok(respond),
+        other => Err(other),
+    };
+    event.settle(pick, ScheduledOutcome { error, no_retry }, "this event is not a scheduled run")
 }
 
 /// A run of the `queue` handler ended: what it asked for its messages, and
@@ -523,16 +531,10 @@ pub fn op_outpost_queue_done(
     #[serde] outcome: QueueOutcome,
 ) -> Result<(), JsErrorBox> {
     let event = take_event(state, rid)?;
-    if let Some(error) = &outcome.error {
-        let worker = state.borrow::<super::console::WorkerName>().0.clone();
-        tracing::error!(worker = %worker, request_id = %event.request_id, "queue handler failed: {error}");
-    }
-    let pending = event.pending.borrow_mut().take();
-    match pending {
-        Some(Pending::Queue(respond)) => {
-            let _ = respond.send(Ok(outcome));
-            Ok(())
-        }
-        _ => Err(JsErrorBox::type_error("this event is not a queue batch")),
-    }
+    log_run_error(state, &event, "queue", outcome.error.as_ref());
+    let pick = |pending| match pending {
+        Pending::Queue(respond) => Ok(respond),
+        other => Err(other),
+    };
+    event.settle(pick, outcome, "this event is not a queue batch")
 }
