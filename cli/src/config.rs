@@ -7,6 +7,12 @@ use anyhow::{bail, Context as _};
 use outpost_isolate_pool::{Isolation, LimitCaps, Limits};
 use serde::Deserialize;
 
+mod queues;
+mod workflows;
+
+pub use queues::QueuesConfig;
+pub use workflows::WorkflowConfig;
+
 /// The file name looked for in a worker's directory.
 pub const CONFIG_FILE: &str = "outpost.toml";
 /// The main module used when a directory has no `outpost.toml`.
@@ -49,55 +55,12 @@ pub struct WorkerConfig {
     /// Other workers of the node bound on `env`, as in wrangler.toml.
     #[serde(default)]
     pub services: Vec<ServiceConfig>,
-    /// Queues the worker sends to, as in wrangler.toml.
+    /// Queues the worker sends to and consumes, as in wrangler.toml.
     #[serde(default)]
     pub queues: QueuesConfig,
-}
-
-/// The `queues` table.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct QueuesConfig {
+    /// Workflows the worker defines or binds, as in wrangler.toml.
     #[serde(default)]
-    pub producers: Vec<QueueProducerConfig>,
-    #[serde(default)]
-    pub consumers: Vec<QueueConsumerConfig>,
-}
-
-/// One `[[queues.consumers]]` entry; unset keys take Cloudflare's
-/// production defaults.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct QueueConsumerConfig {
-    /// The queue's name.
-    pub queue: String,
-    /// `worker` (the default); `http_pull` is refused.
-    #[serde(rename = "type")]
-    pub kind: Option<String>,
-    /// 1 to 100 messages (default 10).
-    pub max_batch_size: Option<usize>,
-    /// 0 to 60 seconds (default 5).
-    pub max_batch_timeout: Option<f64>,
-    /// 0 to 100 (default 3).
-    pub max_retries: Option<u32>,
-    pub dead_letter_queue: Option<String>,
-    /// 1 to 250 batches at once (default 250).
-    pub max_concurrency: Option<usize>,
-    /// 0 to 43200 seconds (default 0).
-    pub retry_delay: Option<u32>,
-}
-
-/// One `[[queues.producers]]` entry.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct QueueProducerConfig {
-    /// The queue's name.
-    pub queue: String,
-    /// The name on `env`.
-    pub binding: String,
-    /// Seconds before a message may be delivered (0 to 43200, default 0).
-    #[serde(default)]
-    pub delivery_delay: u32,
+    pub workflows: Vec<WorkflowConfig>,
 }
 
 /// One `[[services]]` entry.
@@ -214,6 +177,9 @@ pub struct ResolvedWorker {
     pub services: Vec<outpost_runtime::ServiceBinding>,
     pub queue_producers: Vec<outpost_runtime::QueueProducerBinding>,
     pub queue_consumers: Vec<outpost_node::triggers::queues::Consumer>,
+    pub workflows: Vec<outpost_runtime::WorkflowBinding>,
+    /// The workflows whose class this worker exports.
+    pub workflow_definitions: Vec<outpost_workflows::Definition>,
 }
 
 /// Finds the worker at `path`: a `.js` file, or a directory with an
@@ -236,6 +202,8 @@ pub fn resolve(path: &Path) -> anyhow::Result<ResolvedWorker> {
             services: Vec::new(),
             queue_producers: Vec::new(),
             queue_consumers: Vec::new(),
+            workflows: Vec::new(),
+            workflow_definitions: Vec::new(),
         });
     }
     let config_path = path.join(CONFIG_FILE);
@@ -368,7 +336,20 @@ pub fn resolve(path: &Path) -> anyhow::Result<ResolvedWorker> {
             delivery_delay: producer.delivery_delay,
         });
     }
-    let queue_consumers = queue_consumers(&config.queues.consumers)
+    let (workflows, workflow_definitions) = workflows::workflows(&config.workflows, &name)
+        .with_context(|| format!("invalid [[workflows]] in {}", config_path.display()))?;
+    let mut taken: Vec<&str> = vars.keys().map(String::as_str).collect();
+    taken.extend(kv_namespaces.iter().map(|b| b.binding.as_str()));
+    taken.extend(durable_objects.iter().map(|b| b.binding.as_str()));
+    taken.extend(services.iter().map(|b| b.binding.as_str()));
+    taken.extend(queue_producers.iter().map(|b| b.binding.as_str()));
+    for workflow in &workflows {
+        if taken.contains(&workflow.binding.as_str()) {
+            bail!("{}: the binding {:?} is declared twice", config_path.display(), workflow.binding);
+        }
+        taken.push(&workflow.binding);
+    }
+    let queue_consumers = queues::queue_consumers(&config.queues.consumers)
         .with_context(|| format!("invalid [[queues.consumers]] in {}", config_path.display()))?;
     let crons = config
         .triggers
@@ -390,68 +371,9 @@ pub fn resolve(path: &Path) -> anyhow::Result<ResolvedWorker> {
         services,
         queue_producers,
         queue_consumers,
+        workflows,
+        workflow_definitions,
     })
-}
-
-/// Checks `[[queues.consumers]]` against Cloudflare's bounds.
-fn queue_consumers(entries: &[QueueConsumerConfig]) -> anyhow::Result<Vec<outpost_node::triggers::queues::Consumer>> {
-    use outpost_node::triggers::queues::{
-        Consumer, MAX_BATCH_SIZE, MAX_BATCH_TIMEOUT_SECONDS, MAX_CONCURRENCY, MAX_RETRIES, MAX_RETRY_DELAY_SECONDS,
-    };
-    let mut consumers: Vec<Consumer> = Vec::new();
-    for entry in entries {
-        let queue = &entry.queue;
-        if !is_namespace_id(queue) {
-            bail!("the queue name {queue:?} must be 1 to {MAX_NAMESPACE_ID_BYTES} bytes, without control characters");
-        }
-        if consumers.iter().any(|c| c.queue == *queue) {
-            bail!("the queue {queue:?} is consumed twice");
-        }
-        match entry.kind.as_deref() {
-            None | Some("worker") => {}
-            Some("http_pull") => bail!("queue {queue:?}: pull consumers (type = \"http_pull\") are not supported"),
-            Some(other) => bail!("queue {queue:?}: unknown consumer type {other:?} (expected \"worker\")"),
-        }
-        let mut consumer = Consumer::new(queue.clone());
-        if let Some(size) = entry.max_batch_size {
-            if !(1..=MAX_BATCH_SIZE).contains(&size) {
-                bail!("queue {queue:?}: max_batch_size is 1 to {MAX_BATCH_SIZE}, got {size}");
-            }
-            consumer.max_batch_size = size;
-        }
-        if let Some(timeout) = entry.max_batch_timeout {
-            if !(0.0..=f64::from(MAX_BATCH_TIMEOUT_SECONDS)).contains(&timeout) {
-                bail!("queue {queue:?}: max_batch_timeout is 0 to {MAX_BATCH_TIMEOUT_SECONDS} seconds, got {timeout}");
-            }
-            consumer.max_batch_timeout_ms = (timeout * 1000.0) as u64;
-        }
-        if let Some(retries) = entry.max_retries {
-            if retries > MAX_RETRIES {
-                bail!("queue {queue:?}: max_retries is 0 to {MAX_RETRIES}, got {retries}");
-            }
-            consumer.max_retries = retries;
-        }
-        if let Some(dlq) = &entry.dead_letter_queue {
-            if !is_namespace_id(dlq) || dlq == queue {
-                bail!("queue {queue:?}: the dead_letter_queue {dlq:?} must be another queue's name");
-            }
-            consumer.dead_letter_queue = Some(dlq.clone());
-        }
-        if let Some(concurrency) = entry.max_concurrency {
-            if !(1..=MAX_CONCURRENCY).contains(&concurrency) {
-                bail!("queue {queue:?}: max_concurrency is 1 to {MAX_CONCURRENCY}, got {concurrency}");
-            }
-            consumer.max_concurrency = concurrency;
-        }
-        if let Some(delay) = entry.retry_delay {
-            if delay > MAX_RETRY_DELAY_SECONDS {
-                bail!("queue {queue:?}: retry_delay is 0 to {MAX_RETRY_DELAY_SECONDS} seconds, got {delay}");
-            }
-            consumer.retry_delay_seconds = delay;
-        }
-        consumers.push(consumer);
-    }
-    Ok(consumers)
 }
 
 /// The longest KV namespace id (Cloudflare's are 32 hex digits); the store

@@ -18,15 +18,16 @@ pub fn node_worker(worker: crate::config::ResolvedWorker) -> anyhow::Result<Work
     let objects = worker.durable_objects.into_iter().map(|b| Arc::new(b) as Arc<dyn Binding>);
     let services = worker.services.into_iter().map(|b| Arc::new(b) as Arc<dyn Binding>);
     let queues = worker.queue_producers.into_iter().map(|b| Arc::new(b) as Arc<dyn Binding>);
+    let workflows = worker.workflows.into_iter().map(|b| Arc::new(b) as Arc<dyn Binding>);
     let spec = WorkerSpec {
         source: WorkerSource::new(&worker.root, &worker.main)?,
         name: worker.name,
         vars: worker.vars,
         isolation: worker.isolation,
         limits: worker.limits,
-        bindings: kv.chain(objects).chain(services).chain(queues).collect(),
+        bindings: kv.chain(objects).chain(services).chain(queues).chain(workflows).collect(),
     };
-    Ok(Worker { spec, crons: worker.crons, consumers: worker.queue_consumers })
+    Ok(Worker { spec, crons: worker.crons, consumers: worker.queue_consumers, workflows: worker.workflow_definitions })
 }
 
 /// Starts a node keeping its state under `data_dir`, on `threads` isolate

@@ -11,6 +11,7 @@ use outpost_kv::objects::ObjectStorage;
 use outpost_kv::queues::Queues;
 use outpost_kv::KvStorage;
 use outpost_runtime::Egress;
+use outpost_workflows::{Definition, Engine};
 
 use crate::handler::{NodeHandler, Target};
 use crate::ownership::{self, Grant, OwnershipError};
@@ -52,6 +53,8 @@ pub enum DeployError {
     Load(#[from] outpost_isolate_pool::DeployError),
     #[error("the queue {queue:?} already has a consumer, worker {consumer:?} (a queue has one consumer)")]
     QueueConsumed { queue: String, consumer: String },
+    #[error("the workflow {workflow:?} is already defined by worker {worker:?} (a workflow has one class)")]
+    WorkflowDefined { workflow: String, worker: String },
 }
 
 /// A worker as the node runs it: what the pool needs, and what fires it
@@ -63,6 +66,8 @@ pub struct Worker {
     pub crons: Vec<Schedule>,
     /// The queues it consumes.
     pub consumers: Vec<Consumer>,
+    /// The workflows whose class it exports.
+    pub workflows: Vec<Definition>,
 }
 
 /// One worker the caller wants running, or why it could not even be read.
@@ -115,6 +120,7 @@ pub struct Node {
     consumers: Consumers,
     /// Rung when the consumed queues change.
     consumers_changed: Arc<tokio::sync::Notify>,
+    workflows: Engine,
 }
 
 impl Node {
@@ -134,6 +140,8 @@ impl Node {
         let kv: Arc<dyn KvStorage> = Arc::new(store.clone());
         let objects: Arc<dyn ObjectStorage> = Arc::new(store.clone());
         let queues = Queues::new(objects.clone());
+        let workflows = Engine::new(objects.clone());
+        config.services.insert(workflows.clone());
         config.services.insert(kv);
         config.services.insert(queues.clone());
         config.services.insert(objects);
@@ -150,6 +158,7 @@ impl Node {
             crons: Crons::default(),
             consumers: Consumers::default(),
             consumers_changed: Arc::default(),
+            workflows,
         })
     }
 
@@ -163,6 +172,11 @@ impl Node {
         &self.queues
     }
 
+    /// The node's workflows: their instances, and what the command line asks.
+    pub fn workflows(&self) -> &Engine {
+        &self.workflows
+    }
+
     /// The handler for the front: every request to `worker`.
     pub fn handler_for(&self, worker: &str) -> NodeHandler {
         NodeHandler::new(self.pool.clone(), Target::One(worker.to_string()))
@@ -174,16 +188,22 @@ impl Node {
     }
 
     /// Deploys one worker (a new version replaces the running one once it
-    /// has loaded, and its Cron Triggers and queue consumers the old
-    /// one's). No ownership checks: for a node of one tenant.
+    /// has loaded, and its Cron Triggers, queue consumers and workflow
+    /// definitions the old one's). No ownership checks: for a node of one tenant.
     pub fn deploy(&self, worker: Worker) -> Result<(), DeployError> {
-        let Worker { spec, crons, consumers } = worker;
+        let Worker { spec, crons, consumers, workflows } = worker;
         let name = spec.name.clone();
         let _span = tracing::info_span!("node.deploy", worker = %name).entered();
         if let Some((queue, consumer)) = self.consumers.taken(&name, &consumers) {
             return Err(DeployError::QueueConsumed { queue, consumer });
         }
+        for definition in &workflows {
+            if let Some(other) = self.workflows.definition(&definition.name).filter(|d| d.worker != name) {
+                return Err(DeployError::WorkflowDefined { workflow: definition.name.clone(), worker: other.worker });
+            }
+        }
         self.pool.deploy(spec)?;
+        self.workflows.define(&name, workflows);
         self.consumers.replace(&name, consumers);
         self.consumers_changed.notify_one();
         let mut all = self.crons.write().unwrap();
@@ -261,6 +281,7 @@ impl Node {
             &self.queues,
             &self.consumers,
             &self.consumers_changed,
+            &self.workflows,
         );
     }
 

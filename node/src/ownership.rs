@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use outpost_isolate_pool::WorkerSpec;
-use outpost_runtime::{KvNamespaceBinding, QueueProducerBinding, ServiceBinding};
+use outpost_runtime::{KvNamespaceBinding, QueueProducerBinding, ServiceBinding, WorkflowBinding};
 use serde::{Deserialize, Serialize};
 
 use crate::triggers::queues::Consumer;
@@ -35,6 +35,9 @@ pub struct Grant {
     /// Queues that belong to other workers.
     #[serde(default)]
     pub queues: Vec<String>,
+    /// Workflows other workers define, by name.
+    #[serde(default)]
+    pub workflows: Vec<String>,
 }
 
 /// The recorded owners of KV namespace ids.
@@ -45,6 +48,9 @@ pub struct Owners {
     /// Queue name → worker name (the first that declared it).
     #[serde(default)]
     pub queues: BTreeMap<String, String>,
+    /// Workflow name → the worker that first defined it.
+    #[serde(default)]
+    pub workflows: BTreeMap<String, String>,
 }
 
 impl Owners {
@@ -110,6 +116,26 @@ impl Owners {
                 }
             }
         }
+        let workflows = worker.bindings.iter().filter_map(|b| b.as_any().downcast_ref::<WorkflowBinding>());
+        for binding in workflows {
+            let defines = binding.script == worker.name;
+            match self.workflows.get(&binding.workflow) {
+                None if defines => {
+                    self.workflows.insert(binding.workflow.clone(), worker.name.clone());
+                }
+                Some(owner) if *owner == worker.name => {}
+                Some(owner) if !defines && *owner == binding.script && granted(|g| &g.workflows, &binding.workflow) => {
+                }
+                None if granted(|g| &g.workflows, &binding.workflow) => {}
+                owner => {
+                    return Err(OwnershipError::Workflow {
+                        worker: worker.name.clone(),
+                        workflow: binding.workflow.clone(),
+                        owner: owner.cloned().unwrap_or_else(|| binding.script.clone()),
+                    })
+                }
+            }
+        }
         let services = worker.bindings.iter().filter_map(|b| b.as_any().downcast_ref::<ServiceBinding>());
         for binding in services.filter(|b| b.service != worker.name) {
             if !granted(|g| &g.services, &binding.service) {
@@ -136,6 +162,8 @@ pub enum OwnershipError {
     Service { worker: String, binding: String, service: String },
     #[error("worker {worker:?}: the queue {queue:?} belongs to worker {owner:?}; node.toml can grant access with [[grants]] worker = {worker:?}, queues = [{queue:?}]")]
     Queue { worker: String, queue: String, owner: String },
+    #[error("worker {worker:?}: the workflow {workflow:?} belongs to worker {owner:?}; node.toml can grant the use of it (not its definition) with [[grants]] worker = {worker:?}, workflows = [{workflow:?}]")]
+    Workflow { worker: String, workflow: String, owner: String },
     #[error("{} is corrupt: {source}", path.display())]
     Corrupt { path: PathBuf, source: serde_json::Error },
     #[error("cannot read {}: {source}", path.display())]

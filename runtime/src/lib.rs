@@ -38,6 +38,7 @@ pub use ext::bindings::durable_objects::{
 pub use ext::bindings::kv::KvNamespaceBinding;
 pub use ext::bindings::queues::{QueueProducerBinding, MAX_DELAY_SECONDS as QUEUE_MAX_DELAY_SECONDS};
 pub use ext::bindings::services::{ServiceBinding, ServiceRouter};
+pub use ext::bindings::workflows::WorkflowBinding;
 pub use ext::bindings::{Binding, BindingError, BindingServices, Bindings};
 pub use ext::console::SharedLogBudget;
 pub use ext::events::{

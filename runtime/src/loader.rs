@@ -17,15 +17,30 @@ use deno_error::JsErrorBox;
 
 use crate::ext::wasm::WasmSources;
 
-/// The one built-in module workers may import: the base classes of
+/// The built-in modules workers may import: the base classes of
 /// Cloudflare's runtime API (`DurableObject`, `WorkerEntrypoint`,
-/// `RpcTarget`), which the bootstrap leaves under a symbol.
+/// `RpcTarget`, `WorkflowEntrypoint`), and `cloudflare:workflows`'
+/// `NonRetryableError`, which the bootstrap leaves under a symbol.
 const CLOUDFLARE_WORKERS: &str = "cloudflare:workers";
 const CLOUDFLARE_WORKERS_SOURCE: &str = r#"const api = globalThis[Symbol.for("outpost.cloudflareWorkers")];
 export const DurableObject = api.DurableObject;
 export const WorkerEntrypoint = api.WorkerEntrypoint;
 export const RpcTarget = api.RpcTarget;
+export const WorkflowEntrypoint = api.WorkflowEntrypoint;
 "#;
+const CLOUDFLARE_WORKFLOWS: &str = "cloudflare:workflows";
+const CLOUDFLARE_WORKFLOWS_SOURCE: &str = r#"const api = globalThis[Symbol.for("outpost.cloudflareWorkers")];
+export const NonRetryableError = api.NonRetryableError;
+"#;
+
+/// The source of a built-in module, if `specifier` names one.
+fn builtin_source(specifier: &str) -> Option<&'static str> {
+    match specifier {
+        CLOUDFLARE_WORKERS => Some(CLOUDFLARE_WORKERS_SOURCE),
+        CLOUDFLARE_WORKFLOWS => Some(CLOUDFLARE_WORKFLOWS_SOURCE),
+        _ => None,
+    }
+}
 
 /// How a file of the bundle becomes a module, chosen by its extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,10 +221,10 @@ impl ModuleLoader for BundleLoader {
         referrer: Option<&ModuleLoadReferrer>,
         _options: ModuleLoadOptions,
     ) -> ModuleLoadResponse {
-        if specifier.as_str() == CLOUDFLARE_WORKERS {
+        if let Some(source) = builtin_source(specifier.as_str()) {
             return ModuleLoadResponse::Sync(Ok(ModuleSource::new(
                 ModuleType::JavaScript,
-                ModuleSourceCode::String(CLOUDFLARE_WORKERS_SOURCE.to_string().into()),
+                ModuleSourceCode::String(source.to_string().into()),
                 specifier,
                 None,
             )));
@@ -219,11 +234,12 @@ impl ModuleLoader for BundleLoader {
 }
 
 /// Where an import leads: a file of the bundle (relative specifiers, and
-/// the main module's own URL) or `cloudflare:workers`; anything else is
-/// refused with a message that names the specifier. Pure.
+/// the main module's own URL) or a built-in (`cloudflare:workers`,
+/// `cloudflare:workflows`); anything else is refused with a message that
+/// names the specifier. Pure.
 pub fn resolve_specifier(specifier: &str, referrer: &str) -> Result<ModuleSpecifier, JsErrorBox> {
-    if specifier == CLOUDFLARE_WORKERS {
-        return Ok(ModuleSpecifier::parse(CLOUDFLARE_WORKERS).expect("a valid URL"));
+    if builtin_source(specifier).is_some() {
+        return Ok(ModuleSpecifier::parse(specifier).expect("a valid URL"));
     }
     let relative = specifier.starts_with("./") || specifier.starts_with("../") || specifier.starts_with('/');
     let url = if relative {
@@ -295,6 +311,7 @@ mod tests {
         assert!(resolve("https://example.com/x.js").is_err());
         assert!(resolve("node:fs").is_err());
         assert!(resolve("cloudflare:workers").is_ok());
+        assert!(resolve("cloudflare:workflows").is_ok());
         assert!(resolve("cloudflare:sockets").is_err());
         assert!(resolve("lodash").is_err());
         assert!(resolve("file:///etc/passwd").is_err());

@@ -85,10 +85,19 @@ pub struct Payload {
     pub json: Option<String>,
 }
 
-impl Payload {
-    pub fn json(text: String) -> Self {
-        Payload { encoding: Encoding::Json, bytes: text.clone().into_bytes(), json: Some(text) }
+/// The longest JSON rendering kept for people, in bytes.
+pub const MAX_PREVIEW_BYTES: usize = 8192;
+
+/// `text` cut to [`MAX_PREVIEW_BYTES`] (marked with `…` where cut).
+pub fn preview(text: &str) -> String {
+    if text.len() <= MAX_PREVIEW_BYTES {
+        return text.to_string();
     }
+    let mut end = MAX_PREVIEW_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
 }
 
 /// One instance, as stored (`i/<id>`) and loaded at start.
@@ -131,6 +140,16 @@ pub enum StepKind {
     Do,
     Sleep,
     WaitForEvent,
+}
+
+impl StepKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepKind::Do => "do",
+            StepKind::Sleep => "sleep",
+            StepKind::WaitForEvent => "waitForEvent",
+        }
+    }
 }
 
 /// One attempt of a `step.do`.

@@ -57,17 +57,16 @@ impl Default for StepConfig {
 
 /// A step's config as JavaScript passes it (`step.do(name, config, cb)`).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct StepConfigInput {
     pub retries: Option<RetriesInput>,
     pub timeout: Option<DurationInput>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RetriesInput {
-    /// A count, or `null` for `Infinity` (JSON has no infinity).
+    /// A count, or `Infinity`.
     pub limit: Option<f64>,
+    /// `Infinity` where the input cannot say it (JSON).
     #[serde(default)]
     pub infinite: bool,
     pub delay: Option<DurationInput>,
@@ -91,7 +90,7 @@ impl StepConfigInput {
     pub fn resolve(&self) -> Result<StepConfig, ConfigError> {
         let mut config = StepConfig::default();
         if let Some(retries) = &self.retries {
-            if retries.infinite {
+            if retries.infinite || retries.limit == Some(f64::INFINITY) {
                 config.limit = None;
             } else if let Some(limit) = retries.limit {
                 if !(limit >= 0.0 && limit.fract() == 0.0 && limit <= f64::from(u32::MAX)) {
@@ -225,7 +224,8 @@ mod tests {
             let input: StepConfigInput = serde_json::from_value(bad.clone()).unwrap();
             assert!(input.resolve().is_err(), "{bad}");
         }
-        assert!(serde_json::from_value::<StepConfigInput>(serde_json::json!({ "retries": { "backoff": "random" } })).is_err());
+        assert!(serde_json::from_value::<StepConfigInput>(serde_json::json!({ "retries": { "backoff": "random" } }))
+            .is_err());
     }
 
     #[test]

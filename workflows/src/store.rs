@@ -15,7 +15,9 @@
 //! instance's writes of a decision in one transaction.
 
 use bytes::Bytes;
-use outpost_kv::objects::{ObjectError, ObjectKey, ObjectListOptions, ObjectStorage, ObjectWrite, MAX_OBJECT_VALUE_BYTES};
+use outpost_kv::objects::{
+    ObjectError, ObjectKey, ObjectListOptions, ObjectStorage, ObjectWrite, MAX_OBJECT_VALUE_BYTES,
+};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -75,7 +77,12 @@ fn blob_writes(prefix: &str, bytes: &[u8], writes: &mut Vec<ObjectWrite>) -> u32
     n
 }
 
-async fn read_blob(storage: &dyn ObjectStorage, object: &ObjectKey, prefix: &str, chunks: u32) -> Result<Vec<u8>, StoreError> {
+async fn read_blob(
+    storage: &dyn ObjectStorage,
+    object: &ObjectKey,
+    prefix: &str,
+    chunks: u32,
+) -> Result<Vec<u8>, StoreError> {
     let keys: Vec<Vec<u8>> = (0..chunks).map(|n| chunk_key(prefix, n)).collect();
     let mut bytes = Vec::new();
     for (n, chunk) in storage.object_get(object, &keys).await?.into_iter().enumerate() {
@@ -93,7 +100,11 @@ pub async fn load_instances(storage: &dyn ObjectStorage, workflow: &str) -> Resu
 }
 
 /// One instance record.
-pub async fn read_record(storage: &dyn ObjectStorage, workflow: &str, id: &str) -> Result<Option<InstanceRecord>, StoreError> {
+pub async fn read_record(
+    storage: &dyn ObjectStorage,
+    workflow: &str,
+    id: &str,
+) -> Result<Option<InstanceRecord>, StoreError> {
     let found = storage.object_get(&workflow_object(workflow), &[record_key(id)]).await?;
     found.into_iter().next().flatten().map(|bytes| parse("instance record", &bytes)).transpose()
 }
@@ -107,7 +118,11 @@ pub fn params_writes(id: &str, bytes: &[u8], writes: &mut Vec<ObjectWrite>) -> u
     blob_writes(&format!("p/{id}"), bytes, writes)
 }
 
-pub async fn read_params(storage: &dyn ObjectStorage, workflow: &str, record: &InstanceRecord) -> Result<Vec<u8>, StoreError> {
+pub async fn read_params(
+    storage: &dyn ObjectStorage,
+    workflow: &str,
+    record: &InstanceRecord,
+) -> Result<Vec<u8>, StoreError> {
     read_blob(storage, &workflow_object(workflow), &format!("p/{}", record.id), record.params_chunks).await
 }
 
@@ -115,7 +130,11 @@ pub fn output_writes(id: &str, bytes: &[u8], writes: &mut Vec<ObjectWrite>) -> u
     blob_writes(&format!("o/{id}"), bytes, writes)
 }
 
-pub async fn read_output(storage: &dyn ObjectStorage, workflow: &str, record: &InstanceRecord) -> Result<Vec<u8>, StoreError> {
+pub async fn read_output(
+    storage: &dyn ObjectStorage,
+    workflow: &str,
+    record: &InstanceRecord,
+) -> Result<Vec<u8>, StoreError> {
     read_blob(storage, &workflow_object(workflow), &format!("o/{}", record.id), record.output_chunks).await
 }
 
@@ -178,7 +197,11 @@ pub fn event_writes(id: &str, header: &mut EventHeader, payload: &[u8], writes: 
 }
 
 /// The events waiting for an instance, oldest first.
-pub async fn pending_events(storage: &dyn ObjectStorage, workflow: &str, id: &str) -> Result<Vec<EventHeader>, StoreError> {
+pub async fn pending_events(
+    storage: &dyn ObjectStorage,
+    workflow: &str,
+    id: &str,
+) -> Result<Vec<EventHeader>, StoreError> {
     let options = ObjectListOptions { prefix: Some(format!("e/{id}/").into_bytes()), ..Default::default() };
     let entries = storage.object_list(&workflow_object(workflow), options).await?;
     entries.iter().map(|(_, value)| parse("event", value)).collect()

@@ -16,3 +16,4 @@ mod scheduled;
 mod services;
 mod streaming;
 mod support;
+mod workflows;

@@ -1,6 +1,6 @@
 //! Sending events to a worker's isolates and waiting for their outcome:
-//! requests, service and object calls, alarms, scheduled runs and queue
-//! batches; and [`PoolRouter`], through which isolates reach each other.
+//! requests, service and object calls, alarms, scheduled runs, queue
+//! batches and workflow runs; and [`PoolRouter`], through which isolates reach each other.
 
 use std::sync::Weak;
 use std::time::Instant;
@@ -9,6 +9,7 @@ use outpost_runtime::{
     Body, DispatchError, HttpRequest, ObjectAddress, ObjectRouter, QueueBatch, QueueOutcome, RouteFuture, RpcCall,
     RpcOutcome, ScheduledOutcome, ScheduledRun, ServiceRouter, WorkerEvent,
 };
+use outpost_workflows::{RunEnd, WorkflowRun};
 use tracing::Instrument as _;
 
 use super::{Inner, Pool};
@@ -120,6 +121,19 @@ impl Pool {
             dispatch(&placed, |respond| WorkerEvent::Queue { batch, respond }, false).await
         }
         .instrument(tracing::debug_span!("pool.dispatch", worker, event = "queue", size))
+        .await
+    }
+
+    /// Runs one pass of a workflow instance's `run()` on `worker` (the
+    /// worker exporting the workflow's class). Like a queue batch, a pass
+    /// is bound by CPU, not by the wall-clock limit; the engine bounds it.
+    pub async fn run_workflow(&self, worker: &str, run: WorkflowRun) -> Result<RunEnd, FetchError> {
+        let span = tracing::debug_span!("pool.dispatch", worker, event = "workflow", instance = %run.instance_id);
+        async {
+            let placed = self.place(worker)?;
+            dispatch(&placed, |respond| WorkerEvent::Workflow { run, respond }, false).await
+        }
+        .instrument(span)
         .await
     }
 

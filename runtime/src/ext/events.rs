@@ -18,13 +18,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use outpost_kv::queues::QueueMessage;
+use outpost_workflows::{ErrorInfo, Payload, RunEnd, WorkflowRun};
 
 use super::bindings::durable_objects::ids::id_to_hex;
 use super::http::{header_list, incoming_body, Body, DispatchError, HttpRequest};
 
-/// What an isolate is asked to do. Kinds to come (cron's `scheduled`,
-/// `queue` batches, workflow steps) are further variants, each with its own
-/// outcome type and its own entry in the bootstrap's event registry.
+/// What an isolate is asked to do. Each kind has its own outcome type and
+/// its own entry in the bootstrap's event registry.
 pub enum WorkerEvent {
     /// An HTTP request for the worker's `fetch` handler: its default
     /// export's, or with `entrypoint` (a service binding's), the `fetch` of
@@ -43,6 +43,9 @@ pub enum WorkerEvent {
     Scheduled { run: ScheduledRun, respond: Responder<ScheduledOutcome> },
     /// A batch of a queue the worker consumes: its `queue` handler runs.
     Queue { batch: QueueBatch, respond: Responder<QueueOutcome> },
+    /// One pass of a workflow instance's `run()`, its steps answered by the
+    /// run's journal.
+    Workflow { run: WorkflowRun, respond: Responder<RunEnd> },
 }
 
 /// A batch of messages for a queue consumer.
@@ -158,6 +161,7 @@ enum Pending {
     Done(Responder<()>),
     Scheduled(Responder<ScheduledOutcome>),
     Queue(Responder<QueueOutcome>),
+    Workflow(Responder<RunEnd>),
 }
 
 /// An event the worker has not answered yet, as a resource its JS holds.
@@ -191,6 +195,7 @@ impl EventInFlight {
             Some(Pending::Done(respond)) => drop(respond.send(Err(reason))),
             Some(Pending::Scheduled(respond)) => drop(respond.send(Err(reason))),
             Some(Pending::Queue(respond)) => drop(respond.send(Err(reason))),
+            Some(Pending::Workflow(respond)) => drop(respond.send(Err(reason))),
             None => {}
         }
     }
@@ -289,6 +294,18 @@ pub enum NextEvent {
         request_id: String,
         queue: String,
         messages: Vec<NextMessage>,
+    },
+    #[serde(rename_all = "camelCase")]
+    Workflow {
+        rid: ResourceId,
+        request_id: String,
+        /// The run's journal (a resource the `step` object's ops use).
+        journal: ResourceId,
+        workflow: String,
+        class_name: String,
+        instance_id: String,
+        params: super::bindings::workflows::OutgoingValue,
+        timestamp: f64,
     },
     #[serde(rename_all = "camelCase")]
     Alarm {
@@ -429,6 +446,19 @@ pub async fn op_outpost_next_event(state: Rc<RefCell<OpState>>) -> Option<NextEv
             queue: batch.queue,
             messages: batch.messages.into_iter().map(NextMessage::from).collect(),
         },
+        WorkerEvent::Workflow { run, respond } => {
+            let WorkflowRun { workflow, class_name, instance_id, params, created_ms, request_id, journal } = run;
+            NextEvent::Workflow {
+                rid: in_flight(state, &request_id, Pending::Workflow(respond)),
+                journal: state.resource_table.add(super::bindings::workflows::JournalResource(journal)),
+                request_id,
+                workflow,
+                class_name,
+                instance_id,
+                params: params.into(),
+                timestamp: created_ms as f64,
+            }
+        }
         WorkerEvent::Alarm { object, retry_count, request_id, respond } => NextEvent::Alarm {
             rid: in_flight(state, &request_id, Pending::Done(respond)),
             request_id,
@@ -537,4 +567,34 @@ pub fn op_outpost_queue_done(
         other => Err(other),
     };
     event.settle(pick, outcome, "this event is not a queue batch")
+}
+
+/// How a pass of a workflow's `run()` ended, as JS reports it: `output`
+/// (complete), `error` (errored) or neither (halted). Not a tagged enum:
+/// serde would buffer its content, which a `JsBuffer` cannot come from.
+#[derive(Deserialize)]
+pub struct PassEnd {
+    output: Option<super::bindings::workflows::IncomingValue>,
+    error: Option<ErrorInfo>,
+}
+
+/// A pass of a workflow's `run()` ended; its journal (`journal`) closes.
+#[op2]
+pub fn op_outpost_workflow_done(
+    state: &mut OpState,
+    #[smi] rid: ResourceId,
+    #[smi] journal: ResourceId,
+    #[serde] end: PassEnd,
+) -> Result<(), JsErrorBox> {
+    let _ = state.resource_table.take::<super::bindings::workflows::JournalResource>(journal);
+    let end = match (end.output, end.error) {
+        (Some(output), _) => RunEnd::Complete(Payload::from(output)),
+        (None, Some(error)) => RunEnd::Errored(ErrorInfo::new(error.name, error.message)),
+        (None, None) => RunEnd::Halted,
+    };
+    let pick = |pending| match pending {
+        Pending::Workflow(respond) => Ok(respond),
+        other => Err(other),
+    };
+    take_event(state, rid)?.settle(pick, end, "this event is not a workflow run")
 }

@@ -43,6 +43,7 @@ deno_core::extension!(
         events::op_outpost_rpc_return,
         events::op_outpost_scheduled_done,
         events::op_outpost_queue_done,
+        events::op_outpost_workflow_done,
         http::op_outpost_respond,
         http::op_outpost_respond_stream,
         http::op_outpost_body_write,

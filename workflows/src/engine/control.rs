@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::{now_ms, Engine, Instance, Live, Workflow};
 use crate::lifecycle::{self, Control, RefusedControl};
-use crate::model::{Encoding, InstanceRecord, Payload, Status, StatusView, StepRecord};
+use crate::model::{preview, Encoding, InstanceRecord, Payload, Status, StatusView, StepRecord};
 use crate::policy::{check_id, new_id, IdError, MAX_BATCH, MAX_VALUE_BYTES};
 use crate::store::{self, EventHeader, StoreError};
 
@@ -139,7 +139,7 @@ impl Engine {
                 error: None,
                 params_encoding: new.params.encoding,
                 params_chunks,
-                params_json: new.params.json,
+                params_json: new.params.json.as_deref().map(preview),
                 output_chunks: 0,
                 output_encoding: None,
                 output_json: None,
@@ -254,7 +254,13 @@ impl Engine {
 
     /// `sendEvent({ type, payload })`: kept for the instance's
     /// `waitForEvent` of that type (now or later); wakes it if it waits.
-    pub async fn send_event(&self, workflow: &str, id: &str, event_type: &str, payload: Payload) -> Result<(), ControlError> {
+    pub async fn send_event(
+        &self,
+        workflow: &str,
+        id: &str,
+        event_type: &str,
+        payload: Payload,
+    ) -> Result<(), ControlError> {
         check_event_type(event_type)?;
         check_size("the event's payload", &payload)?;
         let (workflow, instance) = self.instance(workflow, id).await?;
@@ -268,7 +274,7 @@ impl Engine {
             timestamp_ms: now_ms(),
             encoding: payload.encoding,
             chunks: 0,
-            json: payload.json,
+            json: payload.json.as_deref().map(preview),
         };
         live.record.events_sent += 1;
         let mut writes = Vec::new();
@@ -336,5 +342,6 @@ impl Engine {
 /// Parameters given as JSON text (the command line's `trigger`).
 pub fn json_params(text: &str) -> Result<Payload, serde_json::Error> {
     let value: serde_json::Value = serde_json::from_str(text)?;
-    Ok(Payload { encoding: Encoding::Json, bytes: value.to_string().into_bytes(), json: Some(value.to_string()) })
+    let text = value.to_string();
+    Ok(Payload { encoding: Encoding::Json, json: Some(crate::model::preview(&text)), bytes: text.into_bytes() })
 }

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::{now_ms, Inner, Instance, Live, Workflow};
-use crate::model::{Attempt, ErrorInfo, Payload, StepKind, StepRecord, StepState, Status};
+use crate::model::{preview, Attempt, ErrorInfo, Payload, Status, StepKind, StepRecord, StepState};
 use crate::policy::{after_failure, AfterFailure, StepConfig, MAX_SLEEP_MS, MAX_STEP_NAME_CHARS, MAX_VALUE_BYTES};
 use crate::store::{self, StoreError};
 
@@ -36,8 +36,9 @@ pub enum DoAnswer {
     Done(Payload),
     /// The step failed for good: throw this.
     Failed(ErrorInfo),
-    /// Run the callback: attempt `attempt` of step `key`.
-    Run { key: String, attempt: u32 },
+    /// Run the callback: attempt `attempt` of step `key`, for at most
+    /// `timeout_ms`.
+    Run { key: String, attempt: u32, timeout_ms: u64 },
     /// Stop: the run is halting.
     Halt,
 }
@@ -193,19 +194,27 @@ impl RunJournal {
         self.inner.halt.lock().unwrap().halting
     }
 
-    /// The key of the next occurrence of `name` in this run.
-    fn next_key(&self, name: &str) -> Result<(u32, String), JournalError> {
+    /// The key of the next occurrence of `name` as a step of `kind` in this
+    /// run (each kind counts its names apart, as Cloudflare's engine does).
+    fn next_key(&self, kind: StepKind, name: &str) -> Result<(u32, String), JournalError> {
         let chars = name.chars().count();
         if chars == 0 || chars > MAX_STEP_NAME_CHARS {
             return Err(JournalError::InvalidName(chars));
         }
         let mut occurrences = self.inner.occurrences.lock().unwrap();
-        let occurrence = occurrences.entry(name.to_string()).or_default();
+        let counted = format!("{}:{name}", kind.as_str());
+        let occurrence = occurrences.entry(counted.clone()).or_default();
         *occurrence += 1;
-        Ok((*occurrence, store::step_key(name, *occurrence)))
+        Ok((*occurrence, store::step_key(&counted, *occurrence)))
     }
 
-    async fn read_step(&self, key: &str, name: &str, occurrence: u32, kind: StepKind) -> Result<Option<StepRecord>, JournalError> {
+    async fn read_step(
+        &self,
+        key: &str,
+        name: &str,
+        occurrence: u32,
+        kind: StepKind,
+    ) -> Result<Option<StepRecord>, JournalError> {
         let step = store::read_step(self.storage(), self.workflow(), self.id(), key).await?;
         match step {
             Some(step) if step.kind != kind => {
@@ -223,7 +232,7 @@ impl RunJournal {
 impl RunJournal {
     /// `step.do(name, config, callback)` begins.
     pub async fn begin_do(&self, name: &str, config: StepConfig) -> Result<DoAnswer, JournalError> {
-        let (occurrence, key) = self.next_key(name)?;
+        let (occurrence, key) = self.next_key(StepKind::Do, name)?;
         let mut live = self.inner.instance.live.lock().await;
         let standing = self.standing(&live);
         if let Standing::Stale = standing {
@@ -233,7 +242,8 @@ impl RunJournal {
         let now = now_ms();
         let attempt = match step.map(|step| (step.attempts.len(), step.state)) {
             Some((_, StepState::Done { value_chunks, encoding, json, .. })) => {
-                let bytes = store::read_step_value(self.storage(), self.workflow(), self.id(), &key, value_chunks).await?;
+                let bytes =
+                    store::read_step_value(self.storage(), self.workflow(), self.id(), &key, value_chunks).await?;
                 return Ok(DoAnswer::Done(Payload { encoding, bytes, json }));
             }
             Some((_, StepState::Failed { error })) => return Ok(DoAnswer::Failed(error)),
@@ -267,7 +277,7 @@ impl RunJournal {
         };
         let open = OpenAttempt { name: name.to_string(), occurrence, attempt, start_ms: now, config };
         self.inner.open.lock().unwrap().insert(key.clone(), open);
-        Ok(DoAnswer::Run { key, attempt })
+        Ok(DoAnswer::Run { key, attempt, timeout_ms: config.timeout_ms })
     }
 
     /// An attempt of step `key` ended with `outcome`: the result is stored
@@ -311,7 +321,7 @@ impl RunJournal {
                 let state = StepState::Done {
                     value_chunks,
                     encoding: value.encoding,
-                    json: value.json.clone(),
+                    json: value.json.as_deref().map(preview),
                     end_ms: now,
                     event: None,
                 };
@@ -326,7 +336,7 @@ impl RunJournal {
                         let attempt = open.attempt + 1;
                         let again = OpenAttempt { start_ms: now, attempt, ..open.clone_for_retry() };
                         self.inner.open.lock().unwrap().insert(key.to_string(), again);
-                        DoAnswer::Run { key: key.to_string(), attempt }
+                        DoAnswer::Run { key: key.to_string(), attempt, timeout_ms: open.config.timeout_ms }
                     } else {
                         self.halt(Some(at), false, None, matches!(standing, Standing::Pausing));
                         DoAnswer::Halt
@@ -352,7 +362,7 @@ impl RunJournal {
 
     /// `step.sleep` / `step.sleepUntil`.
     pub async fn sleep(&self, name: &str, until: SleepUntil) -> Result<SleepAnswer, JournalError> {
-        let (occurrence, key) = self.next_key(name)?;
+        let (occurrence, key) = self.next_key(StepKind::Sleep, name)?;
         let live = self.inner.instance.live.lock().await;
         let standing = self.standing(&live);
         if let Standing::Stale = standing {
@@ -396,8 +406,13 @@ impl RunJournal {
     }
 
     /// `step.waitForEvent(name, { type, timeout })`.
-    pub async fn wait_for_event(&self, name: &str, event_type: &str, timeout_ms: u64) -> Result<EventAnswer, JournalError> {
-        let (occurrence, key) = self.next_key(name)?;
+    pub async fn wait_for_event(
+        &self,
+        name: &str,
+        event_type: &str,
+        timeout_ms: u64,
+    ) -> Result<EventAnswer, JournalError> {
+        let (occurrence, key) = self.next_key(StepKind::WaitForEvent, name)?;
         let live = self.inner.instance.live.lock().await;
         let standing = self.standing(&live);
         if let Standing::Stale = standing {
@@ -407,7 +422,8 @@ impl RunJournal {
         let step = self.read_step(&key, name, occurrence, StepKind::WaitForEvent).await?;
         let (started_ms, deadline_ms) = match step {
             Some(StepRecord { state: StepState::Done { value_chunks, encoding, json, event, .. }, .. }) => {
-                let bytes = store::read_step_value(self.storage(), self.workflow(), self.id(), &key, value_chunks).await?;
+                let bytes =
+                    store::read_step_value(self.storage(), self.workflow(), self.id(), &key, value_chunks).await?;
                 let (event_type, timestamp_ms) = event.unwrap_or_default();
                 return Ok(EventAnswer::Event { payload: Payload { encoding, bytes, json }, event_type, timestamp_ms });
             }
@@ -447,7 +463,12 @@ impl RunJournal {
                 timestamp_ms: event.timestamp_ms,
             }
         } else if deadline_ms <= now {
-            store::step_write(self.id(), &key, &record(StepState::TimedOut { event_type: event_type.to_string() }), &mut writes);
+            store::step_write(
+                self.id(),
+                &key,
+                &record(StepState::TimedOut { event_type: event_type.to_string() }),
+                &mut writes,
+            );
             EventAnswer::TimedOut
         } else {
             if step.is_none() {

@@ -28,7 +28,7 @@ pub use journal::{DoAnswer, EventAnswer, JournalError, RunJournal, SleepAnswer, 
 
 use crate::agenda::Agenda;
 use crate::lifecycle::{self, Stopped};
-use crate::model::{ErrorInfo, InstanceRecord, Payload, Status};
+use crate::model::{preview, ErrorInfo, InstanceRecord, Payload, Status};
 use crate::policy::RETENTION_MS;
 use crate::store::{self, StoreError};
 
@@ -152,7 +152,8 @@ impl Engine {
     /// wait until some worker defines it again).
     pub fn define(&self, worker: &str, definitions: Vec<Definition>) {
         let names: Vec<String> = definitions.iter().map(|d| d.name.clone()).collect();
-        let before = self.inner.defined_by.lock().unwrap().insert(worker.to_string(), names.clone()).unwrap_or_default();
+        let before =
+            self.inner.defined_by.lock().unwrap().insert(worker.to_string(), names.clone()).unwrap_or_default();
         for name in before.iter().filter(|name| !names.contains(name)) {
             if let Some(workflow) = self.inner.workflows.lock().unwrap().get(name) {
                 *workflow.definition.lock().unwrap() = None;
@@ -309,7 +310,9 @@ impl Inner {
                     Ok(()) => {
                         workflow.instances.lock().unwrap().remove(&id);
                     }
-                    Err(err) => tracing::warn!(workflow = %workflow.name, instance = %id, "cannot delete an expired instance: {err}"),
+                    Err(err) => {
+                        tracing::warn!(workflow = %workflow.name, instance = %id, "cannot delete an expired instance: {err}")
+                    }
                 }
             }
         }
@@ -397,7 +400,7 @@ impl Inner {
                 record.ended_ms = Some(now);
                 record.output_chunks = store::output_writes(id, &output.bytes, &mut writes);
                 record.output_encoding = Some(output.encoding);
-                record.output_json = output.json;
+                record.output_json = output.json.as_deref().map(preview);
                 record.failed_runs = 0;
                 tracing::info!("instance complete");
             }
@@ -438,7 +441,8 @@ impl Inner {
                     tracing::warn!("instance errored after {} runs without an answer: {reason}", record.failed_runs);
                     record.status = Status::Errored;
                     record.ended_ms = Some(now);
-                    record.error = Some(ErrorInfo::new("Error", format!("the run failed {} times: {reason}", record.failed_runs)));
+                    record.error =
+                        Some(ErrorInfo::new("Error", format!("the run failed {} times: {reason}", record.failed_runs)));
                 } else {
                     let delay = 1000u64 << record.failed_runs.min(10);
                     tracing::warn!("the run got no answer ({reason}); trying again in {delay} ms");

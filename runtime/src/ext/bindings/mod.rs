@@ -18,6 +18,7 @@ pub mod durable_objects;
 pub mod kv;
 pub mod queues;
 pub mod services;
+pub mod workflows;
 
 use std::sync::Arc;
 
@@ -31,6 +32,7 @@ pub(crate) fn extensions() -> Vec<Extension> {
         durable_objects::outpost_binding_durable_objects::init(),
         services::outpost_binding_services::init(),
         queues::outpost_binding_queues::init(),
+        workflows::outpost_binding_workflows::init(),
     ]
 }
 
