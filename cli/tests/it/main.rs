@@ -16,4 +16,5 @@ mod scheduled;
 mod services;
 mod streaming;
 mod support;
+mod workflow_crash;
 mod workflows;

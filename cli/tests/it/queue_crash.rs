@@ -12,12 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
 use outpost_kv::objects::ObjectStorage;
 
-use crate::support::{self, Dev};
+use crate::support::{self, try_get, Dev, XorShift};
 
 const STORM: &str = r#"
 export default {
@@ -67,29 +64,6 @@ max_concurrency = 4
 const KILLS: usize = 10;
 const PRODUCERS: u64 = 4;
 const BATCH: u64 = 10;
-
-/// A GET that may fail (the process is killed under it).
-async fn try_get(addr: SocketAddr, path: &str) -> Option<(u16, Bytes)> {
-    let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
-    tokio::spawn(connection);
-    let request = http::Request::get(path).header("host", addr.to_string()).body(Empty::<Bytes>::new()).ok()?;
-    let response = sender.send_request(request).await.ok()?;
-    let status = response.status().as_u16();
-    Some((status, response.into_body().collect().await.ok()?.to_bytes()))
-}
-
-/// A small deterministic generator (the seed is printed to replay a run).
-struct XorShift(u64);
-
-impl XorShift {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
 
 /// Every delivered body, with how many times it was delivered.
 async fn delivered(addr: SocketAddr) -> BTreeMap<u64, u32> {

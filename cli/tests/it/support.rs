@@ -310,3 +310,28 @@ impl Drop for Node {
         }
     }
 }
+
+/// A GET that may fail (the process is killed under it).
+pub async fn try_get(addr: SocketAddr, path: &str) -> Option<(u16, Bytes)> {
+    let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
+    tokio::spawn(connection);
+    let request =
+        http::Request::get(path).header("host", addr.to_string()).body(http_body_util::Empty::<Bytes>::new()).ok()?;
+    let response = sender.send_request(request).await.ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.into_body().collect().await.ok()?.to_bytes()))
+}
+
+/// A small deterministic generator (the seed is printed to replay a run).
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
