@@ -83,6 +83,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         None
     };
     runtime.block_on(async move {
+        node.spawn_control()?;
         let address = SocketAddr::from((Ipv4Addr::LOCALHOST, args.port));
         let listeners = match tls {
             Some((certificates, certificate)) => {

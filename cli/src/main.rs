@@ -7,6 +7,7 @@ mod front;
 #[cfg(test)]
 mod fuzz_tests;
 mod node;
+mod workflows;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -28,6 +29,9 @@ enum Command {
     /// Run a node: the listeners, certificates, workers and routes of a
     /// node.toml.
     Serve(node::ServeArgs),
+    /// Workflows of a running node: list them, their instances, describe
+    /// one, trigger one.
+    Workflows(workflows::WorkflowsArgs),
     /// Internal: evaluate a worker and write its V8 snapshot (run by the
     /// isolate pool in a process of its own).
     #[command(name = "snapshot-worker", hide = true)]
@@ -51,6 +55,7 @@ fn main() -> ExitCode {
             node::run(args)
         }
         // No subscriber: the parent reads this process's stderr as the error.
+        Command::Workflows(args) => workflows::run(args),
         Command::SnapshotWorker { root, main, out } => return snapshot_worker(&root, &main, &out),
     };
     match result {

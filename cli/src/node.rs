@@ -231,6 +231,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 listeners.push(bound);
             }
         }
+        node.spawn_control()?;
         let handler = Arc::new(node.routed_handler());
         let reload = Reload { path: args.config.clone(), base, node: node.clone() };
         // Listening for SIGHUP before saying the node is up: a hangup that

@@ -190,3 +190,13 @@ impl WeekdaySpec {
         self.nth.iter().any(|&(w, k)| u32::from(w) == weekday && (day - 1) / 7 + 1 == u32::from(k))
     }
 }
+
+/// `time_ms` (milliseconds since the epoch) as RFC 3339 in UTC, to the
+/// second: `2026-11-30T03:01:25Z`.
+pub fn format_utc(time_ms: i64) -> String {
+    let seconds = time_ms.div_euclid(1000);
+    let (days, of_day) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
+    let (year, month, day) = calendar::civil_from_days(days);
+    let (hour, minute, second) = (of_day / 3600, of_day % 3600 / 60, of_day % 60);
+    format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}Z")
+}

@@ -131,3 +131,10 @@ fn bad_expressions_are_named_with_the_reason() {
     assert!(Schedule::parse("* * * * * *").is_err(), "six fields are refused");
     assert!(Schedule::parse("").is_err());
 }
+
+#[test]
+fn times_format_as_rfc3339_utc() {
+    assert_eq!(crate::format_utc(0), "1970-01-01T00:00:00Z");
+    assert_eq!(crate::format_utc(1_796_007_685_999), "2026-11-30T03:01:25Z");
+    assert_eq!(crate::format_utc(951_782_400_000), "2000-02-29T00:00:00Z");
+}

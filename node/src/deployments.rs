@@ -285,6 +285,14 @@ impl Node {
         );
     }
 
+    /// Opens the control socket in the data directory and answers it on
+    /// the current tokio runtime (`outpost workflows ...` talks to it).
+    pub fn spawn_control(&self) -> Result<(), crate::control::ControlSocketError> {
+        let listener = crate::control::bind_control(&self.data_dir)?;
+        tokio::spawn(crate::control::serve_control(listener, self.workflows.clone()));
+        Ok(())
+    }
+
     /// Has every isolate close its WebSockets as going away (1001), for
     /// the start of a shutdown.
     pub fn close_websockets(&self) {

@@ -5,8 +5,9 @@
 //! changes them as a whole ([`Node::apply`]: a SIGHUP today, the admin API
 //! next, call the same method); answers the front's requests
 //! ([`NodeHandler`]: routing, and the one place where a worker's failure
-//! becomes an HTTP status); and runs the node's triggers ([`triggers`]:
-//! Cron Triggers, Durable Object alarms and queue consumers).
+//! becomes an HTTP status); runs the node's triggers ([`triggers`]:
+//! Cron Triggers, Durable Object alarms, queue consumers, workflow
+//! instances); and answers the command line on its [`control`] socket.
 //!
 //! What it does not do: read files or parse configuration (the `outpost`
 //! binary reads `outpost.toml` and `node.toml` into [`WorkerSpec`]s and a
@@ -15,6 +16,7 @@
 //!
 //! [`WorkerSpec`]: outpost_isolate_pool::WorkerSpec
 
+pub mod control;
 mod deployments;
 mod handler;
 pub mod ownership;

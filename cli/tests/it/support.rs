@@ -148,6 +148,11 @@ impl Dev {
         self.child.id() as i32
     }
 
+    /// Where the process keeps its state (`--data-dir`).
+    pub fn data_dir(&self) -> &Path {
+        self._data_dir.path()
+    }
+
     /// Waits up to `timeout` for the process to exit by itself.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;
@@ -334,4 +339,3 @@ impl XorShift {
         self.0 % n
     }
 }
-

@@ -195,7 +195,10 @@ async fn instances_survive_a_sigkill_storm_and_finished_steps_never_run_again() 
         for step in ["s1", "s2", "s3"] {
             let ran = effects[&format!("fx:i-{i}:{step}")];
             let finished_at = output[step].as_u64().unwrap();
-            assert_eq!(ran, finished_at, "i-{i}: step {step}'s callback ran {ran} times, the last attempt saw {finished_at}");
+            assert_eq!(
+                ran, finished_at,
+                "i-{i}: step {step}'s callback ran {ran} times, the last attempt saw {finished_at}"
+            );
             reruns += ran - 1;
         }
     }

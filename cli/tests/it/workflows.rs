@@ -500,3 +500,71 @@ async fn ids_batches_and_limits() {
     let reply = support::get(dev.addr, "/create-big?wf=BIG").await;
     assert!(reply.text().starts_with("RangeError") && reply.text().contains("1 MiB"), "{}", reply.text());
 }
+
+/// Runs `outpost workflows <args> --data-dir <dev's>`; its stdout, or its stderr if it fails.
+fn outpost_workflows(dev: &Dev, args: &[&str]) -> Result<String, String> {
+    let output = std::process::Command::new(support::outpost_binary())
+        .arg("workflows")
+        .args(args)
+        .arg("--data-dir")
+        .arg(dev.data_dir())
+        .output()
+        .expect("the outpost binary runs");
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+#[tokio::test]
+async fn the_command_line_lists_describes_and_triggers_instances() {
+    let (_dir, dev) = start();
+    let listed = outpost_workflows(&dev, &["list"]).unwrap();
+    assert!(listed.lines().next().unwrap().starts_with("NAME"), "{listed}");
+    assert!(listed.lines().any(|l| l.starts_with("retries") && l.contains("flows") && l.contains("Retries")), "{listed}");
+
+    // Triggered from the command line with JSON parameters, it runs.
+    let params = r#"{"backoff":"constant","limit":2,"delay":10,"failTimes":1}"#;
+    let created = outpost_workflows(&dev, &["trigger", "retries", params, "--id", "cli-1"]).unwrap();
+    assert_eq!(created.trim(), "created instance cli-1 of workflow retries");
+    let done = wait_status(&dev, "RETRIES", "cli-1", "complete").await;
+    assert_eq!(done["output"]["succeededOn"], 2);
+
+    let instances = outpost_workflows(&dev, &["instances", "list", "retries"]).unwrap();
+    assert!(instances.lines().any(|l| l.starts_with("cli-1") && l.contains("complete")), "{instances}");
+    let described = outpost_workflows(&dev, &["instances", "describe", "retries", "cli-1"]).unwrap();
+    for needle in [
+        "Instance:   cli-1",
+        "Status:     complete",
+        "Params:     {\"backoff\":\"constant\"",
+        "Output:     {\"succeededOn\":2}",
+        "Steps:      1",
+        "flaky [do]",
+        "result: 2",
+        "attempt 1 at",
+        "TypeError: attempt 1 failed",
+        "attempt 2 at",
+    ] {
+        assert!(described.contains(needle), "{needle:?} missing from:\n{described}");
+    }
+    let json: Value = serde_json::from_str(&outpost_workflows(&dev, &["instances", "describe", "retries", "cli-1", "--json"]).unwrap()).unwrap();
+    assert_eq!(json["steps"][0]["attempts"].as_array().unwrap().len(), 2);
+
+    // Errors name what is wrong and change nothing.
+    let err = outpost_workflows(&dev, &["trigger", "retries", "{not json"]).unwrap_err();
+    assert!(err.contains("not JSON"), "{err}");
+    let err = outpost_workflows(&dev, &["trigger", "retries", "{}", "--id", "cli-1"]).unwrap_err();
+    assert!(err.contains("instance.already_exists"), "{err}");
+    let err = outpost_workflows(&dev, &["instances", "list", "nope"]).unwrap_err();
+    assert!(err.contains("workflow \"nope\" is not deployed"), "{err}");
+    let err = outpost_workflows(&dev, &["instances", "describe", "retries", "ghost"]).unwrap_err();
+    assert!(err.contains("instance.not_found"), "{err}");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(support::outpost_binary())
+        .args(["workflows", "list", "--data-dir"])
+        .arg(elsewhere.path())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no node is running"), "{output:?}");
+}
