@@ -152,4 +152,5 @@ fixtures! {
     cron_triggers => "cron",
     service_bindings => "services",
     queues => "queues",
+    workflows => "workflows",
 }
