@@ -140,6 +140,21 @@ export class Thrower extends WorkflowEntrypoint {
   }
 }
 
+let serialInFlight = 0;
+let serialMost = 0;
+export class Serial extends WorkflowEntrypoint {
+  async run(event, step) {
+    if (event.payload.nap) await step.sleep("nap", 2000);
+    return await step.do("work", async () => {
+      serialInFlight++;
+      serialMost = Math.max(serialMost, serialInFlight);
+      await pause(150);
+      serialInFlight--;
+      return serialMost;
+    });
+  }
+}
+
 export default {
   async fetch(request, env) {
     const url = new URL(request.url);
@@ -224,6 +239,15 @@ class_name = "Big"
 name = "thrower"
 binding = "THROWER"
 class_name = "Thrower"
+[[workflows]]
+name = "serial"
+binding = "SERIAL"
+class_name = "Serial"
+max_concurrency = 1
+[[workflows]]
+name = "ghost"
+binding = "GHOST"
+class_name = "Ghost"
 "#;
 
 pub fn start() -> (tempfile::TempDir, Dev) {
@@ -522,7 +546,10 @@ async fn the_command_line_lists_describes_and_triggers_instances() {
     let (_dir, dev) = start();
     let listed = outpost_workflows(&dev, &["list"]).unwrap();
     assert!(listed.lines().next().unwrap().starts_with("NAME"), "{listed}");
-    assert!(listed.lines().any(|l| l.starts_with("retries") && l.contains("flows") && l.contains("Retries")), "{listed}");
+    assert!(
+        listed.lines().any(|l| l.starts_with("retries") && l.contains("flows") && l.contains("Retries")),
+        "{listed}"
+    );
 
     // Triggered from the command line with JSON parameters, it runs.
     let params = r#"{"backoff":"constant","limit":2,"delay":10,"failTimes":1}"#;
@@ -548,7 +575,10 @@ async fn the_command_line_lists_describes_and_triggers_instances() {
     ] {
         assert!(described.contains(needle), "{needle:?} missing from:\n{described}");
     }
-    let json: Value = serde_json::from_str(&outpost_workflows(&dev, &["instances", "describe", "retries", "cli-1", "--json"]).unwrap()).unwrap();
+    let json: Value = serde_json::from_str(
+        &outpost_workflows(&dev, &["instances", "describe", "retries", "cli-1", "--json"]).unwrap(),
+    )
+    .unwrap();
     assert_eq!(json["steps"][0]["attempts"].as_array().unwrap().len(), 2);
 
     // Errors name what is wrong and change nothing.
@@ -567,4 +597,55 @@ async fn the_command_line_lists_describes_and_triggers_instances() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&output.stderr).contains("no node is running"), "{output:?}");
+}
+
+#[tokio::test]
+async fn a_workflow_runs_at_most_its_concurrency_and_sleepers_hold_no_slot() {
+    let (_dir, dev) = start();
+    // The first sleeps two seconds: meanwhile the others run, one at a time.
+    let sleeper = create(&dev, "SERIAL", None, json!({ "nap": true })).await;
+    wait_status(&dev, "SERIAL", &sleeper, "waiting").await;
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(create(&dev, "SERIAL", None, json!({})).await);
+    }
+    for id in &ids {
+        let done = wait_status(&dev, "SERIAL", id, "complete").await;
+        assert_eq!(done["output"], 1, "more than one instance ran at once: {done}");
+    }
+    assert_eq!(status(&dev, "SERIAL", &sleeper).await["status"], "waiting", "finished while asleep");
+    wait_status(&dev, "SERIAL", &sleeper, "complete").await;
+}
+
+#[tokio::test]
+async fn a_class_the_worker_does_not_export_errs_with_its_name() {
+    let (_dir, dev) = start();
+    let id = create(&dev, "GHOST", None, json!(null)).await;
+    let errored = wait_status(&dev, "GHOST", &id, "errored").await;
+    let message = errored["error"]["message"].as_str().unwrap();
+    assert!(message.contains("does not export a WorkflowEntrypoint class named Ghost"), "{errored}");
+}
+
+#[tokio::test]
+async fn two_workers_cannot_define_one_workflow() {
+    let one = worker(&[
+        ("outpost.toml", "name = \"one\"\n[[workflows]]\nname = \"w\"\nbinding = \"W\"\nclass_name = \"A\"\n"),
+        ("worker.js", "export class A { run() {} }\nexport default { fetch() { return new Response('1'); } };"),
+    ]);
+    let two = worker(&[
+        ("outpost.toml", "name = \"two\"\n[[workflows]]\nname = \"w\"\nbinding = \"W\"\nclass_name = \"A\"\n"),
+        ("worker.js", "export class A { run() {} }\nexport default { fetch() { return new Response('2'); } };"),
+    ]);
+    let output = std::process::Command::new(support::outpost_binary())
+        .arg("dev")
+        .arg(one.path())
+        .arg(two.path())
+        .args(["--port", "0", "--data-dir"])
+        .arg(tempfile::tempdir().unwrap().path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    // Whichever loads second is refused, naming the first.
+    assert!(stderr.contains("the workflow \"w\" is already defined by worker"), "{stderr}");
 }

@@ -7,6 +7,7 @@
 mod client;
 mod cpu;
 mod tenant;
+mod workflows;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
