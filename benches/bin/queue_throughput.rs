@@ -244,6 +244,7 @@ fn main() {
         },
         crons: Vec::new(),
         consumers,
+        workflows: Vec::new(),
     })
     .unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();

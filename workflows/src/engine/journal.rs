@@ -109,6 +109,10 @@ struct JournalInner {
     seq: u64,
     step_limit: u32,
     occurrences: Mutex<HashMap<String, u32>>,
+    /// The instance's step records by key, read once a run (then kept up
+    /// to date by the run's own writes, which hold the instance's lock):
+    /// a step then costs no read of the store, only its commit.
+    steps: Mutex<Option<HashMap<String, StepRecord>>>,
     halt: Mutex<HaltState>,
     open: Mutex<HashMap<String, OpenAttempt>>,
 }
@@ -146,6 +150,7 @@ impl RunJournal {
                 seq,
                 step_limit,
                 occurrences: Mutex::default(),
+                steps: Mutex::default(),
                 halt: Mutex::default(),
                 open: Mutex::default(),
             }),
@@ -202,10 +207,27 @@ impl RunJournal {
             return Err(JournalError::InvalidName(chars));
         }
         let mut occurrences = self.inner.occurrences.lock().unwrap();
-        let counted = format!("{}:{name}", kind.as_str());
-        let occurrence = occurrences.entry(counted.clone()).or_default();
+        let occurrence = occurrences.entry(format!("{}:{name}", kind.as_str())).or_default();
         *occurrence += 1;
-        Ok((*occurrence, store::step_key(&counted, *occurrence)))
+        Ok((*occurrence, key_of(kind, name, *occurrence)))
+    }
+
+    /// Remembers what the run just stored for step `key`.
+    fn remember(&self, key: &str, record: StepRecord) {
+        if let Some(steps) = self.inner.steps.lock().unwrap().as_mut() {
+            steps.insert(key.to_string(), record);
+        }
+    }
+
+    /// The instance's step `key`, from the records read at the run's first step.
+    async fn known_step(&self, key: &str) -> Result<Option<StepRecord>, JournalError> {
+        if self.inner.steps.lock().unwrap().is_none() {
+            let listed = store::list_steps(self.storage(), self.workflow(), self.id()).await?;
+            let by_key =
+                listed.into_iter().map(|step| (key_of(step.kind, &step.name, step.occurrence), step)).collect();
+            *self.inner.steps.lock().unwrap() = Some(by_key);
+        }
+        Ok(self.inner.steps.lock().unwrap().as_ref().and_then(|steps| steps.get(key).cloned()))
     }
 
     async fn read_step(
@@ -215,7 +237,7 @@ impl RunJournal {
         occurrence: u32,
         kind: StepKind,
     ) -> Result<Option<StepRecord>, JournalError> {
-        let step = store::read_step(self.storage(), self.workflow(), self.id(), key).await?;
+        let step = self.known_step(key).await?;
         match step {
             Some(step) if step.kind != kind => {
                 Err(JournalError::NotDeterministic { name: name.to_string(), occurrence, was: step.kind })
@@ -306,7 +328,7 @@ impl RunJournal {
             }),
             other => other,
         };
-        let earlier = store::read_step(self.storage(), self.workflow(), self.id(), key).await?;
+        let earlier = self.known_step(key).await?;
         let mut attempts = earlier.as_ref().map(|step| step.attempts.clone()).unwrap_or_default();
         let started_ms = earlier.as_ref().map_or(open.start_ms, |step| step.started_ms);
         attempts.push(Attempt {
@@ -356,6 +378,7 @@ impl RunJournal {
         };
         store::step_write(self.id(), key, &record, &mut writes);
         store::commit(self.storage(), self.workflow(), writes).await?;
+        self.remember(key, record);
         drop(live);
         Ok(answer)
     }
@@ -395,6 +418,7 @@ impl RunJournal {
                 let mut writes = Vec::new();
                 store::step_write(self.id(), &key, &record, &mut writes);
                 store::commit(self.storage(), self.workflow(), writes).await?;
+                self.remember(&key, record);
                 until_ms
             }
         };
@@ -443,7 +467,7 @@ impl RunJournal {
             attempts: Vec::new(),
             state,
         };
-        let mut writes = Vec::new();
+        let (mut writes, mut written) = (Vec::new(), None);
         let pending = store::pending_events(self.storage(), self.workflow(), self.id()).await?;
         let answer = if let Some(event) = pending.into_iter().find(|event| event.event_type == event_type) {
             let bytes = store::read_event_payload(self.storage(), self.workflow(), self.id(), &event).await?;
@@ -456,7 +480,7 @@ impl RunJournal {
                 end_ms: now,
                 event: Some((event.event_type.clone(), event.timestamp_ms)),
             };
-            store::step_write(self.id(), &key, &record(state), &mut writes);
+            written = Some(record(state));
             EventAnswer::Event {
                 payload: Payload { encoding: event.encoding, bytes, json: event.json },
                 event_type: event.event_type,
@@ -472,16 +496,26 @@ impl RunJournal {
             EventAnswer::TimedOut
         } else {
             if step.is_none() {
-                let state = StepState::Waiting { event_type: event_type.to_string(), deadline_ms };
-                store::step_write(self.id(), &key, &record(state), &mut writes);
+                written = Some(record(StepState::Waiting { event_type: event_type.to_string(), deadline_ms }));
             }
             self.halt(Some(deadline_ms), true, Some(event_type), matches!(standing, Standing::Pausing));
             EventAnswer::Halt
         };
+        if let Some(record) = &written {
+            store::step_write(self.id(), &key, record, &mut writes);
+        }
         store::commit(self.storage(), self.workflow(), writes).await?;
+        if let Some(record) = written {
+            self.remember(&key, record);
+        }
         drop(live);
         Ok(answer)
     }
+}
+
+/// A step's key: its kind, its name, which occurrence of both in a run.
+fn key_of(kind: StepKind, name: &str, occurrence: u32) -> String {
+    store::step_key(&format!("{}:{name}", kind.as_str()), occurrence)
 }
 
 impl OpenAttempt {
