@@ -33,7 +33,8 @@
 //! the runtime can hold either as `Arc<dyn KvStorage>` /
 //! `Arc<dyn ObjectStorage>`. [`queues`] keeps queue messages over
 //! [`ObjectStorage`](objects::ObjectStorage) (so every backend stores them);
-//! workflow state is meant to become a further API of the same kind.
+//! so does workflow state (the `outpost-workflows` crate), one object per
+//! workflow in a reserved namespace.
 //!
 //! What it does not do: know about V8 or workers (the runtime's bindings
 //! call this API, and the runtime makes object ids and runs alarms),
