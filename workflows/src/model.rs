@@ -128,6 +128,9 @@ pub struct InstanceRecord {
     /// Events sent so far (their sequence numbers).
     #[serde(default)]
     pub events_sent: u64,
+    /// Events sent and not yet taken by a `waitForEvent`.
+    #[serde(default)]
+    pub events_pending: u32,
     /// Steps (`step.do`) begun so far, for the workflow's step limit.
     #[serde(default)]
     pub steps: u32,

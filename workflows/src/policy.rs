@@ -13,6 +13,10 @@ pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
 pub const MAX_STEP_NAME_CHARS: usize = 256;
 /// The longest instance id, in characters.
 pub const MAX_ID_CHARS: usize = 64;
+/// Events an instance may hold that no `waitForEvent` has taken: past
+/// that, `sendEvent` is refused (a sender cannot fill the node's disk
+/// through an instance that never waits).
+pub const MAX_PENDING_EVENTS: u32 = 1000;
 /// Instances one `createBatch` call may create.
 pub const MAX_BATCH: usize = 100;
 /// The longest sleep (365 days).

@@ -609,6 +609,8 @@ async fn a_workflow_runs_at_most_its_concurrency_and_sleepers_hold_no_slot() {
     for _ in 0..4 {
         ids.push(create(&dev, "SERIAL", None, json!({})).await);
     }
+    // Each takes 150 ms: the last waits its turn, queued.
+    assert_eq!(status(&dev, "SERIAL", &ids[3]).await["status"], "queued");
     for id in &ids {
         let done = wait_status(&dev, "SERIAL", id, "complete").await;
         assert_eq!(done["output"], 1, "more than one instance ran at once: {done}");

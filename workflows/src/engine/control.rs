@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::{now_ms, Engine, Instance, Live, Workflow};
 use crate::lifecycle::{self, Control, RefusedControl};
 use crate::model::{preview, Encoding, InstanceRecord, Payload, Status, StatusView, StepRecord};
-use crate::policy::{check_id, new_id, IdError, MAX_BATCH, MAX_VALUE_BYTES};
+use crate::policy::{check_id, new_id, IdError, MAX_BATCH, MAX_PENDING_EVENTS, MAX_VALUE_BYTES};
 use crate::store::{self, EventHeader, StoreError};
 
 /// Why a call about instances was refused.
@@ -33,6 +33,8 @@ pub enum ControlError {
     Refused(#[from] RefusedControl),
     #[error("cannot send an event to instance {id:?}: it is {}", .status.as_str())]
     Finished { id: String, status: Status },
+    #[error("instance {id:?} already holds {MAX_PENDING_EVENTS} events no step has taken")]
+    TooManyEvents { id: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -145,6 +147,7 @@ impl Engine {
                 output_json: None,
                 failed_runs: 0,
                 events_sent: 0,
+                events_pending: 0,
                 steps: 0,
             };
             store::record_write(&record, &mut writes);
@@ -224,6 +227,7 @@ impl Engine {
                 record.output_json = None;
                 record.failed_runs = 0;
                 record.steps = 0;
+                record.events_pending = 0;
                 live.run_seq += 1;
                 live.in_run = false;
             }
@@ -268,6 +272,9 @@ impl Engine {
         if live.record.status.is_final() {
             return Err(ControlError::Finished { id: id.to_string(), status: live.record.status });
         }
+        if live.record.events_pending >= MAX_PENDING_EVENTS {
+            return Err(ControlError::TooManyEvents { id: id.to_string() });
+        }
         let mut header = EventHeader {
             seq: live.record.events_sent,
             event_type: event_type.to_string(),
@@ -277,6 +284,7 @@ impl Engine {
             json: payload.json.as_deref().map(preview),
         };
         live.record.events_sent += 1;
+        live.record.events_pending += 1;
         let mut writes = Vec::new();
         store::event_writes(id, &mut header, &payload.bytes, &mut writes);
         store::record_write(&live.record, &mut writes);

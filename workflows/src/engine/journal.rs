@@ -469,7 +469,12 @@ impl RunJournal {
         };
         let (mut writes, mut written) = (Vec::new(), None);
         let pending = store::pending_events(self.storage(), self.workflow(), self.id()).await?;
-        let answer = if let Some(event) = pending.into_iter().find(|event| event.event_type == event_type) {
+        let taken = pending.into_iter().find(|event| event.event_type == event_type);
+        let mut live = live;
+        if taken.is_some() {
+            live.record.events_pending = live.record.events_pending.saturating_sub(1);
+        }
+        let answer = if let Some(event) = taken {
             let bytes = store::read_event_payload(self.storage(), self.workflow(), self.id(), &event).await?;
             store::event_removal(self.id(), &event, &mut writes);
             let value_chunks = store::step_value_writes(self.id(), &key, &bytes, &mut writes);

@@ -458,3 +458,94 @@ impl Inner {
         store::commit(self.storage.as_ref(), &workflow.name, writes).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lifecycle::Control;
+    use crate::model::Encoding;
+
+    /// Ends every pass as complete, echoing the params: the engine's
+    /// bookkeeping without a runtime (the runtime's part is tested through
+    /// `outpost` itself).
+    struct Echo;
+
+    impl Runner for Echo {
+        fn run(&self, _worker: &str, run: WorkflowRun) -> BoxFuture<'static, RunEnd> {
+            Box::pin(async move { RunEnd::Complete(run.params) })
+        }
+    }
+
+    fn store() -> (tempfile::TempDir, Arc<dyn ObjectStorage>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = outpost_kv::Store::open(&dir.path().join("kv.redb"), Default::default()).unwrap();
+        (dir, Arc::new(store))
+    }
+
+    fn definition() -> Definition {
+        Definition { name: "w".into(), worker: "worker".into(), class_name: "W".into(), step_limit: 10, concurrency: 4 }
+    }
+
+    async fn wait_for(engine: &Engine, id: &str, status: Status) {
+        for _ in 0..500 {
+            if engine.status("w", id).await.unwrap().status == status {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("{id} never became {status:?}");
+    }
+
+    #[tokio::test]
+    async fn finished_instances_are_deleted_after_their_retention() {
+        let (_dir, storage) = store();
+        let engine = Engine::new(storage.clone());
+        engine.define("worker", vec![definition()]);
+        tokio::spawn(engine.clone().run(Arc::new(Echo)));
+        let params = Payload { encoding: Encoding::Json, bytes: b"7".to_vec(), json: Some("7".into()) };
+        let ids = engine.create("w", vec![NewInstance { id: Some("old".into()), params }]).await.unwrap();
+        wait_for(&engine, &ids[0], Status::Complete).await;
+        assert_eq!(engine.status("w", "old").await.unwrap().output.unwrap().bytes, b"7");
+
+        engine.inner.sweep_retention(now_ms() + RETENTION_MS - 60_000).await;
+        assert!(engine.exists("w", "old").await.is_ok(), "kept within its retention");
+        engine.inner.sweep_retention(now_ms() + RETENTION_MS + 1).await;
+        assert!(matches!(engine.exists("w", "old").await, Err(ControlError::NotFound { .. })));
+        let left = storage.object_list(&store::workflow_object("w"), Default::default()).await.unwrap();
+        assert!(left.is_empty(), "every key of the instance is gone: {left:?}");
+    }
+
+    #[tokio::test]
+    async fn instances_wait_while_their_workflow_is_not_deployed() {
+        let (_dir, storage) = store();
+        let engine = Engine::new(storage.clone());
+        engine.define("worker", vec![definition()]);
+        let params = Payload { encoding: Encoding::Json, bytes: b"1".to_vec(), json: None };
+        engine.create("w", vec![NewInstance { id: Some("a".into()), params }]).await.unwrap();
+        // Its worker stops defining it before the engine runs: it stays queued.
+        engine.define("worker", Vec::new());
+        tokio::spawn(engine.clone().run(Arc::new(Echo)));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(matches!(engine.status("w", "a").await, Err(ControlError::NoSuchWorkflow(_))));
+        engine.define("worker", vec![definition()]);
+        wait_for(&engine, "a", Status::Complete).await;
+    }
+
+    #[tokio::test]
+    async fn an_instance_holds_at_most_a_thousand_events_no_step_took() {
+        let (_dir, storage) = store();
+        let engine = Engine::new(storage);
+        engine.define("worker", vec![definition()]);
+        let params = Payload { encoding: Encoding::Json, bytes: b"1".to_vec(), json: None };
+        engine.create("w", vec![NewInstance { id: Some("a".into()), params: params.clone() }]).await.unwrap();
+        for _ in 0..crate::policy::MAX_PENDING_EVENTS {
+            engine.send_event("w", "a", "ping", params.clone()).await.unwrap();
+        }
+        let refused = engine.send_event("w", "a", "ping", params.clone()).await.unwrap_err();
+        assert!(matches!(refused, ControlError::TooManyEvents { .. }), "{refused}");
+        assert_eq!(engine.describe("w", "a").await.unwrap().pending_events.len(), 1000);
+        // A restart clears them.
+        engine.control("w", "a", Control::Restart).await.unwrap();
+        engine.send_event("w", "a", "ping", params).await.unwrap();
+    }
+}
