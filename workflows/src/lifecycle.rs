@@ -40,7 +40,10 @@ pub fn control(status: Status, action: Control, in_run: bool, sleeping: bool) ->
     let refuse = Err(RefusedControl { action, status });
     match action {
         Control::Restart => Ok(Status::Queued),
-        _ if status.is_final() => refuse,
+        // As Cloudflare's engine: pausing or resuming a finished instance
+        // does nothing; terminating one throws.
+        Control::Pause | Control::Resume if status.is_final() => Ok(status),
+        Control::Terminate if status.is_final() => refuse,
         Control::Terminate => Ok(Status::Terminated),
         Control::Pause => match status {
             Status::Paused | Status::WaitingForPause => Ok(status),
@@ -83,11 +86,11 @@ mod tests {
     use Status::*;
 
     #[test]
-    fn finished_instances_refuse_everything_but_restart() {
+    fn finished_instances_refuse_terminate_ignore_pause_and_resume_and_restart() {
         for status in [Complete, Errored, Terminated] {
-            for action in [Pause, Resume, Terminate] {
-                assert_eq!(control(status, action, false, false), Err(RefusedControl { action, status }));
-            }
+            assert_eq!(control(status, Terminate, false, false), Err(RefusedControl { action: Terminate, status }));
+            assert_eq!(control(status, Pause, false, false), Ok(status));
+            assert_eq!(control(status, Resume, false, false), Ok(status));
             assert_eq!(control(status, Restart, false, false), Ok(Queued));
         }
     }

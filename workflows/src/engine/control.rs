@@ -31,8 +31,6 @@ pub enum ControlError {
     InvalidEventType(String),
     #[error(transparent)]
     Refused(#[from] RefusedControl),
-    #[error("cannot send an event to instance {id:?}: it is {}", .status.as_str())]
-    Finished { id: String, status: Status },
     #[error("instance {id:?} already holds {MAX_PENDING_EVENTS} events no step has taken")]
     TooManyEvents { id: String },
     #[error(transparent)]
@@ -211,6 +209,9 @@ impl Engine {
         let record = &live.record;
         let sleeping = record.wake_at_ms.is_some() || !record.waiting_for.is_empty();
         let status = lifecycle::control(record.status, action, live.in_run, sleeping)?;
+        if status == record.status && status.is_final() {
+            return Ok(status);
+        }
         let now = now_ms();
         let mut writes = Vec::new();
         match action {
@@ -258,6 +259,7 @@ impl Engine {
 
     /// `sendEvent({ type, payload })`: kept for the instance's
     /// `waitForEvent` of that type (now or later); wakes it if it waits.
+    /// An event for a finished instance is dropped.
     pub async fn send_event(
         &self,
         workflow: &str,
@@ -270,7 +272,9 @@ impl Engine {
         let (workflow, instance) = self.instance(workflow, id).await?;
         let mut live = instance.live.lock().await;
         if live.record.status.is_final() {
-            return Err(ControlError::Finished { id: id.to_string(), status: live.record.status });
+            // No step will ever take it; as Cloudflare's engine, no error.
+            tracing::debug!(workflow = %workflow.name, instance = %id, "event for a finished instance dropped");
+            return Ok(());
         }
         if live.record.events_pending >= MAX_PENDING_EVENTS {
             return Err(ControlError::TooManyEvents { id: id.to_string() });

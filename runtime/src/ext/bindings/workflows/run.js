@@ -27,7 +27,6 @@ const {
   DatePrototypeGetTime,
   Error,
   MathMin,
-  ObjectFreeze,
   ObjectPrototypeIsPrototypeOf,
   Promise,
   PromisePrototypeThen,
@@ -221,12 +220,13 @@ async function deliverWorkflow(next, worker) {
       pass.onHalted = () => resolve({ kind: "halted" });
       PromisePrototypeThen(
         new Promise((r) => {
-          const event = ObjectFreeze({
+          // Not frozen, as on Cloudflare; changes to it are not kept across passes.
+          const event = {
             payload: decodeValue(next.params),
             timestamp: new Date(next.timestamp),
             instanceId: next.instanceId,
             workflowName: next.workflow,
-          });
+          };
           const instance = new cls(new ExecutionContext(next.requestId), worker.env);
           r(instance.run(event, new WorkflowStep(constructKey, pass)));
         }),
