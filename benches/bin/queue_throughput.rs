@@ -23,11 +23,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use outpost_isolate_pool::{Isolation, LimitCaps, Limits, Snapshotter, WorkerSpec};
+use outpost_isolate_pool::{Isolation, Limits, WorkerSpec};
 use outpost_kv::queues::{self, NewMessage, Queues, Settlement};
 use outpost_node::triggers::queues::Consumer;
-use outpost_node::{Node, NodeOptions, Worker};
-use outpost_runtime::{Egress, WorkerSource};
+use outpost_node::Worker;
+use outpost_runtime::WorkerSource;
 
 const CONSUMER_JS: &str = "let total = 0;\n\
 export default {\n\
@@ -217,15 +217,7 @@ fn main() {
     ];
     let queue_names: Vec<String> = (0..shapes.len() * runs).map(|i| format!("js-{i}")).collect();
 
-    let node = Node::start(NodeOptions {
-        data_dir: dir.join("node"),
-        threads: None,
-        caps: LimitCaps::CEILING,
-        egress: Egress::Any,
-        worker_snapshots: false,
-        snapshotter: Snapshotter { program: "/nonexistent".into(), args: Vec::new() },
-    })
-    .unwrap();
+    let node = outpost_benches::bench_node(&dir.join("node"));
     let worker_dir = dir.join("worker");
     std::fs::create_dir_all(&worker_dir).unwrap();
     std::fs::write(worker_dir.join("worker.js"), CONSUMER_JS).unwrap();

@@ -18,32 +18,14 @@
 
 use std::time::{Duration, Instant};
 
-use outpost_isolate_pool::{Isolation, LimitCaps, Limits, Snapshotter, WorkerSpec};
-use outpost_node::{Node, NodeOptions, Worker};
-use outpost_runtime::{Egress, WorkerSource};
+use outpost_isolate_pool::{Isolation, Limits, WorkerSpec};
+use outpost_node::Worker;
+use outpost_runtime::WorkerSource;
 use outpost_workflows::{json_params, Definition, Engine, NewInstance, Status};
 
-const WORKER_JS: &str = r#"
-import { WorkflowEntrypoint } from "cloudflare:workers";
-const work = (n) => ({ n: n + 1, at: Date.now() });
-export class ThreeSteps extends WorkflowEntrypoint {
-  async run(event, step) {
-    const a = await step.do("a", async () => work(event.payload.n));
-    const b = await step.do("b", async () => work(a.n));
-    const c = await step.do("c", async () => work(b.n));
-    return c.n;
-  }
-}
-export class Inline extends WorkflowEntrypoint {
-  async run(event) {
-    const a = await (async () => work(event.payload.n))();
-    const b = await (async () => work(a.n))();
-    const c = await (async () => work(b.n))();
-    return c.n;
-  }
-}
-export default { fetch() { return new Response("bench"); } };
-"#;
+/// The classes `ThreeSteps` and `Inline` (and a fetch handler this bench
+/// leaves alone): the worker `workflows-vs-wrangler.sh` serves too.
+const WORKER_JS: &str = include_str!("../workflows/worker.js");
 
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -101,15 +83,7 @@ fn main() {
     let runs: usize = arg("--runs").map_or(3, |n| n.parse().expect("--runs takes a number"));
     let dir = std::env::temp_dir().join(format!("outpost-workflow-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let node = Node::start(NodeOptions {
-        data_dir: dir.join("node"),
-        threads: None,
-        caps: LimitCaps::CEILING,
-        egress: Egress::Any,
-        worker_snapshots: false,
-        snapshotter: Snapshotter { program: "/nonexistent".into(), args: Vec::new() },
-    })
-    .unwrap();
+    let node = outpost_benches::bench_node(&dir.join("node"));
     let worker_dir = dir.join("worker");
     std::fs::create_dir_all(&worker_dir).unwrap();
     std::fs::write(worker_dir.join("worker.js"), WORKER_JS).unwrap();

@@ -655,3 +655,26 @@ async fn two_workers_cannot_define_one_workflow() {
     // Whichever loads second is refused, naming the first.
     assert!(stderr.contains("the workflow \"w\" is already defined by worker"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_paused_sleeper_wakes_after_resume_whether_or_not_its_time_passed() {
+    let (_dir, dev) = start();
+    // Its time passes while paused: it goes on once resumed.
+    let late = create(&dev, "SLEEPER", None, json!({ "ms": 400 })).await;
+    // Resumed before its time: it wakes at its time.
+    let early = create(&dev, "SLEEPER", None, json!({ "ms": 1500 })).await;
+    for id in [&late, &early] {
+        wait_status(&dev, "SLEEPER", id, "waiting").await;
+        assert_eq!(control(&dev, "SLEEPER", id, "pause").await.text(), "ok");
+        wait_status(&dev, "SLEEPER", id, "paused").await;
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(status(&dev, "SLEEPER", &late).await["status"], "paused", "a paused instance does not wake");
+    for id in [&late, &early] {
+        assert_eq!(control(&dev, "SLEEPER", id, "resume").await.text(), "ok");
+    }
+    for id in [&late, &early] {
+        wait_status(&dev, "SLEEPER", id, "complete").await;
+        assert_eq!(count(&dev, &format!("fx:{id}:before")).await, 1);
+    }
+}

@@ -245,8 +245,12 @@ impl Engine {
         let mut agenda = self.inner.agenda.lock().unwrap();
         match (action, status) {
             (Control::Restart, _) | (Control::Resume, Status::Queued) => agenda.push_ready(&workflow.name, id),
-            (Control::Resume, Status::Waiting) => {
-                // Due now if its time passed while paused, or an event came.
+            (Control::Resume, Status::Waiting | Status::Running) => {
+                // Its timer may have fired while it was paused: set it again.
+                // And look now: its time may have passed, or an event come.
+                if let Some(at) = live.record.wake_at_ms {
+                    agenda.set_timer(&workflow.name, id, at);
+                }
                 agenda.push_ready(&workflow.name, id);
             }
             _ => {}

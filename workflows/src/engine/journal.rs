@@ -123,6 +123,16 @@ impl std::fmt::Debug for RunJournal {
     }
 }
 
+/// A step call under way: see [`RunJournal::enter`].
+struct Entered<'a> {
+    occurrence: u32,
+    key: String,
+    live: tokio::sync::MutexGuard<'a, Live>,
+    standing: Standing,
+    step: Option<StepRecord>,
+    now: u64,
+}
+
 /// Where the instance stands for this run's step calls.
 enum Standing {
     /// This run is over (terminated, restarted, given up on): halt.
@@ -230,6 +240,20 @@ impl RunJournal {
         Ok(self.inner.steps.lock().unwrap().as_ref().and_then(|steps| steps.get(key).cloned()))
     }
 
+    /// How every step call begins: the step's key (its occurrence counted),
+    /// the instance's lock, where the instance stands and the step's
+    /// record; `None` when this pass is over (the call answers "halt").
+    async fn enter(&self, kind: StepKind, name: &str) -> Result<Option<Entered<'_>>, JournalError> {
+        let (occurrence, key) = self.next_key(kind, name)?;
+        let live = self.inner.instance.live.lock().await;
+        let standing = self.standing(&live);
+        if let Standing::Stale = standing {
+            return Ok(None);
+        }
+        let step = self.read_step(&key, name, occurrence, kind).await?;
+        Ok(Some(Entered { occurrence, key, live, standing, step, now: now_ms() }))
+    }
+
     async fn read_step(
         &self,
         key: &str,
@@ -254,14 +278,10 @@ impl RunJournal {
 impl RunJournal {
     /// `step.do(name, config, callback)` begins.
     pub async fn begin_do(&self, name: &str, config: StepConfig) -> Result<DoAnswer, JournalError> {
-        let (occurrence, key) = self.next_key(StepKind::Do, name)?;
-        let mut live = self.inner.instance.live.lock().await;
-        let standing = self.standing(&live);
-        if let Standing::Stale = standing {
+        let Some(Entered { occurrence, key, mut live, standing, step, now }) = self.enter(StepKind::Do, name).await?
+        else {
             return Ok(DoAnswer::Halt);
-        }
-        let step = self.read_step(&key, name, occurrence, StepKind::Do).await?;
-        let now = now_ms();
+        };
         let attempt = match step.map(|step| (step.attempts.len(), step.state)) {
             Some((_, StepState::Done { value_chunks, encoding, json, .. })) => {
                 let bytes =
@@ -385,14 +405,13 @@ impl RunJournal {
 
     /// `step.sleep` / `step.sleepUntil`.
     pub async fn sleep(&self, name: &str, until: SleepUntil) -> Result<SleepAnswer, JournalError> {
-        let (occurrence, key) = self.next_key(StepKind::Sleep, name)?;
-        let live = self.inner.instance.live.lock().await;
-        let standing = self.standing(&live);
-        if let Standing::Stale = standing {
+        // `_held`: the instance's lock, kept to the end of the call.
+        let Some(Entered { occurrence, key, live: _held, standing, step, now }) =
+            self.enter(StepKind::Sleep, name).await?
+        else {
             return Ok(SleepAnswer::Halt);
-        }
-        let now = now_ms();
-        let until_ms = match self.read_step(&key, name, occurrence, StepKind::Sleep).await? {
+        };
+        let until_ms = match step {
             Some(StepRecord { state: StepState::Sleeping { until_ms }, .. }) => until_ms,
             Some(_) => return Ok(SleepAnswer::Done),
             None => {
@@ -436,14 +455,11 @@ impl RunJournal {
         event_type: &str,
         timeout_ms: u64,
     ) -> Result<EventAnswer, JournalError> {
-        let (occurrence, key) = self.next_key(StepKind::WaitForEvent, name)?;
-        let live = self.inner.instance.live.lock().await;
-        let standing = self.standing(&live);
-        if let Standing::Stale = standing {
+        let Some(Entered { occurrence, key, live, standing, step, now }) =
+            self.enter(StepKind::WaitForEvent, name).await?
+        else {
             return Ok(EventAnswer::Halt);
-        }
-        let now = now_ms();
-        let step = self.read_step(&key, name, occurrence, StepKind::WaitForEvent).await?;
+        };
         let (started_ms, deadline_ms) = match step {
             Some(StepRecord { state: StepState::Done { value_chunks, encoding, json, event, .. }, .. }) => {
                 let bytes =

@@ -434,6 +434,11 @@ impl Inner {
                         self.agenda.lock().unwrap().push_ready(&workflow.name, id);
                     }
                 }
+                if record.status != Status::Paused && record.wake_at_ms.is_none() && record.waiting_for.is_empty() {
+                    // Stopped with nothing to wait for (a step told to halt
+                    // by a pass that was over): run it again.
+                    self.agenda.lock().unwrap().push_ready(&workflow.name, id);
+                }
             }
             RunEnd::Failed(reason) => {
                 record.failed_runs += 1;
