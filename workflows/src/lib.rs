@@ -27,8 +27,7 @@ pub mod store;
 
 pub use engine::{
     json_params, ControlError, Definition, Description, DoAnswer, Engine, EventAnswer, JournalError, NewInstance,
-    RunEnd, RunJournal, Runner, SleepAnswer, SleepUntil, StepFailure, WorkflowRun, WorkflowSummary, MAX_FAILED_RUNS,
-    RUN_LIMIT,
+    RunEnd, RunJournal, Runner, SleepAnswer, SleepUntil, StepFailure, WorkflowRun, WorkflowSummary, RUN_LIMIT,
 };
 pub use lifecycle::Control;
 pub use model::{Encoding, ErrorInfo, Payload, Status, StatusView};

@@ -2,7 +2,7 @@
 //! (`pause`, `resume`, `terminate`, `restart`) and by how its runs end.
 //! Pure functions of the status and what happened.
 
-use crate::model::Status;
+use crate::model::{ErrorInfo, InstanceRecord, Status};
 
 /// An instance method that changes its status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +79,111 @@ pub fn after_stop(status: Status, stopped: Stopped) -> Status {
     }
 }
 
+/// Whether a pass of the instance may start at `now_ms`: it is queued, or
+/// running or waiting and its time has come (or, waiting for events, one
+/// may have come).
+pub fn runnable(record: &InstanceRecord, now_ms: u64) -> bool {
+    let due = record.wake_at_ms.is_none_or(|at| at <= now_ms);
+    match record.status {
+        Status::Queued | Status::Running => due,
+        Status::Waiting => due || !record.waiting_for.is_empty(),
+        _ => false,
+    }
+}
+
+/// Why and until when a pass halted (what its step calls were told).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Halt {
+    /// A pause was asked for.
+    pub for_pause: bool,
+    /// A sleep or an event wait (not only retry delays).
+    pub waiting: bool,
+    /// The earliest time a step waits for.
+    pub wake_at_ms: Option<u64>,
+    /// Event types steps wait for.
+    pub waiting_for: Vec<String>,
+}
+
+/// How a pass ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PassEnd {
+    Complete,
+    Errored(ErrorInfo),
+    Halted(Halt),
+    /// No answer from the worker (an isolate that died, a limit).
+    Failed(String),
+}
+
+/// Passes that fail without an answer in a row before the instance errs.
+pub const MAX_FAILED_PASSES: u32 = 5;
+
+/// What the engine does for an instance after recording a pass's end.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AfterPass {
+    /// Run it again then.
+    pub timer: Option<u64>,
+    /// Run it again if an event of a type it waits for is pending.
+    pub look_for_events: bool,
+    /// Run it again now.
+    pub run_again: bool,
+}
+
+/// Records in `record` how a pass ended at `now_ms` (the output, if any,
+/// is the engine's to store), and says what comes next. A failed pass is
+/// tried again after 2, 4, 8, 16 s; the fifth failure in a row errs.
+pub fn after_pass(record: &mut InstanceRecord, end: PassEnd, now_ms: u64) -> AfterPass {
+    let mut next = AfterPass::default();
+    match end {
+        PassEnd::Complete => {
+            record.status = Status::Complete;
+            record.ended_ms = Some(now_ms);
+            record.failed_runs = 0;
+        }
+        PassEnd::Errored(error) => {
+            record.status = Status::Errored;
+            record.ended_ms = Some(now_ms);
+            record.error = Some(error);
+        }
+        PassEnd::Halted(halt) => {
+            record.failed_runs = 0;
+            let stopped = if halt.for_pause {
+                Stopped::ForPause
+            } else if halt.waiting || !halt.waiting_for.is_empty() {
+                Stopped::Waiting
+            } else {
+                Stopped::Retrying
+            };
+            record.status = after_stop(record.status, stopped);
+            record.wake_at_ms = halt.wake_at_ms;
+            record.waiting_for = halt.waiting_for;
+            if record.status != Status::Paused {
+                next.timer = record.wake_at_ms;
+                next.look_for_events = !record.waiting_for.is_empty();
+                // Stopped with nothing to wait for (a step told to halt by
+                // a pass that was over): run it again.
+                next.run_again = record.wake_at_ms.is_none() && record.waiting_for.is_empty();
+            }
+        }
+        PassEnd::Failed(reason) => {
+            record.failed_runs += 1;
+            if record.failed_runs >= MAX_FAILED_PASSES {
+                record.status = Status::Errored;
+                record.ended_ms = Some(now_ms);
+                let message = format!("the run failed {} times: {reason}", record.failed_runs);
+                record.error = Some(ErrorInfo::new("Error", message));
+            } else {
+                let at = now_ms + (1000u64 << record.failed_runs.min(10));
+                record.status = after_stop(record.status, Stopped::Retrying);
+                record.wake_at_ms = Some(at);
+                if record.status != Status::Paused {
+                    next.timer = Some(at);
+                }
+            }
+        }
+    }
+    next
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,5 +227,73 @@ mod tests {
         assert_eq!(after_stop(Running, Stopped::Retrying), Running);
         assert_eq!(after_stop(WaitingForPause, Stopped::Waiting), Paused);
         assert_eq!(after_stop(Running, Stopped::ForPause), Paused);
+    }
+
+    fn record(status: Status) -> InstanceRecord {
+        InstanceRecord {
+            id: "i".into(),
+            status,
+            created_ms: 0,
+            started_ms: None,
+            ended_ms: None,
+            wake_at_ms: None,
+            waiting_for: Vec::new(),
+            error: None,
+            params_encoding: crate::model::Encoding::Json,
+            params_chunks: 0,
+            params_json: None,
+            output_chunks: 0,
+            output_encoding: None,
+            output_json: None,
+            failed_runs: 0,
+            events_sent: 0,
+            events_pending: 0,
+            steps: 0,
+        }
+    }
+
+    #[test]
+    fn a_halted_pass_waits_for_its_earliest_step() {
+        let mut r = record(Running);
+        let halt = Halt { waiting: true, wake_at_ms: Some(500), waiting_for: vec!["go".into()], ..Halt::default() };
+        let next = after_pass(&mut r, PassEnd::Halted(halt), 100);
+        assert_eq!((r.status, r.wake_at_ms), (Waiting, Some(500)));
+        assert_eq!(next, AfterPass { timer: Some(500), look_for_events: true, run_again: false });
+        // A retry delay only: still running, as Cloudflare shows it.
+        let mut r = record(Running);
+        let next = after_pass(&mut r, PassEnd::Halted(Halt { wake_at_ms: Some(9), ..Halt::default() }), 1);
+        assert_eq!((r.status, next.timer), (Running, Some(9)));
+        // Paused: no timer until resumed.
+        let mut r = record(WaitingForPause);
+        let next = after_pass(&mut r, PassEnd::Halted(Halt { wake_at_ms: Some(9), ..Halt::default() }), 1);
+        assert_eq!((r.status, r.wake_at_ms, next), (Paused, Some(9), AfterPass::default()));
+        // Nothing to wait for: again at once.
+        let mut r = record(Running);
+        assert!(after_pass(&mut r, PassEnd::Halted(Halt::default()), 1).run_again);
+    }
+
+    #[test]
+    fn failed_passes_back_off_then_err() {
+        let mut r = record(Running);
+        let mut waits = Vec::new();
+        for _ in 0..4 {
+            waits.push(after_pass(&mut r, PassEnd::Failed("gone".into()), 0).timer.unwrap());
+        }
+        assert_eq!(waits, [2000, 4000, 8000, 16000]);
+        assert_eq!(after_pass(&mut r, PassEnd::Failed("gone".into()), 7), AfterPass::default());
+        assert_eq!((r.status, r.ended_ms), (Errored, Some(7)));
+        assert!(r.error.unwrap().message.contains("failed 5 times: gone"));
+    }
+
+    #[test]
+    fn only_due_instances_run() {
+        let mut r = record(Waiting);
+        r.wake_at_ms = Some(10);
+        assert!(!runnable(&r, 9));
+        assert!(runnable(&r, 10));
+        r.waiting_for = vec!["go".into()];
+        assert!(runnable(&r, 0), "an event may have come");
+        assert!(!runnable(&record(Paused), 0));
+        assert!(runnable(&record(Queued), 0));
     }
 }

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::{now_ms, Inner, Instance, Live, Workflow};
+use crate::lifecycle::Halt;
 use crate::model::{preview, Attempt, ErrorInfo, Payload, Status, StepKind, StepRecord, StepState};
 use crate::policy::{after_failure, AfterFailure, StepConfig, MAX_SLEEP_MS, MAX_STEP_NAME_CHARS, MAX_VALUE_BYTES};
 use crate::store::{self, StoreError};
@@ -75,17 +76,6 @@ pub struct StepFailure {
     pub non_retryable: bool,
 }
 
-/// Why and until when a run halted, for the engine.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct HaltState {
-    pub(crate) halting: bool,
-    pub(crate) for_pause: bool,
-    /// A sleep or an event wait (not only retry delays).
-    pub(crate) waiting: bool,
-    pub(crate) wake_at_ms: Option<u64>,
-    pub(crate) waiting_for: Vec<String>,
-}
-
 /// An attempt handed to the runtime and not yet ended.
 struct OpenAttempt {
     name: String,
@@ -113,7 +103,9 @@ struct JournalInner {
     /// to date by the run's own writes, which hold the instance's lock):
     /// a step then costs no read of the store, only its commit.
     steps: Mutex<Option<HashMap<String, StepRecord>>>,
-    halt: Mutex<HaltState>,
+    /// Some step was told to halt: steps not yet begun are told too.
+    halting: std::sync::atomic::AtomicBool,
+    halt: Mutex<Halt>,
     open: Mutex<HashMap<String, OpenAttempt>>,
 }
 
@@ -161,13 +153,14 @@ impl RunJournal {
                 step_limit,
                 occurrences: Mutex::default(),
                 steps: Mutex::default(),
+                halting: Default::default(),
                 halt: Mutex::default(),
                 open: Mutex::default(),
             }),
         }
     }
 
-    pub(super) fn halt_state(&self) -> HaltState {
+    pub(super) fn halt_state(&self) -> Halt {
         self.inner.halt.lock().unwrap().clone()
     }
 
@@ -191,8 +184,8 @@ impl RunJournal {
 
     /// Halts the run; it is due again at `wake_at_ms` (if any).
     fn halt(&self, wake_at_ms: Option<u64>, waiting: bool, event_type: Option<&str>, for_pause: bool) {
+        self.inner.halting.store(true, std::sync::atomic::Ordering::Relaxed);
         let mut halt = self.inner.halt.lock().unwrap();
-        halt.halting = true;
         halt.for_pause |= for_pause;
         halt.waiting |= waiting;
         if let Some(at) = wake_at_ms {
@@ -206,7 +199,7 @@ impl RunJournal {
     }
 
     fn halting(&self) -> bool {
-        self.inner.halt.lock().unwrap().halting
+        self.inner.halting.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The key of the next occurrence of `name` as a step of `kind` in this

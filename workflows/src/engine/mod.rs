@@ -27,7 +27,7 @@ pub use control::{json_params, ControlError, Description, NewInstance, WorkflowS
 pub use journal::{DoAnswer, EventAnswer, JournalError, RunJournal, SleepAnswer, SleepUntil, StepFailure};
 
 use crate::agenda::Agenda;
-use crate::lifecycle::{self, Stopped};
+use crate::lifecycle::{self, PassEnd};
 use crate::model::{preview, ErrorInfo, InstanceRecord, Payload, Status};
 use crate::policy::RETENTION_MS;
 use crate::store::{self, StoreError};
@@ -77,8 +77,6 @@ pub trait Runner: Send + Sync + 'static {
     fn run(&self, worker: &str, run: WorkflowRun) -> BoxFuture<'static, RunEnd>;
 }
 
-/// Runs that fail without an answer in a row before the instance errs.
-pub const MAX_FAILED_RUNS: u32 = 5;
 /// The longest one run may take before it is given up on.
 pub const RUN_LIMIT: Duration = Duration::from_secs(3600);
 /// How often finished instances past their retention are looked for.
@@ -343,13 +341,7 @@ impl Inner {
         let (run, seq) = {
             let mut live = instance.live.lock().await;
             let record = &live.record;
-            let due = record.wake_at_ms.is_none_or(|at| at <= now);
-            let runnable = match record.status {
-                Status::Queued | Status::Running => due,
-                Status::Waiting => due || !record.waiting_for.is_empty(),
-                _ => false,
-            };
-            if !runnable || live.in_run {
+            if live.in_run || !lifecycle::runnable(record, now) {
                 return Ok(());
             }
             let params = store::read_params(self.storage.as_ref(), &workflow.name, record).await?;
@@ -394,69 +386,38 @@ impl Inner {
         let now = now_ms();
         let record = &mut live.record;
         let mut writes = Vec::new();
-        match end {
+        let outcome = match end {
             RunEnd::Complete(output) => {
-                record.status = Status::Complete;
-                record.ended_ms = Some(now);
                 record.output_chunks = store::output_writes(id, &output.bytes, &mut writes);
                 record.output_encoding = Some(output.encoding);
                 record.output_json = output.json.as_deref().map(preview);
-                record.failed_runs = 0;
                 tracing::info!("instance complete");
+                PassEnd::Complete
             }
             RunEnd::Errored(error) => {
                 tracing::info!("instance errored: {}: {}", error.name, error.message);
-                record.status = Status::Errored;
-                record.ended_ms = Some(now);
-                record.error = Some(error);
+                PassEnd::Errored(error)
             }
-            RunEnd::Halted => {
-                let halt = journal.halt_state();
-                record.failed_runs = 0;
-                let stopped = if halt.for_pause {
-                    Stopped::ForPause
-                } else if halt.waiting || !halt.waiting_for.is_empty() {
-                    Stopped::Waiting
-                } else {
-                    Stopped::Retrying
-                };
-                record.status = lifecycle::after_stop(record.status, stopped);
-                record.wake_at_ms = halt.wake_at_ms;
-                record.waiting_for = halt.waiting_for;
-                if let Some(at) = record.wake_at_ms {
-                    if record.status != Status::Paused {
-                        self.agenda.lock().unwrap().set_timer(&workflow.name, id, at);
-                    }
-                }
-                if record.status == Status::Waiting && !record.waiting_for.is_empty() {
-                    let pending = store::pending_events(self.storage.as_ref(), &workflow.name, id).await?;
-                    if pending.iter().any(|event| record.waiting_for.contains(&event.event_type)) {
-                        self.agenda.lock().unwrap().push_ready(&workflow.name, id);
-                    }
-                }
-                if record.status != Status::Paused && record.wake_at_ms.is_none() && record.waiting_for.is_empty() {
-                    // Stopped with nothing to wait for (a step told to halt
-                    // by a pass that was over): run it again.
-                    self.agenda.lock().unwrap().push_ready(&workflow.name, id);
-                }
-            }
+            RunEnd::Halted => PassEnd::Halted(journal.halt_state()),
             RunEnd::Failed(reason) => {
-                record.failed_runs += 1;
-                if record.failed_runs >= MAX_FAILED_RUNS {
-                    tracing::warn!("instance errored after {} runs without an answer: {reason}", record.failed_runs);
-                    record.status = Status::Errored;
-                    record.ended_ms = Some(now);
-                    record.error =
-                        Some(ErrorInfo::new("Error", format!("the run failed {} times: {reason}", record.failed_runs)));
-                } else {
-                    let delay = 1000u64 << record.failed_runs.min(10);
-                    tracing::warn!("the run got no answer ({reason}); trying again in {delay} ms");
-                    record.status = lifecycle::after_stop(record.status, Stopped::Retrying);
-                    record.wake_at_ms = Some(now + delay);
-                    if record.status != Status::Paused {
-                        self.agenda.lock().unwrap().set_timer(&workflow.name, id, now + delay);
-                    }
-                }
+                tracing::warn!("the pass got no answer ({reason})");
+                PassEnd::Failed(reason)
+            }
+        };
+        let next = lifecycle::after_pass(record, outcome, now);
+        {
+            let mut agenda = self.agenda.lock().unwrap();
+            if let Some(at) = next.timer {
+                agenda.set_timer(&workflow.name, id, at);
+            }
+            if next.run_again {
+                agenda.push_ready(&workflow.name, id);
+            }
+        }
+        if next.look_for_events {
+            let pending = store::pending_events(self.storage.as_ref(), &workflow.name, id).await?;
+            if pending.iter().any(|event| record.waiting_for.contains(&event.event_type)) {
+                self.agenda.lock().unwrap().push_ready(&workflow.name, id);
             }
         }
         store::record_write(record, &mut writes);
