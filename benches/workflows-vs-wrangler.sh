@@ -19,9 +19,11 @@ OUTPOST=target/release/outpost
 
 median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
-# rounds URL: the median milliseconds of ROUNDS GETs of URL.
+# rounds URL: the median milliseconds of ROUNDS GETs of URL (NaN if one failed).
 rounds() {
-  for _ in $(seq "$ROUNDS"); do curl -sf "$1"; echo; done | median
+  local times
+  times=$(for _ in $(seq "$ROUNDS"); do curl -sf "$1" || echo NaN; echo; done)
+  if grep -q NaN <<<"$times"; then echo NaN; else median <<<"$times"; fi
 }
 
 wait_up() {
@@ -30,17 +32,28 @@ wait_up() {
 }
 
 data=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$data"' EXIT
-RUST_LOG=warn "$OUTPOST" dev benches/workflows --port 8798 --data-dir "$data/outpost" >"$data/outpost.log" 2>&1 &
+groups=()
+# Each server in a session of its own, so that its children (workerd) go too.
+cleanup() {
+  for group in "${groups[@]}"; do kill -- "-$group" 2>/dev/null || true; done
+  rm -rf "$data"
+}
+trap cleanup EXIT
+for port in 8798 8799; do
+  if curl -s -o /dev/null "http://127.0.0.1:$port/"; then echo "port $port is taken" >&2; exit 1; fi
+done
+RUST_LOG=warn setsid "$OUTPOST" dev benches/workflows --port 8798 --data-dir "$data/outpost" >"$data/outpost.log" 2>&1 &
+groups+=($!)
 wait_up http://127.0.0.1:8798/
 curl -sf "http://127.0.0.1:8798/run?wf=THREE&n=10" >/dev/null   # warm-up
 outpost_three=$(rounds "http://127.0.0.1:8798/run?wf=THREE&n=$N")
 outpost_inline=$(rounds "http://127.0.0.1:8798/run?wf=INLINE&n=$N")
-kill %1
+kill -- "-${groups[0]}"
 
 if [ -x "$WRANGLER_DIR/node_modules/.bin/wrangler" ]; then
   cp benches/workflows/worker.js benches/workflows/wrangler.toml "$data/"
-  (cd "$data" && "$WRANGLER_DIR/node_modules/.bin/wrangler" dev --port 8799 >"$data/wrangler.log" 2>&1) &
+  (cd "$data" && exec setsid "$WRANGLER_DIR/node_modules/.bin/wrangler" dev --port 8799 >"$data/wrangler.log" 2>&1) &
+  groups+=($!)
   wait_up http://127.0.0.1:8799/
   curl -sf "http://127.0.0.1:8799/run?wf=THREE&n=10" >/dev/null
   wrangler_three=$(rounds "http://127.0.0.1:8799/run?wf=THREE&n=$N")
