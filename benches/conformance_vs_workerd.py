@@ -141,7 +141,7 @@ def main():
         workdir = tempfile.mkdtemp(prefix=f"conformance-{name}-")
         data_dir = tempfile.mkdtemp(prefix="outpost-data-")
         o_port, w_port = free_port(), free_port()
-        o = subprocess.Popen([args.outpost, "dev", fixture_dir, "--port", str(o_port), "--data-dir", data_dir],
+        o = subprocess.Popen([args.outpost, "dev", fixture_dir, "--port", str(o_port), "--data-dir", data_dir, "--no-watch"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         w = subprocess.Popen([workerd, "serve", workerd_config(fixture_dir, workdir, w_port), "--experimental"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

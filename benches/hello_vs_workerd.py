@@ -154,7 +154,7 @@ def main():
     if not os.path.exists(args.outpost):
         sys.exit(f"{args.outpost} is missing: run `cargo build --release -p outpost-cli` first")
     data_dir = tempfile.mkdtemp(prefix="outpost-bench-")
-    outpost = Runtime("outpost", lambda port: [args.outpost, "dev", FIXTURE, "--port", str(port), "--data-dir", data_dir])
+    outpost = Runtime("outpost", lambda port: [args.outpost, "dev", FIXTURE, "--port", str(port), "--data-dir", data_dir, "--no-watch"])
     runtimes = [outpost, workerd_runtime(find_workerd(args.workerd))]
 
     print(f"machine: {os.cpu_count()} cores; wrk -t2 -c32 -d10s; start-up over {args.runs} runs\n")

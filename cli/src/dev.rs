@@ -44,14 +44,19 @@ pub struct DevArgs {
     /// or `GET /cdn-cgi/handler/scheduled?cron=<expr>`, as with wrangler.
     #[arg(long)]
     test_scheduled: bool,
+    /// Do not reload a worker when its files change (then one worker runs
+    /// from its own snapshot, as a node would).
+    #[arg(long)]
+    no_watch: bool,
 }
 
 pub fn run(args: DevArgs) -> anyhow::Result<()> {
-    let mut workers = args.paths.iter().map(|path| config::resolve(path)).collect::<anyhow::Result<Vec<_>>>()?;
-    for (key, value) in &args.vars {
-        workers[0].vars.insert(key.clone(), serde_json::Value::String(value.clone()));
+    let mut workers = Vec::with_capacity(args.paths.len());
+    for (i, path) in args.paths.iter().enumerate() {
+        workers.push(resolve(path, if i == 0 { &args.vars } else { &[] })?);
     }
     let data_dir = args.data_dir.clone().unwrap_or_else(|| workers[0].root.join(".outpost"));
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
     // A broken worker path fails before anything starts.
     for worker in &workers {
         WorkerSource::new(&worker.root, &worker.main)?;
@@ -61,15 +66,28 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         bail!("two workers are named {twice:?}");
     }
     let name = workers[0].name.clone();
-    // One worker: isolates start from its own snapshot. Several share the
-    // bootstrap snapshot (one snapshot blob per process, see ARCHITECTURE.md).
-    let worker_snapshots = !args.no_worker_snapshot && workers.len() == 1;
+    // One worker, not reloaded on change: isolates start from its own
+    // snapshot. Otherwise from the bootstrap snapshot: one snapshot blob per
+    // process (see ARCHITECTURE.md), and a reloaded worker's new snapshot
+    // would be a second one.
+    let worker_snapshots = !args.no_worker_snapshot && workers.len() == 1 && args.no_watch;
     // A developer's own machine: the worker may call services on it.
-    let node = front::start_node(&data_dir, worker_snapshots, None, LimitCaps::CEILING, Egress::Any)?;
+    let node = Arc::new(front::start_node(&data_dir, worker_snapshots, None, LimitCaps::CEILING, Egress::Any)?);
+    let roots: Vec<PathBuf> = workers.iter().map(|w| w.root.clone()).collect();
     // The others first: the served worker may call them as soon as it runs.
     for worker in workers.into_iter().rev() {
         let worker_name = worker.name.clone();
         node.deploy(front::node_worker(worker)?).with_context(|| format!("cannot load worker {worker_name}"))?;
+    }
+    if !args.no_watch {
+        let watched = Watched {
+            node: node.clone(),
+            paths: args.paths.clone(),
+            roots,
+            vars: args.vars.clone(),
+            data_dir: data_dir.clone(),
+        };
+        std::thread::Builder::new().name("outpost-watch".into()).spawn(move || watch(watched))?;
     }
 
     let runtime = front::front_runtime()?;
@@ -115,4 +133,68 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         node.stop();
         Ok(())
     })
+}
+
+/// What the watcher needs: the node, each worker's path as given and its
+/// directory, the command line's variables (for the first worker), and the
+/// data directory (never looked at: it changes as the node runs).
+struct Watched {
+    node: Arc<outpost_node::Node>,
+    paths: Vec<PathBuf>,
+    roots: Vec<PathBuf>,
+    vars: Vec<(String, String)>,
+    data_dir: PathBuf,
+}
+
+/// How often the watcher looks at the workers' files.
+const WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Reloads a worker whose files changed: its configuration read again and
+/// the new version deployed in place (state in KV and Durable Objects kept,
+/// in-flight requests finishing on the old version). A change that does not
+/// load leaves the previous version serving; the error is logged.
+fn watch(watched: Watched) {
+    let data_dir = std::fs::canonicalize(&watched.data_dir).unwrap_or(watched.data_dir.clone());
+    let look = |root: &std::path::Path| crate::dev_watch::fingerprint(root, &data_dir);
+    let mut seen: Vec<_> = watched.roots.iter().map(|root| look(root)).collect();
+    loop {
+        std::thread::sleep(WATCH_EVERY);
+        for (i, path) in watched.paths.iter().enumerate() {
+            let now = look(&watched.roots[i]);
+            if now == seen[i] {
+                continue;
+            }
+            seen[i] = now;
+            let started = std::time::Instant::now();
+            let vars = if i == 0 { watched.vars.as_slice() } else { &[] };
+            match reload(&watched.node, path, vars) {
+                Ok(name) => {
+                    let ms = started.elapsed().as_millis();
+                    tracing::info!(worker = %name, ms, "reloaded worker {name} in {ms} ms");
+                }
+                Err(err) => tracing::error!(
+                    path = %path.display(),
+                    "the change does not load; still serving the previous version: {err:#}"
+                ),
+            }
+        }
+    }
+}
+
+/// A worker as `outpost dev` runs it: its configuration, its `.dev.vars`
+/// over its `[vars]`, and the command line's `--var`s over both.
+fn resolve(path: &std::path::Path, vars: &[(String, String)]) -> anyhow::Result<config::ResolvedWorker> {
+    let mut worker = config::resolve(path)?;
+    let dev_vars = crate::dev_vars::read(&worker.root)?;
+    for (key, value) in dev_vars.iter().chain(vars) {
+        worker.vars.insert(key.clone(), serde_json::Value::String(value.clone()));
+    }
+    Ok(worker)
+}
+
+fn reload(node: &outpost_node::Node, path: &std::path::Path, vars: &[(String, String)]) -> anyhow::Result<String> {
+    let worker = resolve(path, vars)?;
+    let name = worker.name.clone();
+    node.deploy(front::node_worker(worker)?)?;
+    Ok(name)
 }

@@ -3,9 +3,12 @@
 mod config;
 mod dev;
 mod dev_tls;
+mod dev_vars;
+mod dev_watch;
 mod front;
 #[cfg(test)]
 mod fuzz_tests;
+mod init;
 mod node;
 mod workflows;
 
@@ -29,6 +32,8 @@ enum Command {
     /// Run a node: the listeners, certificates, workers and routes of a
     /// node.toml.
     Serve(node::ServeArgs),
+    /// A new worker directory that `outpost dev` runs at once.
+    Init(init::InitArgs),
     /// Workflows of a running node: list them, their instances, describe
     /// one, trigger one.
     Workflows(workflows::WorkflowsArgs),
@@ -56,6 +61,7 @@ fn main() -> ExitCode {
         }
         // No subscriber: the parent reads this process's stderr as the error.
         Command::Workflows(args) => workflows::run(args),
+        Command::Init(args) => init::run(args),
         Command::SnapshotWorker { root, main, out } => return snapshot_worker(&root, &main, &out),
     };
     match result {

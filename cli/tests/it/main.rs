@@ -2,6 +2,7 @@
 //! real HTTP clients. One test binary, a module per area.
 
 mod context;
+mod dev_reload;
 mod errors;
 mod fixtures;
 mod front;

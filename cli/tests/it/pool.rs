@@ -211,12 +211,12 @@ async fn outpost_dev_enforces_limits_from_outpost_toml() {
     }
 }
 
-/// `outpost dev` runs its one worker from a per-worker snapshot.
+/// `outpost dev --no-watch` runs its one worker from a per-worker snapshot.
 fn dev_worker(config: &str, code: &str) -> (tempfile::TempDir, Dev) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("outpost.toml"), config).unwrap();
     std::fs::write(dir.path().join("worker.js"), code).unwrap();
-    let dev = Dev::start(dir.path(), &[]);
+    let dev = Dev::start(dir.path(), &["--no-watch"]);
     (dir, dev)
 }
 
