@@ -1,6 +1,7 @@
 //! `outpost`: run Cloudflare-style workers locally (`dev`), or run a node (`serve`).
 
 mod config;
+mod control_client;
 mod dev;
 mod dev_tls;
 mod dev_vars;
@@ -9,6 +10,7 @@ mod front;
 #[cfg(test)]
 mod fuzz_tests;
 mod init;
+mod kv;
 mod node;
 mod workflows;
 
@@ -34,6 +36,8 @@ enum Command {
     Serve(node::ServeArgs),
     /// A new worker directory that `outpost dev` runs at once.
     Init(init::InitArgs),
+    /// KV namespaces of a running node, or of a data directory.
+    Kv(kv::KvArgs),
     /// Workflows of a running node: list them, their instances, describe
     /// one, trigger one.
     Workflows(workflows::WorkflowsArgs),
@@ -62,6 +66,7 @@ fn main() -> ExitCode {
         // No subscriber: the parent reads this process's stderr as the error.
         Command::Workflows(args) => workflows::run(args),
         Command::Init(args) => init::run(args),
+        Command::Kv(args) => kv::run(args),
         Command::SnapshotWorker { root, main, out } => return snapshot_worker(&root, &main, &out),
     };
     match result {

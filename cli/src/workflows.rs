@@ -3,13 +3,11 @@
 //! directory, as wrangler's `workflows` commands ask Cloudflare. Printing
 //! only; the node answers (`outpost_node::control`).
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use outpost_node::control::{ControlRequest, CONTROL_SOCKET};
+use outpost_node::control::ControlRequest;
 use serde_json::Value;
 
 #[derive(Args)]
@@ -67,7 +65,12 @@ pub fn run(args: WorkflowsArgs) -> anyhow::Result<()> {
             ControlRequest::Trigger { workflow: workflow.clone(), id: id.clone(), params: params.clone() }
         }
     };
-    let answer = ask(&args.data_dir, &request)?;
+    let answer = crate::control_client::ask(&args.data_dir, &request)?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "no node is running with data directory {} (start `outpost dev` or `outpost serve`, or pass --data-dir)",
+            args.data_dir.display()
+        )
+    })?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&answer)?);
         return Ok(());
@@ -81,27 +84,6 @@ pub fn run(args: WorkflowsArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Sends one request to the node whose data directory is `data_dir`.
-fn ask(data_dir: &Path, request: &ControlRequest) -> anyhow::Result<Value> {
-    let path = data_dir.join(CONTROL_SOCKET);
-    let mut stream = UnixStream::connect(&path).with_context(|| {
-        format!(
-            "no node is running with data directory {} (start `outpost dev` or `outpost serve`, or pass --data-dir)",
-            data_dir.display()
-        )
-    })?;
-    let mut line = serde_json::to_string(request)?;
-    line.push('\n');
-    stream.write_all(line.as_bytes()).context("cannot send the request to the node")?;
-    let mut reply = String::new();
-    BufReader::new(stream).read_line(&mut reply).context("cannot read the node's answer")?;
-    let mut reply: Value = serde_json::from_str(&reply).context("the node's answer is not JSON")?;
-    if let Some(error) = reply.get("error").and_then(Value::as_str) {
-        bail!("{error}");
-    }
-    Ok(reply["ok"].take())
 }
 
 fn time(ms: &Value) -> String {

@@ -289,7 +289,11 @@ impl Node {
     /// the current tokio runtime (`outpost workflows ...` talks to it).
     pub fn spawn_control(&self) -> Result<(), crate::control::ControlSocketError> {
         let listener = crate::control::bind_control(&self.data_dir)?;
-        tokio::spawn(crate::control::serve_control(listener, self.workflows.clone()));
+        let controlled = crate::control::Controlled {
+            workflows: self.workflows.clone(),
+            kv: Arc::new(self.store.clone()) as Arc<dyn KvStorage>,
+        };
+        tokio::spawn(crate::control::serve_control(listener, controlled));
         Ok(())
     }
 

@@ -7,6 +7,7 @@ mod errors;
 mod fixtures;
 mod front;
 mod hostile;
+mod kv_cli;
 mod objects;
 mod pool;
 mod protocol;
