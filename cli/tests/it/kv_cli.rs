@@ -14,19 +14,10 @@ const WORKER: &str = r#"export default {
 };"#;
 
 fn kv(cwd: &Path, data_dir: &Path, args: &[&str]) -> Result<String, String> {
-    let output = std::process::Command::new(support::outpost_binary())
-        .args(["kv", "key"])
-        .args(args)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .current_dir(cwd)
-        .output()
-        .expect("the outpost binary runs");
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&output.stderr).into_owned())
-    }
+    let mut all: Vec<&std::ffi::OsStr> = vec!["kv".as_ref(), "key".as_ref()];
+    all.extend(args.iter().map(std::ffi::OsStr::new));
+    all.extend(["--data-dir".as_ref(), data_dir.as_os_str()]);
+    support::run_outpost(cwd, all)
 }
 
 #[tokio::test]
@@ -40,11 +31,13 @@ async fn kv_keys_are_written_and_read_through_a_running_node_or_its_data_dir() {
     let here = dir.path();
     assert_eq!(support::get(dev.addr, "/").await.text(), "-");
 
-    kv(here, &data, &["put", "greeting", "hello", "--namespace-id", "kv-cli", "--metadata", r#"{"by":"cli"}"#]).unwrap();
+    kv(here, &data, &["put", "greeting", "hello", "--namespace-id", "kv-cli", "--metadata", r#"{"by":"cli"}"#])
+        .unwrap();
     assert_eq!(support::get(dev.addr, "/").await.text(), "hello", "the worker sees what the command wrote");
     assert_eq!(kv(here, &data, &["get", "greeting", "--binding", "KV"]).unwrap(), "hello");
     let listed: serde_json::Value =
-        serde_json::from_str(&kv(here, &data, &["list", "--prefix", "gr", "--namespace-id", "kv-cli"]).unwrap()).unwrap();
+        serde_json::from_str(&kv(here, &data, &["list", "--prefix", "gr", "--namespace-id", "kv-cli"]).unwrap())
+            .unwrap();
     assert_eq!(listed, json!([{ "name": "greeting", "metadata": { "by": "cli" } }]));
 
     // Values from a file, bytes as they are.

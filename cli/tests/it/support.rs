@@ -339,3 +339,14 @@ impl XorShift {
         self.0 % n
     }
 }
+
+/// Runs `outpost <args>` in `cwd` to its end: its standard output, or its
+/// standard error if it failed.
+pub fn run_outpost<S: AsRef<std::ffi::OsStr>>(cwd: &Path, args: impl IntoIterator<Item = S>) -> Result<String, String> {
+    let output = Command::new(outpost_binary()).args(args).current_dir(cwd).output().expect("the outpost binary runs");
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}

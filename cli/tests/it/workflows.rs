@@ -4,6 +4,7 @@
 //! finished step's callback never runs again, however often `run()`
 //! replays). Side effects are counted in KV.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -531,18 +532,10 @@ async fn ids_batches_and_limits() {
 
 /// Runs `outpost workflows <args> --data-dir <dev's>`; its stdout, or its stderr if it fails.
 fn outpost_workflows(dev: &Dev, args: &[&str]) -> Result<String, String> {
-    let output = std::process::Command::new(support::outpost_binary())
-        .arg("workflows")
-        .args(args)
-        .arg("--data-dir")
-        .arg(dev.data_dir())
-        .output()
-        .expect("the outpost binary runs");
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&output.stderr).into_owned())
-    }
+    let mut all: Vec<&std::ffi::OsStr> = vec!["workflows".as_ref()];
+    all.extend(args.iter().map(std::ffi::OsStr::new));
+    all.extend(["--data-dir".as_ref(), dev.data_dir().as_os_str()]);
+    support::run_outpost(Path::new("."), all)
 }
 
 #[tokio::test]
