@@ -230,26 +230,7 @@ mod tests {
     }
 
     fn record(status: Status) -> InstanceRecord {
-        InstanceRecord {
-            id: "i".into(),
-            status,
-            created_ms: 0,
-            started_ms: None,
-            ended_ms: None,
-            wake_at_ms: None,
-            waiting_for: Vec::new(),
-            error: None,
-            params_encoding: crate::model::Encoding::Json,
-            params_chunks: 0,
-            params_json: None,
-            output_chunks: 0,
-            output_encoding: None,
-            output_json: None,
-            failed_runs: 0,
-            events_sent: 0,
-            events_pending: 0,
-            steps: 0,
-        }
+        InstanceRecord { status, ..InstanceRecord::queued("i".into(), 0, crate::model::Encoding::Json, 0, None) }
     }
 
     #[test]

@@ -136,6 +136,49 @@ pub struct InstanceRecord {
     pub steps: u32,
 }
 
+impl InstanceRecord {
+    /// A new instance, queued; its params are stored in `params_chunks`
+    /// chunks, `params_json` is their rendering for people.
+    pub fn queued(
+        id: String,
+        created_ms: u64,
+        params_encoding: Encoding,
+        params_chunks: u32,
+        params_json: Option<String>,
+    ) -> Self {
+        InstanceRecord {
+            id,
+            status: Status::Queued,
+            created_ms,
+            started_ms: None,
+            ended_ms: None,
+            wake_at_ms: None,
+            waiting_for: Vec::new(),
+            error: None,
+            params_encoding,
+            params_chunks,
+            params_json: params_json.as_deref().map(preview),
+            output_chunks: 0,
+            output_encoding: None,
+            output_json: None,
+            failed_runs: 0,
+            events_sent: 0,
+            events_pending: 0,
+            steps: 0,
+        }
+    }
+
+    /// The same instance from the beginning again (`restart()`): its id,
+    /// creation time and params; its events keep their numbering.
+    pub fn restarted(&self) -> Self {
+        let (id, params_json) = (self.id.clone(), self.params_json.clone());
+        InstanceRecord {
+            events_sent: self.events_sent,
+            ..InstanceRecord::queued(id, self.created_ms, self.params_encoding, self.params_chunks, params_json)
+        }
+    }
+}
+
 /// What a step is (its key's kind).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

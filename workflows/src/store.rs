@@ -99,16 +99,6 @@ pub async fn load_instances(storage: &dyn ObjectStorage, workflow: &str) -> Resu
     entries.iter().map(|(_, value)| parse("instance record", value)).collect()
 }
 
-/// One instance record.
-pub async fn read_record(
-    storage: &dyn ObjectStorage,
-    workflow: &str,
-    id: &str,
-) -> Result<Option<InstanceRecord>, StoreError> {
-    let found = storage.object_get(&workflow_object(workflow), &[record_key(id)]).await?;
-    found.into_iter().next().flatten().map(|bytes| parse("instance record", &bytes)).transpose()
-}
-
 pub fn record_write(record: &InstanceRecord, writes: &mut Vec<ObjectWrite>) {
     writes.push(ObjectWrite::Put(record_key(&record.id), json(record)));
 }
@@ -136,16 +126,6 @@ pub async fn read_output(
     record: &InstanceRecord,
 ) -> Result<Vec<u8>, StoreError> {
     read_blob(storage, &workflow_object(workflow), &format!("o/{}", record.id), record.output_chunks).await
-}
-
-pub async fn read_step(
-    storage: &dyn ObjectStorage,
-    workflow: &str,
-    id: &str,
-    step: &str,
-) -> Result<Option<StepRecord>, StoreError> {
-    let found = storage.object_get(&workflow_object(workflow), &[step_record_key(id, step)]).await?;
-    found.into_iter().next().flatten().map(|bytes| parse("step record", &bytes)).transpose()
 }
 
 pub fn step_write(id: &str, step: &str, record: &StepRecord, writes: &mut Vec<ObjectWrite>) {

@@ -128,26 +128,7 @@ impl Engine {
                 return Err(ControlError::AlreadyExists { workflow: workflow.name.clone(), id });
             }
             let params_chunks = store::params_writes(&id, &new.params.bytes, &mut writes);
-            let record = InstanceRecord {
-                id,
-                status: Status::Queued,
-                created_ms: now,
-                started_ms: None,
-                ended_ms: None,
-                wake_at_ms: None,
-                waiting_for: Vec::new(),
-                error: None,
-                params_encoding: new.params.encoding,
-                params_chunks,
-                params_json: new.params.json.as_deref().map(preview),
-                output_chunks: 0,
-                output_encoding: None,
-                output_json: None,
-                failed_runs: 0,
-                events_sent: 0,
-                events_pending: 0,
-                steps: 0,
-            };
+            let record = InstanceRecord::queued(id, now, new.params.encoding, params_chunks, new.params.json);
             store::record_write(&record, &mut writes);
             records.push(record);
         }
@@ -217,18 +198,7 @@ impl Engine {
         match action {
             Control::Restart => {
                 writes = store::removal_writes(self.inner.storage.as_ref(), &workflow.name, id, false).await?;
-                let record = &mut live.record;
-                record.started_ms = None;
-                record.ended_ms = None;
-                record.wake_at_ms = None;
-                record.waiting_for.clear();
-                record.error = None;
-                record.output_chunks = 0;
-                record.output_encoding = None;
-                record.output_json = None;
-                record.failed_runs = 0;
-                record.steps = 0;
-                record.events_pending = 0;
+                live.record = live.record.restarted();
                 live.run_seq += 1;
                 live.in_run = false;
             }

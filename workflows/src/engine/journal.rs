@@ -448,7 +448,7 @@ impl RunJournal {
         event_type: &str,
         timeout_ms: u64,
     ) -> Result<EventAnswer, JournalError> {
-        let Some(Entered { occurrence, key, live, standing, step, now }) =
+        let Some(Entered { occurrence, key, mut live, standing, step, now }) =
             self.enter(StepKind::WaitForEvent, name).await?
         else {
             return Ok(EventAnswer::Halt);
@@ -479,7 +479,6 @@ impl RunJournal {
         let (mut writes, mut written) = (Vec::new(), None);
         let pending = store::pending_events(self.storage(), self.workflow(), self.id()).await?;
         let taken = pending.into_iter().find(|event| event.event_type == event_type);
-        let mut live = live;
         if taken.is_some() {
             live.record.events_pending = live.record.events_pending.saturating_sub(1);
         }
