@@ -23,11 +23,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use outpost_isolate_pool::{Isolation, Limits, WorkerSpec};
 use outpost_kv::queues::{self, NewMessage, Queues, Settlement};
 use outpost_node::triggers::queues::Consumer;
 use outpost_node::Worker;
-use outpost_runtime::WorkerSource;
 
 const CONSUMER_JS: &str = "let total = 0;\n\
 export default {\n\
@@ -218,22 +216,12 @@ fn main() {
     let queue_names: Vec<String> = (0..shapes.len() * runs).map(|i| format!("js-{i}")).collect();
 
     let node = outpost_benches::bench_node(&dir.join("node"));
-    let worker_dir = dir.join("worker");
-    std::fs::create_dir_all(&worker_dir).unwrap();
-    std::fs::write(worker_dir.join("worker.js"), CONSUMER_JS).unwrap();
     let consumers = queue_names
         .iter()
         .map(|queue| Consumer { max_batch_size: 100, max_batch_timeout_ms: 1_000, ..Consumer::new(queue.clone()) })
         .collect();
     node.deploy(Worker {
-        spec: WorkerSpec {
-            name: "consumer".into(),
-            source: WorkerSource::new(&worker_dir, &worker_dir.join("worker.js")).unwrap(),
-            vars: Default::default(),
-            isolation: Isolation::Shared,
-            limits: Limits::default(),
-            bindings: Vec::new(),
-        },
+        spec: outpost_benches::bench_worker(&dir.join("worker"), "consumer", CONSUMER_JS),
         crons: Vec::new(),
         consumers,
         workflows: Vec::new(),

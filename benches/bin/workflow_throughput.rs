@@ -18,9 +18,7 @@
 
 use std::time::{Duration, Instant};
 
-use outpost_isolate_pool::{Isolation, Limits, WorkerSpec};
 use outpost_node::Worker;
-use outpost_runtime::WorkerSource;
 use outpost_workflows::{json_params, Definition, Engine, NewInstance, Status};
 
 /// The classes `ThreeSteps` and `Inline` (and a fetch handler this bench
@@ -84,18 +82,8 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("outpost-workflow-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let node = outpost_benches::bench_node(&dir.join("node"));
-    let worker_dir = dir.join("worker");
-    std::fs::create_dir_all(&worker_dir).unwrap();
-    std::fs::write(worker_dir.join("worker.js"), WORKER_JS).unwrap();
     node.deploy(Worker {
-        spec: WorkerSpec {
-            name: "bench".into(),
-            source: WorkerSource::new(&worker_dir, &worker_dir.join("worker.js")).unwrap(),
-            vars: Default::default(),
-            isolation: Isolation::Shared,
-            limits: Limits::default(),
-            bindings: Vec::new(),
-        },
+        spec: outpost_benches::bench_worker(&dir.join("worker"), "bench", WORKER_JS),
         crons: Vec::new(),
         consumers: Vec::new(),
         workflows: vec![

@@ -9,6 +9,11 @@ use anyhow::{bail, Context as _};
 use outpost_node::control::{ControlRequest, CONTROL_SOCKET};
 use serde_json::Value;
 
+/// Whether a node runs with data directory `data_dir` (its socket answers).
+pub fn is_running(data_dir: &Path) -> bool {
+    UnixStream::connect(data_dir.join(CONTROL_SOCKET)).is_ok()
+}
+
 /// Sends `request` to the node whose data directory is `data_dir`: its
 /// answer, or `None` when no node is running there.
 pub fn ask(data_dir: &Path, request: &ControlRequest) -> anyhow::Result<Option<Value>> {

@@ -121,7 +121,8 @@ pub fn run(args: KvArgs) -> anyhow::Result<()> {
     let namespace = target.namespace()?;
     let listing = matches!(call, KvCall::List { .. });
     let getting = matches!(call, KvCall::Get { .. });
-    let answer = if listing { list_all(&target, &namespace, call)? } else { call_kv(&target, &namespace, call)? };
+    let backend = Backend::find(&target.data_dir)?;
+    let answer = if listing { list_all(&backend, &namespace, call)? } else { backend.call(&namespace, call)? };
     if getting {
         let Some(value) = answer.as_str() else { bail!("Value not found") };
         let bytes = base64::engine::general_purpose::STANDARD.decode(value).context("the node's answer")?;
@@ -133,11 +134,11 @@ pub fn run(args: KvArgs) -> anyhow::Result<()> {
 }
 
 /// Every page of a list, as one array of keys.
-fn list_all(target: &Target, namespace: &str, call: KvCall) -> anyhow::Result<Value> {
+fn list_all(backend: &Backend, namespace: &str, call: KvCall) -> anyhow::Result<Value> {
     let KvCall::List { prefix, .. } = call else { unreachable!("a list") };
     let (mut keys, mut cursor) = (Vec::new(), None);
     loop {
-        let page = call_kv(target, namespace, KvCall::List { prefix: prefix.clone(), limit: None, cursor })?;
+        let page = backend.call(namespace, KvCall::List { prefix: prefix.clone(), limit: None, cursor })?;
         keys.extend(page["keys"].as_array().cloned().unwrap_or_default());
         if page["list_complete"].as_bool().unwrap_or(true) {
             return Ok(Value::Array(keys));
@@ -146,19 +147,37 @@ fn list_all(target: &Target, namespace: &str, call: KvCall) -> anyhow::Result<Va
     }
 }
 
-/// Through the running node, or the store itself when none runs.
-fn call_kv(target: &Target, namespace: &str, call: KvCall) -> anyhow::Result<Value> {
-    let request = ControlRequest::Kv { namespace: namespace.to_string(), call };
-    if let Some(answer) = crate::control_client::ask(&target.data_dir, &request)? {
-        return Ok(answer);
+/// Where the calls go: the running node, or, when none runs, the data
+/// directory's store, opened once for the command.
+enum Backend {
+    Node(PathBuf),
+    Store(outpost_kv::Store, tokio::runtime::Runtime),
+}
+
+impl Backend {
+    fn find(data_dir: &std::path::Path) -> anyhow::Result<Backend> {
+        if crate::control_client::is_running(data_dir) {
+            return Ok(Backend::Node(data_dir.to_path_buf()));
+        }
+        let path = data_dir.join("kv.redb");
+        if !path.exists() {
+            bail!("no node is running with data directory {} and it holds no store", data_dir.display());
+        }
+        let store = outpost_kv::Store::open(&path, outpost_kv::StoreConfig::default())
+            .with_context(|| format!("cannot open the store {}", path.display()))?;
+        Ok(Backend::Store(store, tokio::runtime::Builder::new_current_thread().enable_all().build()?))
     }
-    let ControlRequest::Kv { call, .. } = request else { unreachable!("built above") };
-    let path = target.data_dir.join("kv.redb");
-    if !path.exists() {
-        bail!("no node is running with data directory {} and it holds no store", target.data_dir.display());
+
+    fn call(&self, namespace: &str, call: KvCall) -> anyhow::Result<Value> {
+        match self {
+            Backend::Node(data_dir) => {
+                let request = ControlRequest::Kv { namespace: namespace.to_string(), call };
+                crate::control_client::ask(data_dir, &request)?
+                    .with_context(|| format!("the node with data directory {} has stopped", data_dir.display()))
+            }
+            Backend::Store(store, runtime) => {
+                runtime.block_on(outpost_node::control::kv(store, namespace, call)).map_err(anyhow::Error::msg)
+            }
+        }
     }
-    let store = outpost_kv::Store::open(&path, outpost_kv::StoreConfig::default())
-        .with_context(|| format!("cannot open the store {}", path.display()))?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(outpost_node::control::kv(&store, namespace, call)).map_err(anyhow::Error::msg)
 }
