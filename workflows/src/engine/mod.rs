@@ -99,6 +99,8 @@ struct Inner {
     defined_by: Mutex<HashMap<String, Vec<String>>>,
     agenda: Mutex<Agenda>,
     wakeup: Notify,
+    /// Set by `define`: some workflow may not have its instances loaded.
+    loads_pending: std::sync::atomic::AtomicBool,
     runner: OnceLock<Arc<dyn Runner>>,
 }
 
@@ -140,6 +142,7 @@ impl Engine {
                 defined_by: Mutex::default(),
                 agenda: Mutex::default(),
                 wakeup: Notify::new(),
+                loads_pending: Default::default(),
                 runner: OnceLock::new(),
             }),
         }
@@ -161,6 +164,7 @@ impl Engine {
             let workflow = self.inner.workflow(&definition.name);
             *workflow.definition.lock().unwrap() = Some(definition);
         }
+        self.inner.loads_pending.store(true, std::sync::atomic::Ordering::Release);
         self.inner.wakeup.notify_one();
     }
 
@@ -180,7 +184,9 @@ impl Engine {
         let mut last_sweep = 0;
         loop {
             let now = now_ms();
-            self.inner.load_defined().await;
+            if self.inner.loads_pending.swap(false, std::sync::atomic::Ordering::AcqRel) {
+                self.inner.load_defined().await;
+            }
             if now.saturating_sub(last_sweep) >= SWEEP_EVERY_MS {
                 self.inner.sweep_retention(now).await;
                 last_sweep = now;
@@ -225,13 +231,16 @@ impl Inner {
         self.wakeup.notify_one();
     }
 
-    /// Loads (once) the instances of every defined workflow.
+    /// Loads (once) the instances of every defined workflow; `run` calls it
+    /// after a `define`, not at every turn.
     async fn load_defined(&self) {
         let workflows: Vec<Arc<Workflow>> = self.workflows.lock().unwrap().values().cloned().collect();
         for workflow in workflows {
             if workflow.definition().is_some() {
                 if let Err(err) = self.ensure_loaded(&workflow).await {
                     tracing::error!(workflow = %workflow.name, "cannot load the workflow's instances: {err}");
+                    // Tried again at the loop's next turn.
+                    self.loads_pending.store(true, std::sync::atomic::Ordering::Release);
                 }
             }
         }
